@@ -1,0 +1,268 @@
+"""The one typed configuration object, loaded from one TOML file.
+
+`load_config(path)` reads the file, substitutes `${NAME}` references from the environment
+(write `$${` for a literal `${`), and validates everything at once, so `callhub check`
+can print every problem with its key path rather than the first one.
+Nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from hub._units import parse_duration, parse_size
+
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "is_loopback_host"]
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+Role = Literal["admin", "publisher", "subscriber"]
+
+#: Default place for the event log, the generated admin key and the generated JWT secret.
+DEFAULT_DATA_DIR = "./callhub-data"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: Turning auth off is allowed only on a loopback host, for local trials.
+    auth: bool = True
+    data_dir: str = DEFAULT_DATA_DIR
+    #: Largest request body accepted by `POST /v1/events` and the webhook receivers.
+    max_body: Size = 1024 * 1024
+    #: How long shutdown waits for subscribers to be closed before giving up on them.
+    shutdown_grace: Duration = 5.0
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    access_log: bool = False
+
+
+class BackendConfig(_Section):
+    #: `local` = SQLite (WAL) in `server.data_dir` with in-process fan-out.
+    url: str = "local"
+    #: SQLite `synchronous` mode: `full` fsyncs every group commit (survives power loss);
+    #: `normal` survives a process crash (kill -9) but not a power cut.
+    synchronous: Literal["full", "normal"] = "full"
+    #: Most events written in one transaction (group commit).
+    max_batch: int = Field(512, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> BackendConfig:
+        from hub.backends import SCHEMES
+
+        scheme = self.url.split("://", 1)[0] if "://" in self.url else self.url
+        if scheme not in SCHEMES:
+            raise ValueError(f"unknown backend {self.url!r}; known: {', '.join(sorted(SCHEMES))}")
+        return self
+
+
+class RetentionConfig(_Section):
+    #: Events older than this are deleted (0 = keep forever).
+    age: Duration = 7 * 86400.0
+    #: At most this many events are kept (0 = no limit).
+    count: int = Field(1_000_000, ge=0)
+    #: How often retention runs.
+    interval: Duration = 60.0
+
+
+class StreamsConfig(_Section):
+    #: Events one subscriber may have queued in the hub before it is disconnected as too slow.
+    buffer: int = Field(1000, ge=1, le=1_000_000)
+    sse_heartbeat: Duration = 15.0
+    #: The `retry:` hint sent to EventSource clients.
+    sse_retry: Duration = 3.0
+    ws_ping_interval: Duration = 20.0
+    ws_ping_timeout: Duration = 20.0
+    #: Largest client->server WebSocket message.
+    ws_max_message: Size = 64 * 1024
+    #: How long a slow or closing subscriber is given to take its close frame before the socket is aborted.
+    close_timeout: Duration = 5.0
+    #: Rows read from the store per page while a subscriber catches up.
+    catchup_page: int = Field(500, ge=1, le=10_000)
+
+
+class ApiKey(_Section):
+    key: str = Field(min_length=16)
+    role: Role
+    agent: str | None = None
+    #: Shown in `/v1/subscribers` and logs instead of the key.
+    name: str | None = None
+
+
+class AuthConfig(_Section):
+    #: HS256 secret for subscriber JWTs. Empty: generated into `server.data_dir/jwt.secret`.
+    jwt_secret: str | None = Field(None, min_length=32)
+    #: Clock skew tolerated on `exp`.
+    jwt_leeway: Duration = 0.0
+    keys: list[ApiKey] = []
+
+
+class Config(_Section):
+    server: ServerConfig = ServerConfig()
+    backend: BackendConfig = BackendConfig()
+    retention: RetentionConfig = RetentionConfig()
+    streams: StreamsConfig = StreamsConfig()
+    auth: AuthConfig = AuthConfig()
+    #: Vendor sections (`[antring]`, `[vbee]`, …) are validated by their handlers.
+    handlers: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Config:
+        if not self.server.auth and not is_loopback_host(self.server.host):
+            raise _LocatedError(
+                ("server", "auth"),
+                f"auth = false is allowed only on a loopback host, not {self.server.host!r}",
+            )
+        return self
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.server.data_dir)
+
+
+class _LocatedError(ValueError):
+    """A cross-field problem that belongs to a specific key."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` holds `(key path, message)` pairs."""
+
+    def __init__(self, problems: list[tuple[str, str]], source: str = "config") -> None:
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  {path or '(top)'}: {message}" for path, message in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_SECTIONS = set(Config.model_fields) - {"handlers"}
+
+
+def _format_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _substitute_env(
+    value: Any, env: dict[str, str], path: tuple[Any, ...], problems: list[tuple[str, str]]
+) -> Any:
+    if isinstance(value, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name is None:
+                return "${"
+            if name not in env:
+                problems.append((_format_path(path), f"environment variable {name} is not set"))
+                return ""
+            return env[name]
+
+        return _ENV_REF.sub(replace, value)
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, env, (*path, k), problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, env, (*path, i), problems) for i, v in enumerate(value)]
+    return value
+
+
+def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(
+    raw: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    source: str = "config",
+    overrides: dict[str, Any] | None = None,
+    handler_sections: set[str] | None = None,
+) -> Config:
+    """Validate a parsed TOML document; raise `ConfigError` listing every problem.
+
+    `overrides` (from command-line flags) are merged over the file. With `handler_sections`
+    given, a top-level table that is neither a core section nor a vendor's is a problem.
+    """
+    problems: list[tuple[str, str]] = []
+    if overrides:
+        raw = _merge(raw, overrides)
+    if handler_sections is not None:
+        for key in raw:
+            if key not in _SECTIONS and key not in handler_sections:
+                known = ", ".join(sorted(_SECTIONS | handler_sections))
+                problems.append((key, f"unknown section; known: {known}"))
+    data = _substitute_env(raw, dict(os.environ) if env is None else env, (), problems)
+    core = {k: v for k, v in data.items() if k in _SECTIONS}
+    core["handlers"] = {k: v for k, v in data.items() if k not in _SECTIONS}
+    try:
+        config = Config.model_validate(core)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            ctx_error = err.get("ctx", {}).get("error")
+            if isinstance(ctx_error, _LocatedError):
+                problems.append((_format_path(ctx_error.loc), str(ctx_error)))
+                continue
+            message = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append((_format_path(loc), message))
+        config = None
+    if problems or config is None:
+        raise ConfigError(problems, source)
+    return config
+
+
+def load_config(
+    path: str | os.PathLike[str] | None,
+    *,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    handler_sections: set[str] | None = None,
+) -> Config:
+    """Load `path` (or the embedded defaults when `path` is None)."""
+    kwargs: dict[str, Any] = {"env": env, "overrides": overrides, "handler_sections": handler_sections}
+    if path is None:
+        return config_from_dict({}, source="defaults", **kwargs)
+    source = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError([("", "file not found")], source) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([("", f"not valid TOML: {exc}")], source) from None
+    return config_from_dict(raw, source=source, **kwargs)

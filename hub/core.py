@@ -1,0 +1,133 @@
+"""`Hub`: the running hub's parts wired together (config, auth, backend, fan-out, metrics).
+
+The Starlette app (`hub.app`), the CLI and vendor handlers all talk to one `Hub`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, NamedTuple
+
+from starlette.requests import HTTPConnection
+
+from hub.auth import Authenticator, Principal, ensure_admin_key, ensure_jwt_secret
+from hub.backends import open_backend
+from hub.backends.base import Backend
+from hub.config import ApiKey, Config
+from hub.events import agent_of, prepare_event
+from hub.exceptions import Unavailable
+from hub.fanout import Fanout
+from hub.metrics import Metrics
+
+logger = logging.getLogger("callhub")
+
+__all__ = ["Hub", "Published"]
+
+
+class Published(NamedTuple):
+    id: str
+    seq: int
+    duplicate: bool
+
+#: How long `/readyz` waits for the store to start a write transaction.
+READY_TIMEOUT = 2.0
+
+
+class Hub:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.admin_key, self.admin_key_created, self.admin_key_path = ensure_admin_key(config)
+        keys: list[ApiKey] = list(config.auth.keys)
+        if self.admin_key is not None:
+            keys.append(self.admin_key)
+        self.jwt_secret = ensure_jwt_secret(config) if config.server.auth else ""
+        self.auth = Authenticator(
+            enabled=config.server.auth, keys=keys, jwt_secret=self.jwt_secret, jwt_leeway=config.auth.jwt_leeway
+        )
+        self.backend: Backend = open_backend(config)
+        streams = config.streams
+        self.fanout = Fanout(
+            self.backend,
+            self.metrics,
+            catchup_page=streams.catchup_page,
+            close_timeout=streams.close_timeout,
+            sse_heartbeat=streams.sse_heartbeat,
+        )
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.started = False
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.backend.start(self.fanout.publish)
+        self.fanout.start()
+        if self.config.retention.age > 0 or self.config.retention.count > 0:
+            self.spawn(self._retention_loop(), name="retention")
+        self.started = True
+
+    async def drain(self) -> None:
+        """First step of shutdown: close every subscriber (WS 1012, SSE end of stream)."""
+        await self.fanout.shutdown(self.config.server.shutdown_grace)
+
+    async def stop(self) -> None:
+        await self.drain()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self.config.server.shutdown_grace)
+        await self.backend.close()
+        self.started = False
+
+    def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
+        """Run a background task owned by the hub: cancelled and awaited on stop."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"callhub:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _retention_loop(self) -> None:
+        retention = self.config.retention
+        while True:
+            try:
+                removed = await self.backend.trim(max_age=retention.age, max_count=retention.count)
+                if removed:
+                    self.metrics.retention_removed.inc(removed)
+                    logger.info("retention removed %d events", removed)
+            except Unavailable:
+                pass
+            await asyncio.sleep(retention.interval)
+
+    # -- operations used by the API and by vendor handlers ----------------------------------
+
+    def authenticate(self, conn: HTTPConnection, *, allow_query: bool = False) -> Principal:
+        credential: str | None = None
+        header = conn.headers.get("authorization")
+        if header:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() == "bearer":
+                credential = value.strip()
+        if credential is None and allow_query:
+            credential = conn.query_params.get("token")
+        try:
+            return self.auth.authenticate(credential)
+        except Exception as exc:
+            self.metrics.auth_failures.labels(getattr(exc, "code", "error")).inc()
+            raise
+
+    async def publish(self, obj: Any, *, default_source: str = "api", received: float | None = None) -> Published:
+        """Validate, store durably and fan out one event; the result says its seq and if it was a duplicate."""
+        if self.fanout.closing:
+            raise Unavailable("the hub is shutting down")
+        received = time.perf_counter() if received is None else received
+        event = prepare_event(obj, default_source=default_source)
+        result = await self.backend.append(event, agent=agent_of(event), received=received)
+        self.metrics.events_ingested.labels("duplicate" if result.duplicate else "stored").inc()
+        return Published(event["id"], result.seq, result.duplicate)
+
+    async def check_ready(self) -> None:
+        if self.fanout.closing:
+            raise Unavailable("the hub is shutting down")
+        await self.backend.check_writable(READY_TIMEOUT)

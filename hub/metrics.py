@@ -1,0 +1,49 @@
+"""Prometheus metrics, on a registry per hub instance (several hubs can live in one test process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
+
+#: Fan-out latency buckets (seconds): the interesting range is 100 µs to a few hundred ms.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.events_ingested = Counter(
+            "callhub_events_ingested", "Events accepted, by outcome (stored or duplicate)", ["outcome"], registry=r
+        )
+        self.events_rejected = Counter(
+            "callhub_events_rejected", "Publish requests refused, by HTTP status", ["status"], registry=r
+        )
+        self.subscribers = Gauge("callhub_subscribers", "Subscribers connected now", ["transport"], registry=r)
+        self.events_delivered = Counter(
+            "callhub_events_delivered", "Events written to subscribers", ["transport"], registry=r
+        )
+        self.subscribers_dropped = Counter(
+            "callhub_subscribers_dropped", "Subscribers disconnected by the hub", ["transport", "reason"], registry=r
+        )
+        self.fanout_latency = Histogram(
+            "callhub_fanout_latency_seconds",
+            "From the hub accepting an event to its bytes being written to every live subscriber",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "callhub_auth_failures", "Requests refused for missing, bad or expired credentials", ["reason"], registry=r
+        )
+        self.retention_removed = Counter(
+            "callhub_retention_removed", "Events removed by retention", registry=r
+        )
+        for transport in ("ws", "sse"):
+            self.subscribers.labels(transport)
+            self.events_delivered.labels(transport)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

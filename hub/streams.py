@@ -1,0 +1,185 @@
+"""The live endpoints: `GET /v1/stream` (Server-Sent Events) and `GET /v1/ws` (WebSocket).
+
+Both authenticate (header or `?token=`), take `types` and `after` (SSE also honours
+`Last-Event-ID`), register a `Subscriber` with the fan-out and then only wait for the
+connection to end: events reach the socket from the fan-out, not from this coroutine.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from starlette.requests import HTTPConnection
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from hub.api import error_response
+from hub.auth import Principal
+from hub.core import Hub
+from hub.exceptions import BadRequest, HubError, Unavailable
+from hub.fanout import Subscriber
+from hub.matcher import TypeFilter, parse_patterns
+from hub.sinks import make_sink
+
+logger = logging.getLogger("callhub.streams")
+
+__all__ = ["SSEEndpoint", "ws_endpoint", "RAW_SEND"]
+
+#: Scope key under which `hub.app` keeps the server's own `send`, before any middleware wraps it.
+RAW_SEND = "callhub.send"
+
+
+def _parse_after(value: Any, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise BadRequest(f"'{name}' must be a non-negative integer seq", code="invalid_parameter")
+    try:
+        after = int(value)
+    except (TypeError, ValueError):
+        raise BadRequest(f"'{name}' must be a non-negative integer seq", code="invalid_parameter") from None
+    if after < 0:
+        raise BadRequest(f"'{name}' must be a non-negative integer seq", code="invalid_parameter")
+    return after
+
+
+def _open(hub: Hub, conn: HTTPConnection) -> tuple[Principal, TypeFilter]:
+    if hub.fanout.closing:
+        raise Unavailable("the hub is shutting down; reconnect in a moment")
+    principal = hub.authenticate(conn, allow_query=True)
+    types = TypeFilter(parse_patterns(conn.query_params.get("types")), principal.types)
+    return principal, types
+
+
+def _remote(scope: Scope) -> str:
+    client = scope.get("client")
+    return f"{client[0]}:{client[1]}" if client else "?"
+
+
+class SSEEndpoint:
+    """`GET /v1/stream`, a plain ASGI app so that it owns the response from start to end."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        hub = self.hub
+        raw_send: Send = scope.get(RAW_SEND, send)
+        conn = HTTPConnection(scope)
+        try:
+            principal, types = _open(hub, conn)
+            # A reconnecting EventSource sends Last-Event-ID: it is newer than the URL's `after`.
+            after = _parse_after(conn.headers.get("last-event-id"), "Last-Event-ID")
+            if after is None:
+                after = _parse_after(conn.query_params.get("after"), "after")
+        except HubError as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        streams = hub.config.streams
+        await raw_send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", b"text/event-stream; charset=utf-8"),
+                    (b"cache-control", b"no-cache, no-store"),
+                    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
+                ],
+            }
+        )
+        await raw_send(
+            {
+                "type": "http.response.body",
+                "body": b"retry: %d\n: callhub stream, head seq %d\n\n" % (int(streams.sse_retry * 1000), hub.fanout.head),
+                "more_body": True,
+            }
+        )
+        sink = make_sink("sse", raw_send, streams.buffer)
+        subscriber = Subscriber(
+            transport="sse", principal=principal.name, agent=principal.agent, filter=types, sink=sink, remote=_remote(scope)
+        )
+        hub.fanout.register(subscriber, expires_at=principal.expires_at)
+        try:
+            hub.fanout.subscribe(subscriber, after)
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    break
+        finally:
+            hub.fanout.unregister(subscriber)
+
+
+async def ws_endpoint(websocket: WebSocket) -> None:
+    """`GET /v1/ws`."""
+    hub: Hub = websocket.app.state.hub
+    raw_send: Send = websocket.scope.get(RAW_SEND, websocket.send)
+    try:
+        principal, types = _open(hub, websocket)
+        after = _parse_after(websocket.query_params.get("after"), "after")
+    except HubError as exc:
+        if "websocket.http.response" in websocket.scope.get("extensions", {}):
+            await websocket.send_denial_response(error_response(exc))
+        else:
+            await websocket.close(code=1008, reason=exc.message[:120])
+        return
+    await websocket.accept()
+    sink = make_sink("ws", raw_send, hub.config.streams.buffer)
+    subscriber = Subscriber(
+        transport="ws", principal=principal.name, agent=principal.agent, filter=types, sink=sink,
+        remote=_remote(websocket.scope),
+    )
+    hub.fanout.register(subscriber, expires_at=principal.expires_at)
+    try:
+        hub.fanout.subscribe(subscriber, after)
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            text = message.get("text")
+            if text is None:
+                raw = message.get("bytes") or b""
+                text = raw.decode("utf-8", "replace")
+            _client_message(hub, subscriber, principal, text)
+    finally:
+        hub.fanout.unregister(subscriber)
+
+
+def _control(subscriber: Subscriber, content: dict[str, Any]) -> None:
+    subscriber.sink.control(orjson.dumps(content))
+
+
+def _client_message(hub: Hub, subscriber: Subscriber, principal: Principal, text: str) -> None:
+    """Handle `{"op": "subscribe", "types": [...], "after": SEQ}` and `{"op": "ping"}`.
+
+    A bad message gets an error frame; the connection stays open.
+    """
+    try:
+        try:
+            message = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            raise BadRequest("client messages must be JSON objects", code="invalid_message") from None
+        if not isinstance(message, dict):
+            raise BadRequest("client messages must be JSON objects", code="invalid_message")
+        op = message.get("op")
+        if op == "ping":
+            _control(subscriber, {"op": "pong", "head": hub.fanout.head})
+            return
+        if op != "subscribe":
+            raise BadRequest(f"unknown op {op!r}; known: subscribe, ping", code="invalid_message")
+        unknown = set(message) - {"op", "types", "after"}
+        if unknown:
+            raise BadRequest(f"unknown field(s) {sorted(unknown)} in subscribe", code="invalid_message")
+        if "types" in message:
+            if not isinstance(message["types"], (list, str)) and message["types"] is not None:
+                raise BadRequest("'types' must be a list of patterns", code="invalid_filter")
+            subscriber.filter = TypeFilter(parse_patterns(message["types"]), principal.types)
+        after = _parse_after(message.get("after"), "after")
+        hub.fanout.subscribe(subscriber, after)
+        _control(
+            subscriber,
+            {"op": "subscribed", "types": list(subscriber.filter.patterns), "after": after, "head": hub.fanout.head},
+        )
+    except HubError as exc:
+        _control(subscriber, {"op": "error", **exc.to_dict()})
