@@ -310,13 +310,15 @@ class Fanout:
         self.metrics.subscribers_dropped.labels(subscriber.transport, reason).inc()
         code, message = DROP_CODES[reason]
         self._cancel_catchup(subscriber)
-        self._leave(subscriber)
+        # Stop writing now; leave the group later: this may run inside `publish`'s loop over it.
+        subscriber.sink.closed = True
         logger.info("dropping subscriber %d (%s): %s", subscriber.id, subscriber.transport, reason)
         task = asyncio.get_running_loop().create_task(self._close(subscriber, code, message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _close(self, subscriber: Subscriber, code: int, message: str) -> None:
+        self._leave(subscriber)
         sink = subscriber.sink
         try:
             await asyncio.wait_for(sink.close(code, message), self.close_timeout)

@@ -1,0 +1,28 @@
+# The two set-up commands: `make run` (the hub with its demo) and `make test` (the whole suite).
+# Each creates the virtualenv it needs on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: run test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/callhub serve --demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+# bench/README.md explains the scenarios; this runs the first one against a fresh hub.
+bench: $(STAMP)
+	$(PY) -m bench.run_all
+
+clean:
+	rm -rf $(VENV) callhub-data .pytest_cache

@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from hub.app import create_app
+from tests.helpers import ServerThread, make_config
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"
+
+
+@pytest.fixture
+def client(data_dir: Path) -> Iterator[TestClient]:
+    """The app through Starlette's TestClient: request/response tests."""
+    with TestClient(create_app(make_config(data_dir))) as c:
+        yield c
+
+
+@pytest.fixture
+def server(data_dir: Path) -> Iterator[ServerThread]:
+    """The real hub under uvicorn on a free loopback port: stream tests."""
+    with ServerThread(make_config(data_dir)) as s:
+        yield s

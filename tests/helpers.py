@@ -1,0 +1,288 @@
+"""Test helpers: configs, a real uvicorn hub on a free loopback port, SSE parsing.
+
+Time in tests is scaled from `TICK`, never a bare number of seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+from hub.app import CallhubApp, create_app
+from hub.cli import HubServer, build_uvicorn_config
+from hub.config import Config, config_from_dict
+
+#: The unit of waiting in tests; everything else is a multiple of it.
+TICK = float(os.environ.get("CALLHUB_TEST_TICK", "0.05"))
+#: Upper bound for "this should happen soon".
+WAIT = 200 * TICK
+
+ADMIN_KEY = "admin-key-0123456789abcdef"
+PUBLISHER_KEY = "publisher-key-0123456789abcdef"
+SUBSCRIBER_KEY = "subscriber-key-0123456789abcdef"
+ALICE_KEY = "alice-key-0123456789abcdef"
+JWT_SECRET = "test-jwt-secret-0123456789abcdef-0123456789"
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
+PUBLISHER = {"Authorization": f"Bearer {PUBLISHER_KEY}"}
+
+
+def raw_config(data_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "server": {"data_dir": str(data_dir), "port": 0},
+        "auth": {
+            "jwt_secret": JWT_SECRET,
+            "keys": [
+                {"key": ADMIN_KEY, "role": "admin", "name": "test-admin"},
+                {"key": PUBLISHER_KEY, "role": "publisher", "name": "test-publisher"},
+                {"key": SUBSCRIBER_KEY, "role": "subscriber", "name": "test-subscriber"},
+                {"key": ALICE_KEY, "role": "subscriber", "agent": "alice", "name": "alice"},
+            ],
+        },
+        "retention": {"interval": "1h"},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return raw
+
+
+def make_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
+    return config_from_dict(raw_config(data_dir, **sections), env={})
+
+
+def write_config(path: Path, raw: dict[str, Any]) -> Path:
+    """Write `raw` as TOML (just the shapes the tests use)."""
+    lines: list[str] = []
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, str):
+            return orjson.dumps(v).decode()
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(v)
+
+    for section, content in raw.items():
+        tables = {k: v for k, v in content.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
+        lines.append(f"[{section}]")
+        for k, v in content.items():
+            if k not in tables:
+                lines.append(f"{k} = {value(v)}")
+        for k, items in tables.items():
+            for item in items:
+                lines.append(f"[[{section}.{k}]]")
+                lines.extend(f"{ik} = {value(iv)}" for ik, iv in item.items())
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def event(type_: str = "call.ringing", **data: Any) -> dict[str, Any]:
+    return {"type": type_, "data": data}
+
+
+class ServerThread:
+    """The real hub under uvicorn (uvloop, httptools, websockets-sansio) in a thread, on a free port."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port = free_port()
+        self.app: CallhubApp = create_app(config)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self._sock = sock
+        self.server = HubServer(build_uvicorn_config(self.app, config, fd=sock.fileno()), self.app)
+        self.thread = threading.Thread(target=self.server.run, name="hub-server", daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def hub(self):  # type: ignore[no-untyped-def]
+        return self.app.hub
+
+    def start(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + WAIT
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("hub did not start")
+            time.sleep(TICK / 5)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(WAIT)
+        self._sock.close()
+
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Run `fn(*args)` on the server's event loop and return its result (for inspecting hub state)."""
+        result: list[Any] = []
+        done = threading.Event()
+        loop = self.server_loop()
+
+        def run() -> None:
+            result.append(fn(*args))
+            done.set()
+
+        loop.call_soon_threadsafe(run)
+        done.wait(WAIT)
+        return result[0]
+
+    def run(self, coro: Any) -> Any:
+        """Await `coro` on the server's event loop (e.g. `hub.backend.trim(...)`)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.server_loop()).result(WAIT)
+
+    def server_loop(self) -> asyncio.AbstractEventLoop:
+        backend = self.hub.backend
+        loop = getattr(backend, "_loop", None)
+        assert loop is not None
+        return loop
+
+    def publish(self, *events: dict[str, Any], headers: dict[str, str] = PUBLISHER) -> list[int]:
+        seqs = []
+        with httpx.Client(base_url=self.url, headers=headers, timeout=WAIT) as client:
+            for ev in events:
+                r = client.post("/v1/events", json=ev)
+                assert r.status_code in (200, 202), r.text
+                seqs.append(r.json()["seq"])
+        return seqs
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample from /metrics (0 if absent)."""
+        text = httpx.get(f"{self.url}/metrics", timeout=WAIT).text
+        want = name + ("{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}" if labels else "")
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if key == want or (labels and _same_labels(key, name, labels)):
+                return float(value)
+        return 0.0
+
+    def subscribers(self) -> list[dict[str, Any]]:
+        r = httpx.get(f"{self.url}/v1/subscribers", headers=ADMIN, timeout=WAIT)
+        r.raise_for_status()
+        subs: list[dict[str, Any]] = r.json()["subscribers"]
+        return subs
+
+    def wait_subscribers(self, n: int, *, state: str = "live") -> list[dict[str, Any]]:
+        deadline = time.monotonic() + WAIT
+        while True:
+            subs = [s for s in self.subscribers() if s["state"] == state]
+            if len(subs) >= n:
+                return subs
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {n} {state} subscribers, have {subs}")
+            time.sleep(TICK / 5)
+
+    def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def _same_labels(key: str, name: str, labels: dict[str, str]) -> bool:
+    if not key.startswith(name + "{"):
+        return False
+    parts = dict(p.split("=", 1) for p in key[len(name) + 1 : -1].split(","))
+    return {k: v.strip('"') for k, v in parts.items()} == labels
+
+
+@dataclass
+class SSEEvent:
+    id: str | None
+    event: str | None
+    data: str
+
+    @property
+    def json(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = orjson.loads(self.data)
+        return parsed
+
+
+class SSEReader:
+    """A minimal, strict EventSource-style parser over an httpx streaming response."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+        self.lines = response.iter_lines()
+        self.comments: list[str] = []
+        self.retry: int | None = None
+
+    def next(self) -> SSEEvent:
+        fields: dict[str, str] = {}
+        data: list[str] = []
+        for line in self.lines:
+            if line == "":
+                if data or fields:
+                    return SSEEvent(fields.get("id"), fields.get("event"), "\n".join(data))
+                continue
+            if line.startswith(":"):
+                self.comments.append(line[1:].strip())
+                continue
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "data":
+                data.append(value)
+            elif name == "retry":
+                self.retry = int(value)
+            else:
+                fields[name] = value
+        raise EOFError("stream ended")
+
+    def take(self, n: int) -> list[SSEEvent]:
+        return [self.next() for _ in range(n)]
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hub", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=timeout,
+    )
+
+
+def wait_until(predicate: Any, *, timeout: float = WAIT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(TICK / 5)
+
+
+def iter_ws_json(ws: Any, n: int) -> Iterator[dict[str, Any]]:
+    for _ in range(n):
+        yield orjson.loads(ws.recv(timeout=WAIT))
