@@ -43,11 +43,12 @@ import h11
 import httpx
 import orjson
 from websockets.client import ClientProtocol
+from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
-try:  # uvloop roughly halves the loop's own overhead per read; plain asyncio still works.
+try:  # uvloop trims the event loop's own cost per read; plain asyncio works too, a little slower.
     import uvloop
 except ImportError:  # pragma: no cover - depends on the environment
     uvloop = None
@@ -86,6 +87,8 @@ WORKER_REPLY_MARGIN_S = 60.0
 #: A worker waits at most this long for the next command beyond the expected run time.
 WORKER_COMMAND_MARGIN_S = 600.0
 WORKER_EXIT_TIMEOUT_S = 15.0
+#: After closing its connections a worker lingers this long so close frames and FINs get out.
+WORKER_CLOSE_LINGER_S = 0.2
 #: Largest WebSocket message accepted; a bench event is a few hundred bytes.
 WS_MAX_MESSAGE_BYTES = 1 << 20
 #: SSE framing sanity limits: a chunk-size line is a few hex digits; an event line one CloudEvent.
@@ -105,6 +108,8 @@ CLIENT_SATURATED_PCT = 90.0
 SPAWN_READY_TIMEOUT_S = 30.0
 SPAWN_POLL_S = 0.2
 SPAWN_STOP_TIMEOUT_S = 10.0
+#: File descriptors besides the subscriber sockets: publisher, pipes, stdio and the like.
+FD_HEADROOM = 64
 #: Connection errors quoted per worker in the report (the rest are only counted).
 ERROR_SAMPLES = 5
 
@@ -145,6 +150,19 @@ def own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def machine_busy_cpu_s() -> float | None:
+    """CPU seconds all cores spent not idle, machine-wide (None without psutil).
+
+    Minus the hub's and the client's share this shows what else competed for the cores.
+    """
+    try:
+        import psutil
+    except ImportError:
+        return None
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
 def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop() if uvloop is not None else asyncio.new_event_loop()
 
@@ -163,12 +181,14 @@ def percentile(sorted_values: Sequence[int], pct: float) -> int:
 class LatencyStore:
     """All latency samples (ns) up to a cap, then a uniform reservoir sample (Algorithm R)."""
 
-    __slots__ = ("samples", "seen", "cap", "_rng")
+    __slots__ = ("samples", "seen", "cap", "floor_ns", "_rng")
 
     def __init__(self, cap: int = LATENCY_SAMPLE_CAP) -> None:
         self.samples = array("q")
         self.seen = 0
         self.cap = cap
+        # Events stamped before this run's first publish (a replay, an earlier run) are not ours.
+        self.floor_ns = 0
         self._rng = random.Random(0x5EED)  # fixed seed: repeatable runs sample alike
 
     def add(self, value: int) -> None:
@@ -216,7 +236,7 @@ class Subscriber:
         data = obj.get("data")
         if type(data) is dict:
             t_ns = data.get("t_ns")
-            if type(t_ns) is int:
+            if type(t_ns) is int and t_ns >= self.latency.floor_ns:
                 self.latency.add(now - t_ns)
 
     def is_complete(self, published: set[int]) -> bool:
@@ -309,7 +329,7 @@ class WsClient(asyncio.Protocol):
             try:
                 self.proto.send_close(1000)
                 self._flush()
-            except Exception:  # already closing on the protocol level: just drop the socket
+            except InvalidState:  # already closing on the protocol level: just drop the socket
                 pass
         self.transport.close()
 
@@ -342,7 +362,11 @@ class SseClient(asyncio.Protocol):
         request = h11.Request(
             method="GET",
             target=self.target,
-            headers=[("Host", self.host_header), ("Accept", "text/event-stream"), ("Cache-Control", "no-cache")],
+            headers=[
+                ("Host", self.host_header),
+                ("Accept", "text/event-stream"),
+                ("Cache-Control", "no-cache"),
+            ],
         )
         self.transport.write(self.conn.send(request) + (self.conn.send(h11.EndOfMessage()) or b""))
 
@@ -367,7 +391,8 @@ class SseClient(asyncio.Protocol):
         headers = dict(event.headers)
         content_type = headers.get(b"content-type", b"")
         if event.status_code != 200 or not content_type.startswith(b"text/event-stream"):
-            self._fail(HandshakeFailed(f"SSE: HTTP {event.status_code} {content_type.decode(errors='replace')}"))
+            shown = content_type.decode(errors="replace")
+            self._fail(HandshakeFailed(f"SSE: HTTP {event.status_code} {shown}"))
             return
         self.in_body = True
         self.chunked = headers.get(b"transfer-encoding", b"").endswith(b"chunked")
@@ -465,7 +490,7 @@ class SseClient(asyncio.Protocol):
 Client = WsClient | SseClient
 
 
-# --- Worker process -----------------------------------------------------------------------------
+# --- Target and worker processes ---------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -535,6 +560,7 @@ class Worker:
         if command[0] != "go":
             return
         cpu0, wall0 = own_cpu_s(), time.monotonic()
+        self.latency.floor_ns = int(command[1])
         command = await self.recv()
         if command[0] != "drain":
             return
@@ -554,12 +580,14 @@ class Worker:
     async def connect_one(
         self, loop: asyncio.AbstractEventLoop, gate: asyncio.Semaphore, kind: str
     ) -> Client | None:
+        last = "no attempt made"
+        target = self.spec.target
         async with gate:
             for attempt in range(CONNECT_ATTEMPTS):
                 client = self.new_client(loop, kind)
                 try:
                     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                        await loop.create_connection(lambda: client, self.spec.target.host, self.spec.target.port)
+                        await loop.create_connection(lambda: client, target.host, target.port)
                         await client.ready
                     return client
                 except (OSError, TimeoutError, HandshakeFailed, ConnectionError) as exc:
@@ -664,8 +692,7 @@ def worker_main(spec: WorkerSpec, pipe: Connection) -> None:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(worker.run())
         # Give the close frames / FINs a moment to leave before the process exits.
-        runner.run(asyncio.sleep(0.2))
-    pipe.send(("closed", spec.index))
+        runner.run(asyncio.sleep(WORKER_CLOSE_LINGER_S))
 
 
 class WorkerPool:
@@ -677,7 +704,9 @@ class WorkerPool:
         self.procs: list[multiprocessing.process.BaseProcess] = []
         for spec in specs:
             parent, child = context.Pipe()
-            proc = context.Process(target=worker_main, args=(spec, child), name=f"fanout-{spec.index}", daemon=True)
+            proc = context.Process(
+                target=worker_main, args=(spec, child), name=f"fanout-{spec.index}", daemon=True
+            )
             proc.start()
             child.close()
             self.pipes.append(parent)
@@ -944,7 +973,7 @@ def spawn_hub(template: str, url: str, key: str) -> SpawnedHub:
             pass
         time.sleep(SPAWN_POLL_S)
     hub.stop()
-    raise RuntimeError(f"hub did not answer {HEALTH_PATH} within {SPAWN_READY_TIMEOUT_S:.0f} s; see {log.name}")
+    raise RuntimeError(f"hub not healthy within {SPAWN_READY_TIMEOUT_S:.0f} s; see {log.name}")
 
 
 # --- Orchestration ------------------------------------------------------------------------------
@@ -985,8 +1014,8 @@ def connect_summary(ready: list[dict[str, Any]], wall_s: float) -> dict[str, Any
         "connected_sse": sum(r["sse"] for r in ready),
         "connect_failed": sum(r["failed"] for r in ready),
         "connect_errors": dict(errors.most_common(ERROR_SAMPLES)),
-        "connect_s": max(r["connect_s"] for r in ready),
-        "connect_wall_s": wall_s,  # includes starting the worker processes
+        "connect_s": round(max(r["connect_s"] for r in ready), 3),
+        "connect_wall_s": round(wall_s, 3),  # includes starting the worker processes
     }
 
 
@@ -1032,13 +1061,16 @@ def run_fanout(args: argparse.Namespace, target: Target, probe: HubProbe | None)
         rss1 = probe.rss_bytes() if probe else None
         time.sleep(PRE_PUBLISH_SETTLE_S)
         hub_cpu0, main_cpu0, wall0 = (probe.cpu_s() if probe else 0.0), own_cpu_s(), time.monotonic()
-        pool.broadcast(("go",))
+        machine0 = machine_busy_cpu_s()
+        pool.broadcast(("go", time.time_ns()))
         published = run_publish(args, target)
         pool.broadcast(("drain", published.seqs.tobytes(), args.drain_timeout))
         results = pool.gather("result", args.drain_timeout + WORKER_REPLY_MARGIN_S)
         # Sampled before the connections close: closing thousands of them costs the hub CPU too.
         hub_cpu = (probe.cpu_s() - hub_cpu0) if probe else None
         main_cpu, window_s = own_cpu_s() - main_cpu0, time.monotonic() - wall0
+        machine1 = machine_busy_cpu_s()
+        machine = None if machine0 is None or machine1 is None else machine1 - machine0
         rss2 = probe.rss_bytes() if probe else None
     finally:
         pool.close()
@@ -1046,7 +1078,7 @@ def run_fanout(args: argparse.Namespace, target: Target, probe: HubProbe | None)
         "mode": "fanout",
         **summary,
         **delivery_figures(published, results, summary["connected"]),
-        **cpu_figures(hub_cpu, main_cpu, results, window_s),
+        **cpu_figures(hub_cpu, main_cpu, results, window_s, machine),
         "hub_rss_before_connect_mib": mib(rss0),
         "hub_rss_after_connect_mib": mib(rss1),
         "hub_rss_after_run_mib": mib(rss2),
@@ -1059,6 +1091,8 @@ def delivery_figures(pub: PublishResult, results: list[dict[str, Any]], subs: in
     delivered = sum(r.get("delivered", 0) for r in results)
     last_ns = max((r["last_receipt_ns"] for r in results), default=0)
     window_s = (last_ns - pub.first_ns) / 1e9 if last_ns > pub.first_ns else 0.0
+    # Workers split connections evenly, so when reservoirs kick in they sample at similar rates
+    # and pooling them stays close to unbiased.
     latencies: list[int] = sorted(itertools.chain.from_iterable(array("q", r["latency_ns"]) for r in results))
     ms = 1e6
     return {
@@ -1075,6 +1109,7 @@ def delivery_figures(pub: PublishResult, results: list[dict[str, Any]], subs: in
         "out_of_order": sum(r.get("out_of_order", 0) for r in results),
         "closed_early": sum(r.get("closed_early", 0) for r in results),
         "unparsable": sum(r.get("unparsable", 0) for r in results),
+        "unsequenced": sum(r.get("unsequenced", 0) for r in results),
         "drained": all(r["drained"] for r in results),
         "delivery_window_s": round(window_s, 3),
         "deliveries_per_s": round(delivered / window_s, 1) if window_s else 0.0,
@@ -1088,16 +1123,27 @@ def delivery_figures(pub: PublishResult, results: list[dict[str, Any]], subs: in
 
 
 def cpu_figures(
-    hub_cpu: float | None, main_cpu: float, results: list[dict[str, Any]], window_s: float
+    hub_cpu: float | None,
+    main_cpu: float,
+    results: list[dict[str, Any]],
+    window_s: float,
+    machine_cpu: float | None,
 ) -> dict[str, Any]:
     delivered = sum(r.get("delivered", 0) for r in results)
     client_cpu = main_cpu + sum(r["cpu_s"] for r in results)
     worker_pct = [100.0 * r["cpu_s"] / r["wall_s"] for r in results if r["wall_s"] > 0]
+    known = machine_cpu is not None and window_s > 0
+    other = machine_cpu - (hub_cpu or 0.0) - client_cpu if known and hub_cpu is not None else None
     return {
+        "machine_cores": os.cpu_count(),
+        "machine_busy_pct": round(100.0 * machine_cpu / window_s, 1) if known else None,
+        "other_processes_cpu_s": None if other is None else round(max(0.0, other), 3),
         "window_s": round(window_s, 3),
         "hub_cpu_s": None if hub_cpu is None else round(hub_cpu, 3),
         "hub_cpu_pct": None if hub_cpu is None or not window_s else round(100.0 * hub_cpu / window_s, 1),
-        "hub_cpu_us_per_delivery": None if hub_cpu is None or not delivered else round(hub_cpu / delivered * 1e6, 2),
+        "hub_cpu_us_per_delivery": (
+            None if hub_cpu is None or not delivered else round(hub_cpu / delivered * 1e6, 2)
+        ),
         "client_cpu_s": round(client_cpu, 3),
         "client_main_cpu_s": round(main_cpu, 3),
         "client_worker_cpu_pct": [round(p, 1) for p in worker_pct],
@@ -1109,42 +1155,92 @@ def cpu_figures(
 # --- Output -------------------------------------------------------------------------------------
 
 
+#: How the printed table groups the report's keys (the JSON keeps them flat).
+REPORT_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("run", ("url", "ws", "sse", "events_requested", "rate_requested", "workers")),
+    ("connections", ("connected", "connected_ws", "connected_sse", "connect_failed", "connect_errors",
+                     "connect_s", "connect_wall_s")),
+    ("publishing", ("events_published", "publish_failed", "publish_failures", "publish_rate_achieved")),
+    ("delivery", ("deliveries_expected", "delivered", "lost", "subs_with_loss", "duplicates", "extra",
+                  "out_of_order", "closed_early", "unparsable", "unsequenced", "drained", "delivery_window_s",
+                  "deliveries_per_s")),
+    ("latency (publish -> receipt)", ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_max_ms",
+                                      "latency_samples", "latency_sampled")),
+    ("hub", ("window_s", "hub_cpu_s", "hub_cpu_pct", "hub_cpu_us_per_delivery", "hub_rss_before_mib",
+             "hub_rss_after_mib", "hub_rss_before_connect_mib", "hub_rss_after_connect_mib",
+             "hub_rss_after_run_mib", "hub_rss_run_delta_mib", "hub_rss_per_conn_kib")),
+    ("client (this benchmark)", ("client_cpu_s", "client_main_cpu_s", "client_worker_cpu_pct",
+                                 "client_cpu_us_per_delivery", "client_saturated")),
+    ("machine (all cores; 100% = one core)", ("machine_cores", "machine_busy_pct", "other_processes_cpu_s")),
+)
+
+
+def format_value(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
 def format_report(report: dict[str, Any]) -> str:
-    """A two-column table, with a warning line when the client was the likely bottleneck."""
+    """A sectioned two-column table, plus warnings when the figures need a second look."""
     width = max(len(k) for k in report)
-    lines = [f"callhub fan-out benchmark ({report['mode']})", "-" * (width + 24)]
-    for name, value in report.items():
-        if name == "mode":
-            continue
-        shown = "n/a" if value is None else value
-        lines.append(f"{name:<{width}}  {shown}")
+    lines = [f"callhub fan-out benchmark ({report['mode']})"]
+    shown = {"mode"}
+    for title, keys in REPORT_SECTIONS:
+        present = [k for k in keys if k in report]
+        if present:
+            lines.append(f"\n[{title}]")
+            lines.extend(f"  {k:<{width}}  {format_value(report[k])}" for k in present)
+            shown.update(present)
+    rest = [k for k in report if k not in shown]
+    if rest:
+        lines.append("\n[other]")
+        lines.extend(f"  {k:<{width}}  {format_value(report[k])}" for k in rest)
+    lines.extend(warnings(report))
+    return "\n".join(lines)
+
+
+def warnings(report: dict[str, Any]) -> list[str]:
+    found = []
     if report.get("client_saturated"):
-        lines.append(
+        found.append(
             f"WARNING: a client worker ran at >= {CLIENT_SATURATED_PCT:.0f}% of a core; the client, not the"
             " hub, may have capped throughput and inflated latency (try --workers)."
         )
     if report.get("mode") == "fanout" and not report.get("drained"):
-        lines.append("WARNING: drain timeout reached before every subscriber had every event.")
-    return "\n".join(lines)
+        found.append("WARNING: drain timeout reached before every subscriber had every event.")
+    if report.get("connect_failed"):
+        found.append(f"WARNING: {report['connect_failed']} connections failed: {report['connect_errors']}")
+    if report.get("publish_failed"):
+        found.append(f"WARNING: {report['publish_failed']} publishes failed: {report['publish_failures']}")
+    return ["", *found] if found else []
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="hub base URL (http only)")
-    parser.add_argument("--key", required=True, help="API key: Bearer for publishing, ?token= for streams")
-    parser.add_argument("--ws", type=int, default=0, help="WebSocket subscribers")
-    parser.add_argument("--sse", type=int, default=0, help="SSE subscribers")
-    parser.add_argument("--events", type=int, default=2000, help="events to publish")
-    parser.add_argument("--rate", type=float, default=500.0, help="publish rate, events/s")
-    parser.add_argument("--workers", type=int, default=0, help="subscriber processes (default 1, or 2 above 200)")
-    parser.add_argument("--hub-pid", type=int, help="hub PID for CPU and RSS figures")
-    parser.add_argument("--idle", action="store_true", help="connect, let RSS settle, measure; publish nothing")
-    parser.add_argument("--types", default=DEFAULT_TYPES, help="subscription type filter")
-    parser.add_argument("--event-type", default=DEFAULT_EVENT_TYPE, help="type of the published events")
-    parser.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, help="seconds")
-    parser.add_argument("--spawn-cmd", help="start the hub first, e.g. '{python} -m hub serve --config x.toml'"
-                        " ({python}, {port}, {key} are substituted; {port} picks a free port and sets --url)")
-    parser.add_argument("--json", help="also write the report to this file")
+    add = parser.add_argument
+    add("--url", default="http://127.0.0.1:8080", help="hub base URL (http only)")
+    add("--key", required=True, help="API key: Bearer for publishing, ?token= for streams")
+    add("--ws", type=int, default=0, help="WebSocket subscribers")
+    add("--sse", type=int, default=0, help="SSE subscribers")
+    add("--events", type=int, default=2000, help="events to publish")
+    add("--rate", type=float, default=500.0, help="publish rate, events/s")
+    add("--workers", type=int, default=0, help="subscriber processes (default: 1; 2 above 200 connections)")
+    add("--hub-pid", type=int, help="hub PID, for its CPU and RSS figures")
+    add("--idle", action="store_true", help="connect, let RSS settle, measure RSS, publish nothing")
+    add("--types", default=DEFAULT_TYPES, help="subscription type filter")
+    add("--event-type", default=DEFAULT_EVENT_TYPE, help="type of the published events")
+    add("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, help="seconds to wait at the end")
+    add(
+        "--spawn-cmd",
+        help="start the hub first, e.g. '{python} -m hub serve --config x.toml'; {python}, {port}, {key} are"
+        " substituted, and {port} picks a free loopback port and overrides --url",
+    )
+    add("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
     check_bounds(parser, args)
     return args
@@ -1163,27 +1259,37 @@ def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         parser.error("--drain-timeout out of range")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    limit = raise_nofile_limit()
-    if args.ws + args.sse + 64 > limit:  # 64: the publisher, pipes, stdio and the like
-        print(f"warning: file descriptor limit {limit} is below the connection count", file=sys.stderr)
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Spawn the hub if asked, run the chosen mode, stop the hub again; return the report."""
     hub = spawn_hub(args.spawn_cmd, args.url, args.key) if args.spawn_cmd else None
     url = hub.url if hub else args.url.rstrip("/")
     try:
         pid = args.hub_pid or (hub.proc.pid if hub else None)
         probe = HubProbe(pid) if pid else None
-        runner: Callable[..., dict[str, Any]] = run_idle if args.idle else run_fanout
-        run: dict[str, Any] = {"url": url, "ws": args.ws, "sse": args.sse}
+        mode: Callable[..., dict[str, Any]] = run_idle if args.idle else run_fanout
+        header: dict[str, Any] = {"url": url, "ws": args.ws, "sse": args.sse}
         if not args.idle:
-            run.update(events_requested=args.events, rate_requested=args.rate)
-        result = runner(args, Target.parse(url, args.key, args.types), probe)
-        report = {"mode": result.pop("mode"), **run, **result}
+            header.update(events_requested=args.events, rate_requested=args.rate)
+        result = mode(args, Target.parse(url, args.key, args.types), probe)
+        return {"mode": result.pop("mode"), **header, **result}
     finally:
         if hub:
             hub.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    limit = raise_nofile_limit()
+    if args.ws + args.sse + FD_HEADROOM > limit:
+        print(f"warning: file descriptor limit {limit} is below the connection count", file=sys.stderr)
+    try:
+        report = run(args)
+    except RuntimeError as exc:  # a failed phase (nothing connected, a worker died, hub not healthy)
+        print(f"fanout: {exc}", file=sys.stderr)
+        return 1
     print(format_report(report))
     if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "wb") as out:
             out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     return 0

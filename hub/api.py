@@ -20,6 +20,8 @@ __all__ = ["JSONResponse", "publish_event", "list_events", "list_subscribers", "
 #: `GET /v1/events` page size: default and maximum.
 HISTORY_LIMIT_DEFAULT = 100
 HISTORY_LIMIT_MAX = 1000
+#: Largest seq a client may name (SQLite's INTEGER is signed 64-bit).
+MAX_SEQ = 2**63 - 1
 _JSON_TYPES = {"application/json", "application/cloudevents+json"}
 
 
@@ -108,7 +110,7 @@ async def publish_event(request: Request) -> Response:
 async def list_events(request: Request) -> Response:
     hub = hub_of(request)
     principal = hub.authenticate(request)
-    after = int_param(request, "after", default=0, low=0)
+    after = int_param(request, "after", default=0, low=0, high=MAX_SEQ)
     limit = int_param(request, "limit", default=HISTORY_LIMIT_DEFAULT, low=1, high=HISTORY_LIMIT_MAX)
     assert after is not None and limit is not None
     types = TypeFilter(parse_patterns(request.query_params.get("types")), principal.types)
@@ -121,6 +123,13 @@ async def list_events(request: Request) -> Response:
     # The stored JSON goes out as it is: no decode, no re-encode.
     out = b'{"events":[' + b",".join(bodies) + b'],"next":%d}' % page.next
     return Response(out, media_type="application/json")
+
+
+async def events(request: Request) -> Response:
+    """`/v1/events`: one route for both methods, so a 405 names both in `Allow`."""
+    if request.method == "POST":
+        return await publish_event(request)
+    return await list_events(request)
 
 
 async def list_subscribers(request: Request) -> Response:

@@ -10,7 +10,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from hub import api
@@ -18,7 +18,7 @@ from hub.config import Config
 from hub.core import Hub
 from hub.exceptions import HubError
 from hub.plugins import load_plugins
-from hub.streams import RAW_SEND, SSEEndpoint, ws_endpoint
+from hub.streams import SSEEndpoint, WebSocketEndpoint
 
 logger = logging.getLogger("callhub")
 
@@ -50,20 +50,27 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 class CallhubApp:
-    """The outermost ASGI callable: keeps the server's raw `send` in the scope for the streams.
+    """The outermost ASGI callable: streams go straight to their endpoints, the rest to Starlette.
 
-    Starlette's middleware wraps `send`; the fan-out's fast path needs the server's own
-    (see `hub.sinks.transport_of`).
+    The stream endpoints get the server's own `send` (Starlette's middleware would wrap it),
+    which the fan-out's direct writes need (`hub.sinks.transport_of`); skipping the router's
+    and middleware's coroutine frames also keeps each idle connection small.
     """
 
     def __init__(self, hub: Hub, app: Starlette) -> None:
         self.hub = hub
         self.app = app
+        self.sse = SSEEndpoint(hub)
+        self.ws = WebSocketEndpoint(hub)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "lifespan":
-            scope[RAW_SEND] = send
-        await self.app(scope, receive, send)
+        kind = scope["type"]
+        if kind == "websocket" and scope["path"] == "/v1/ws":
+            await self.ws(scope, receive, send)
+        elif kind == "http" and scope["path"] == "/v1/stream":
+            await self.sse(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 def create_app(config: Config) -> CallhubApp:
@@ -81,10 +88,7 @@ def create_app(config: Config) -> CallhubApp:
             await hub.stop()
 
     routes = [
-        Route("/v1/events", api.publish_event, methods=["POST"]),
-        Route("/v1/events", api.list_events, methods=["GET"]),
-        Route("/v1/stream", SSEEndpoint(hub), methods=["GET"]),
-        WebSocketRoute("/v1/ws", ws_endpoint),
+        Route("/v1/events", api.events, methods=["GET", "POST"]),
         Route("/v1/subscribers", api.list_subscribers, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),

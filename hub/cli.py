@@ -84,6 +84,12 @@ class HubServer(uvicorn.Server):
         if self.hub.started:
             await self.hub.drain()
         await super().shutdown(sockets)
+        # uvicorn re-raises the signal that stopped it once it is done, so the process would end
+        # "killed by SIGTERM" (status 143) after a clean shutdown. A completed graceful
+        # shutdown exits 0, as process supervisors expect.
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
 
 
 def _banner(app: CallhubApp, config: Config) -> None:

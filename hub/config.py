@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hub._units import parse_duration, parse_size
 
@@ -56,14 +56,15 @@ class BackendConfig(_Section):
     #: Most events written in one transaction (group commit).
     max_batch: int = Field(512, ge=1, le=100_000)
 
-    @model_validator(mode="after")
-    def _known_scheme(self) -> BackendConfig:
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, url: str) -> str:
         from hub.backends import SCHEMES
 
-        scheme = self.url.split("://", 1)[0] if "://" in self.url else self.url
+        scheme = url.split("://", 1)[0] if "://" in url else url
         if scheme not in SCHEMES:
-            raise ValueError(f"unknown backend {self.url!r}; known: {', '.join(sorted(SCHEMES))}")
-        return self
+            raise ValueError(f"unknown backend {url!r}; known: {', '.join(sorted(SCHEMES))}")
+        return url
 
 
 class RetentionConfig(_Section):
@@ -119,10 +120,7 @@ class Config(_Section):
     @model_validator(mode="after")
     def _auth_off_only_on_loopback(self) -> Config:
         if not self.server.auth and not is_loopback_host(self.server.host):
-            raise _LocatedError(
-                ("server", "auth"),
-                f"auth = false is allowed only on a loopback host, not {self.server.host!r}",
-            )
+            raise _LocatedError(("server", "auth"), _auth_off_message(self.server.host))
         return self
 
     @property
@@ -225,6 +223,8 @@ def config_from_dict(
                 known = ", ".join(sorted(_SECTIONS | handler_sections))
                 problems.append((key, f"unknown section; known: {known}"))
     data = _substitute_env(raw, dict(os.environ) if env is None else env, (), problems)
+    missing_env = {path for path, _ in problems}
+    problems.extend(_cross_field_problems(data))
     core = {k: v for k, v in data.items() if k in _SECTIONS}
     core["handlers"] = {k: v for k, v in data.items() if k not in _SECTIONS}
     try:
@@ -236,14 +236,33 @@ def config_from_dict(
             if isinstance(ctx_error, _LocatedError):
                 problems.append((_format_path(ctx_error.loc), str(ctx_error)))
                 continue
+            path = _format_path(loc)
+            if path in missing_env:
+                continue  # already reported as the unset variable it came from
             message = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 message = "unknown key"
-            problems.append((_format_path(loc), message))
+            problems.append((path, message))
         config = None
     if problems or config is None:
-        raise ConfigError(problems, source)
+        raise ConfigError(list(dict.fromkeys(problems)), source)
     return config
+
+
+def _cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Checks that span keys, run on the raw data so they are reported beside every other problem
+    (a pydantic after-validator runs only once everything else is valid)."""
+    server = data.get("server")
+    if not isinstance(server, dict):
+        return []
+    host = server.get("host", ServerConfig.model_fields["host"].default)
+    if server.get("auth", True) is False and isinstance(host, str) and not is_loopback_host(host):
+        return [("server.auth", _auth_off_message(host))]
+    return []
+
+
+def _auth_off_message(host: str) -> str:
+    return f"auth = false is allowed only on a loopback host, not {host!r}"
 
 
 def load_config(

@@ -31,12 +31,12 @@ EVENT_LIMITS = {
     "agent": 256,
 }
 #: CloudEvents extension attribute names: lower-case ASCII letters and digits, at most 20.
-_EXTENSION_NAME = re.compile(r"^[a-z0-9]{1,20}$")
+_EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 #: Types are written into SSE `event:` lines and matched by glob patterns: no spaces, no controls.
-_TYPE = re.compile(r"^[A-Za-z0-9._:/@+-]+$")
-_RFC3339 = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
-)
+_TYPE = re.compile(r"[A-Za-z0-9._:/@+-]+")
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+#: CloudEvents' Integer type is a signed 32-bit number.
+INT32 = (-(2**31), 2**31 - 1)
 _CORE = {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data", "dataschema"}
 #: Attributes a client may not set: the hub assigns them.
 _RESERVED = {"seq"}
@@ -74,7 +74,7 @@ def prepare_event(obj: Any, *, default_source: str = "api") -> dict[str, Any]:
         raise InvalidEvent(f"'specversion' must be {SPECVERSION!r}", field="specversion")
     type_ = _string(obj, "type", required=True)
     assert type_ is not None
-    if not _TYPE.match(type_):
+    if not _TYPE.fullmatch(type_):
         raise InvalidEvent(
             "'type' may hold only letters, digits and . _ : / @ + -", field="type"
         )
@@ -83,7 +83,7 @@ def prepare_event(obj: Any, *, default_source: str = "api") -> dict[str, Any]:
     event_time = _string(obj, "time")
     if event_time is None:
         event_time = now_rfc3339()
-    elif not _RFC3339.match(event_time):
+    elif not _RFC3339.fullmatch(event_time):
         raise InvalidEvent("'time' must be an RFC 3339 timestamp such as 2026-11-23T08:15:00Z", field="time")
     else:
         try:
@@ -122,12 +122,14 @@ def prepare_event(obj: Any, *, default_source: str = "api") -> dict[str, Any]:
             continue
         if name in _RESERVED:
             raise InvalidEvent(f"'{name}' is assigned by the hub and may not be set", field=name)
-        if not _EXTENSION_NAME.match(name):
+        if not _EXTENSION_NAME.fullmatch(name):
             raise InvalidEvent(
                 f"unknown attribute {name!r}: extension names are 1-20 lower-case letters or digits", field=name
             )
         if not isinstance(value, (str, int, bool)):
             raise InvalidEvent(f"extension attribute {name!r} must be a string, integer or boolean", field=name)
+        if isinstance(value, int) and not isinstance(value, bool) and not INT32[0] <= value <= INT32[1]:
+            raise InvalidEvent(f"extension attribute {name!r} is outside the 32-bit integer range", field=name)
         event[name] = value
     event["data"] = data
     return event

@@ -5,6 +5,7 @@
     ├── Unauthorized              401 (no or bad credentials, expired token)
     ├── Forbidden                 403 (credentials valid, role or scope not allowed)
     ├── NotFound                  404
+    ├── MethodNotAllowed          405
     ├── PayloadTooLarge           413
     ├── UnsupportedMediaType      415
     ├── InvalidEvent              422 (JSON is fine, the event is not)
@@ -53,6 +54,11 @@ class Forbidden(HubError):
 class NotFound(HubError):
     status_code = 404
     code = "not_found"
+
+
+class MethodNotAllowed(HubError):
+    status_code = 405
+    code = "method_not_allowed"
 
 
 class PayloadTooLarge(HubError):

@@ -20,7 +20,7 @@ MAX_PATTERNS = 64
 MAX_PATTERN_LENGTH = 256
 #: Types remembered per filter; types are few in practice, the bound guards against abuse.
 MAX_CACHED_TYPES = 4096
-_PATTERN = re.compile(r"^[A-Za-z0-9._:/@+*?-]+$")
+_PATTERN = re.compile(r"[A-Za-z0-9._:/@+*?-]+")
 
 
 def parse_patterns(value: str | Iterable[str] | None, *, field: str = "types") -> tuple[str, ...]:
@@ -35,7 +35,7 @@ def parse_patterns(value: str | Iterable[str] | None, *, field: str = "types") -
         item = item.strip()
         if not item:
             continue
-        if len(item) > MAX_PATTERN_LENGTH or not _PATTERN.match(item):
+        if len(item) > MAX_PATTERN_LENGTH or not _PATTERN.fullmatch(item):
             raise BadRequest(
                 f"{item[:60]!r} is not a type pattern (letters, digits, . _ : / @ + - and the wildcards * ?)",
                 code="invalid_filter",

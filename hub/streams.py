@@ -15,20 +15,17 @@ from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from hub.api import error_response
+from hub.api import MAX_SEQ, error_response
 from hub.auth import Principal
 from hub.core import Hub
-from hub.exceptions import BadRequest, HubError, Unavailable
+from hub.exceptions import BadRequest, HubError, MethodNotAllowed, Unavailable
 from hub.fanout import Subscriber
 from hub.matcher import TypeFilter, parse_patterns
 from hub.sinks import make_sink
 
 logger = logging.getLogger("callhub.streams")
 
-__all__ = ["SSEEndpoint", "ws_endpoint", "RAW_SEND"]
-
-#: Scope key under which `hub.app` keeps the server's own `send`, before any middleware wraps it.
-RAW_SEND = "callhub.send"
+__all__ = ["SSEEndpoint", "WebSocketEndpoint"]
 
 
 def _parse_after(value: Any, name: str) -> int | None:
@@ -40,7 +37,7 @@ def _parse_after(value: Any, name: str) -> int | None:
         after = int(value)
     except (TypeError, ValueError):
         raise BadRequest(f"'{name}' must be a non-negative integer seq", code="invalid_parameter") from None
-    if after < 0:
+    if after < 0 or after > MAX_SEQ:
         raise BadRequest(f"'{name}' must be a non-negative integer seq", code="invalid_parameter")
     return after
 
@@ -59,16 +56,22 @@ def _remote(scope: Scope) -> str:
 
 
 class SSEEndpoint:
-    """`GET /v1/stream`, a plain ASGI app so that it owns the response from start to end."""
+    """`GET /v1/stream`, a plain ASGI app that owns the response from start to end.
+
+    `hub.app` calls it with the server's own `send` (no middleware around it), which is what
+    lets the fan-out write to the transport directly (`hub.sinks.transport_of`).
+    """
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
-        raw_send: Send = scope.get(RAW_SEND, send)
+        raw_send = send
         conn = HTTPConnection(scope)
         try:
+            if scope["method"] not in ("GET", "HEAD"):
+                raise MethodNotAllowed("use GET for /v1/stream")
             principal, types = _open(hub, conn)
             # A reconnecting EventSource sends Last-Event-ID: it is newer than the URL's `after`.
             after = _parse_after(conn.headers.get("last-event-id"), "Last-Event-ID")
@@ -111,10 +114,17 @@ class SSEEndpoint:
             hub.fanout.unregister(subscriber)
 
 
-async def ws_endpoint(websocket: WebSocket) -> None:
-    """`GET /v1/ws`."""
-    hub: Hub = websocket.app.state.hub
-    raw_send: Send = websocket.scope.get(RAW_SEND, websocket.send)
+class WebSocketEndpoint:
+    """`GET /v1/ws`, called like `SSEEndpoint` with the server's own `send`."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _websocket(self.hub, WebSocket(scope, receive, send), send)
+
+
+async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
     try:
         principal, types = _open(hub, websocket)
         after = _parse_after(websocket.query_params.get("after"), "after")

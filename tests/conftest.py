@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +9,10 @@ from starlette.testclient import TestClient
 
 from hub.app import create_app
 from tests.helpers import ServerThread, make_config
+
+# The hub under test runs in a thread of this process, beside blocking test clients in others.
+# With the default 5 ms GIL switch interval every request waits out a few switches.
+sys.setswitchinterval(0.0002)
 
 
 @pytest.fixture

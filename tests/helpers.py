@@ -111,6 +111,9 @@ class ServerThread:
         self.app: CallhubApp = create_app(config)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # uvicorn wraps a passed-in descriptor as a Unix socket and so never sets TCP_NODELAY on
+        # what it accepts; accepted sockets inherit it from the listener (Linux).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(("127.0.0.1", self.port))
         self._sock = sock
         self.server = HubServer(build_uvicorn_config(self.app, config, fd=sock.fileno()), self.app)

@@ -63,7 +63,9 @@ def bad_config(tmp_path: Path) -> Path:
 
 
 def claims_of(token: str, secret: str = JWT_SECRET) -> dict[str, object]:
-    decoded: dict[str, object] = jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]})
+    decoded: dict[str, object] = jwt.decode(
+        token, secret, algorithms=["HS256"], options={"require": ["exp", "sub"]}
+    )
     return decoded
 
 
@@ -154,7 +156,8 @@ def test_serve_refuses_auth_off_on_public_host_without_starting(tmp_path: Path) 
     data = tmp_path / "data"
     port = free_port()
     path = write_config(
-        tmp_path / "open.toml", {"server": {"host": "0.0.0.0", "auth": False, "port": port, "data_dir": str(data)}}
+        tmp_path / "open.toml",
+        {"server": {"host": "0.0.0.0", "auth": False, "port": port, "data_dir": str(data)}},
     )
     result = run_cli("serve", "--config", str(path), env=NO_ENV_CONFIG, timeout=WAIT)
     assert result.returncode == 1
@@ -190,7 +193,9 @@ def test_serve_with_bad_config_exits_1(bad_config: Path) -> None:
 def test_token_prints_a_jwt_with_sub_agent_and_exp(good_config: Path) -> None:
     """`callhub token --agent alice --ttl 8h` prints an HS256 JWT for alice valid for 8 hours."""
     before = time.time()
-    result = run_cli("token", "--agent", "alice", "--ttl", "8h", "--config", str(good_config), env=NO_ENV_CONFIG)
+    result = run_cli(
+        "token", "--agent", "alice", "--ttl", "8h", "--config", str(good_config), env=NO_ENV_CONFIG
+    )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
     assert token.count(".") == 2 and "\n" not in token
@@ -221,7 +226,8 @@ def test_token_is_accepted_and_scoped_by_the_hub(tmp_path: Path) -> None:
     data = tmp_path / "data"
     path = write_config(tmp_path / "hub.toml", raw_config(data))
     result = run_cli(
-        "token", "--agent", "alice", "--types", "call.*", "--ttl", "8h", "--config", str(path), env=NO_ENV_CONFIG
+        "token", "--agent", "alice", "--types", "call.*", "--ttl", "8h", "--config", str(path),
+        env=NO_ENV_CONFIG,
     )
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip()
@@ -268,7 +274,9 @@ def test_token_uses_callhub_config_env(good_config: Path) -> None:
 @pytest.mark.parametrize("ttl", ["soon", "0"])
 def test_token_with_bad_ttl_exits_1(good_config: Path, ttl: str) -> None:
     """A ttl that is not a positive duration is refused with exit 1 and no token."""
-    result = run_cli("token", "--agent", "alice", "--ttl", ttl, "--config", str(good_config), env=NO_ENV_CONFIG)
+    result = run_cli(
+        "token", "--agent", "alice", "--ttl", ttl, "--config", str(good_config), env=NO_ENV_CONFIG
+    )
     assert result.returncode == 1
     assert "ttl" in result.stderr
     assert result.stdout.strip() == ""
@@ -335,8 +343,10 @@ def hub_processes() -> Iterator[list[HubProcess]]:
             hub.proc.wait()
 
 
-def test_first_serve_creates_and_prints_an_admin_key_once(tmp_path: Path, hub_processes: list[HubProcess]) -> None:
-    """First `serve` with no config creates callhub-data/admin.key (0600), prints it once with curl; it works."""
+def test_first_serve_creates_and_prints_an_admin_key_once(
+    tmp_path: Path, hub_processes: list[HubProcess]
+) -> None:
+    """First `serve` without config creates callhub-data/admin.key (0600) and prints it once, with curl."""
     cwd = tmp_path / "fresh"
     cwd.mkdir()
     port = free_port()

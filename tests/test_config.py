@@ -13,7 +13,7 @@ from tests.helpers import ADMIN_KEY, JWT_SECRET, raw_config, write_config
 
 
 def problems_of(raw: dict[str, Any], *, env: dict[str, str] | None = None, **kwargs: Any) -> dict[str, str]:
-    """The problems `config_from_dict` reports, as {key path: its messages joined} (fails if it accepts `raw`)."""
+    """The problems `config_from_dict` reports, as {key path: its messages} (fails if it accepts `raw`)."""
     with pytest.raises(ConfigError) as info:
         config_from_dict(raw, env={} if env is None else env, **kwargs)
     problems: dict[str, str] = {}
@@ -135,7 +135,10 @@ def test_missing_env_var_is_a_problem_at_its_key_path() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("15s", 15.0), ("10m", 600.0), ("8h", 28800.0), ("7d", 604800.0), ("250ms", 0.25), (30, 30.0), (1.5, 1.5)],
+    [
+        ("15s", 15.0), ("10m", 600.0), ("8h", 28800.0), ("7d", 604800.0),
+        ("250ms", 0.25), (30, 30.0), (1.5, 1.5),
+    ],
 )
 def test_durations_parse(text: str | float, seconds: float) -> None:
     """Durations like "15s", "10m", "8h", "7d", "250ms" or plain seconds are understood."""
@@ -304,7 +307,9 @@ def test_auth_off_with_public_host_override_is_refused() -> None:
     """A `--host 0.0.0.0` override on top of an auth-off loopback file is refused too."""
     with pytest.raises(ConfigError) as info:
         config_from_dict(
-            {"server": {"host": "127.0.0.1", "auth": False}}, env={}, overrides={"server": {"host": "0.0.0.0"}}
+            {"server": {"host": "127.0.0.1", "auth": False}},
+            env={},
+            overrides={"server": {"host": "0.0.0.0"}},
         )
     assert [p for p, _ in info.value.problems] == ["server.auth"]
 
