@@ -42,6 +42,7 @@ from urllib.parse import urlencode, urlsplit
 import h11
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame, Opcode
@@ -117,6 +118,7 @@ EVENTS_PATH = "/v1/events"
 WS_PATH = "/v1/ws"
 SSE_PATH = "/v1/stream"
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 DEFAULT_TYPES = "bench.*"
 DEFAULT_EVENT_TYPE = "bench.tick"
 EVENT_SOURCE = "bench"
@@ -503,6 +505,7 @@ class Target:
     ws_url: str
     sse_target: str
     events_path: str
+    prefix: str = ""
 
     @classmethod
     def parse(cls, url: str, key: str, types: str) -> Target:
@@ -518,6 +521,7 @@ class Target:
             ws_url=f"ws://{parts.netloc}{prefix}{WS_PATH}?{query}",
             sse_target=f"{prefix}{SSE_PATH}?{query}",
             events_path=f"{prefix}{EVENTS_PATH}",
+            prefix=prefix,
         )
 
 
@@ -1062,6 +1066,7 @@ def run_fanout(args: argparse.Namespace, target: Target, probe: HubProbe | None)
         time.sleep(PRE_PUBLISH_SETTLE_S)
         hub_cpu0, main_cpu0, wall0 = (probe.cpu_s() if probe else 0.0), own_cpu_s(), time.monotonic()
         machine0 = machine_busy_cpu_s()
+        buckets0 = fanout_buckets(target)
         pool.broadcast(("go", time.time_ns()))
         published = run_publish(args, target)
         pool.broadcast(("drain", published.seqs.tobytes(), args.drain_timeout))
@@ -1072,10 +1077,12 @@ def run_fanout(args: argparse.Namespace, target: Target, probe: HubProbe | None)
         machine1 = machine_busy_cpu_s()
         machine = None if machine0 is None or machine1 is None else machine1 - machine0
         rss2 = probe.rss_bytes() if probe else None
+        hub_latency = hub_fanout_latency(buckets0, fanout_buckets(target))
     finally:
         pool.close()
     return {
         "mode": "fanout",
+        **hub_latency,
         **summary,
         **delivery_figures(published, results, summary["connected"]),
         **cpu_figures(hub_cpu, main_cpu, results, window_s, machine),
@@ -1085,6 +1092,45 @@ def run_fanout(args: argparse.Namespace, target: Target, probe: HubProbe | None)
         "hub_rss_per_conn_kib": per_conn_kib(rss0, rss1, summary["connected"]),
         "hub_rss_run_delta_mib": None if rss1 is None or rss2 is None else mib(rss2 - rss1),
     }
+
+
+#: The hub's own histogram: from accepting an event to having written it to every live subscriber.
+FANOUT_HISTOGRAM = "callhub_fanout_latency_seconds"
+
+
+def fanout_buckets(target: Target) -> dict[float, float] | None:
+    """Cumulative bucket counts of the hub's fan-out latency histogram, from its /metrics (None if absent)."""
+    try:
+        text = httpx.get(f"http://{target.host_header}{target.prefix}{METRICS_PATH}", timeout=PUBLISH_TIMEOUT_S).text
+    except httpx.HTTPError:
+        return None
+    for family in text_string_to_metric_families(text):
+        if family.name == FANOUT_HISTOGRAM:
+            return {
+                float(sample.labels["le"]): sample.value
+                for sample in family.samples
+                if sample.name.endswith("_bucket")
+            }
+    return None
+
+
+def hub_fanout_latency(before: dict[float, float] | None, after: dict[float, float] | None) -> dict[str, Any]:
+    """p50/p99 of the hub-side fan-out latency during the run, as histogram bucket upper bounds."""
+    if before is None or after is None:
+        return {"hub_fanout_p50_le_ms": None, "hub_fanout_p99_le_ms": None}
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+
+    def upper(pct: float) -> float | None:
+        if not total:
+            return None
+        for bound, count in zip(bounds, counts):
+            if count >= total * pct / 100:
+                return round(bound * 1000, 3)
+        return None
+
+    return {"hub_fanout_p50_le_ms": upper(50), "hub_fanout_p99_le_ms": upper(99)}
 
 
 def delivery_figures(pub: PublishResult, results: list[dict[str, Any]], subs: int) -> dict[str, Any]:
@@ -1166,6 +1212,8 @@ REPORT_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "deliveries_per_s")),
     ("latency (publish -> receipt)", ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "latency_max_ms",
                                       "latency_samples", "latency_sampled")),
+    ("hub-side fan-out latency (accepted -> written to every socket; /metrics bucket bounds)",
+     ("hub_fanout_p50_le_ms", "hub_fanout_p99_le_ms")),
     ("hub", ("window_s", "hub_cpu_s", "hub_cpu_pct", "hub_cpu_us_per_delivery", "hub_rss_before_mib",
              "hub_rss_after_mib", "hub_rss_before_connect_mib", "hub_rss_after_connect_mib",
              "hub_rss_after_run_mib", "hub_rss_run_delta_mib", "hub_rss_per_conn_kib")),

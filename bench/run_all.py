@@ -1,0 +1,105 @@
+"""Run the four standard fan-out scenarios side by side and report medians.
+
+    python -m bench.run_all [--repeat 3] [--pin] [--only ws-100,idle-5000] [--out bench/results]
+
+Each run starts a fresh hub (SQLite in a temporary directory, the config below) through
+`bench.fanout --spawn-cmd`, so every RSS figure starts from a new process. With `--pin` (and
+`taskset` present) the hub runs on core 0 and the load client on the other cores, so the two
+compete less for the same core; the report says which was used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+KEY = "bench-admin-key-0123456789abcdef"
+#: name -> bench.fanout arguments.
+SCENARIOS: dict[str, list[str]] = {
+    "ws-100": ["--ws", "100", "--events", "2000", "--rate", "500"],
+    "ws-1000": ["--ws", "1000", "--events", "1000", "--rate", "200"],
+    "sse-1000": ["--sse", "1000", "--events", "1000", "--rate", "200"],
+    "idle-5000": ["--ws", "5000", "--idle"],
+}
+#: The figures worth a median, in report order.
+FIGURES = (
+    "delivered", "lost", "duplicates", "deliveries_per_s", "publish_rate_achieved",
+    "latency_p50_ms", "latency_p99_ms", "hub_fanout_p50_le_ms", "hub_fanout_p99_le_ms",
+    "hub_cpu_us_per_delivery", "hub_rss_per_conn_kib", "client_cpu_us_per_delivery",
+    "client_worker_cpu_pct", "machine_busy_pct", "other_processes_cpu_s",
+)
+CONFIG = """
+[server]
+data_dir = "{data}"
+log_level = "warning"
+[retention]
+interval = "1h"
+[auth]
+jwt_secret = "bench-jwt-secret-0123456789abcdef0123456789"
+[[auth.keys]]
+key = "{key}"
+role = "admin"
+"""
+
+
+def run_once(name: str, workdir: Path, pin: bool, index: int) -> dict[str, Any]:
+    data = workdir / f"{name}-{index}"
+    config = workdir / f"{name}-{index}.toml"
+    config.write_text(CONFIG.format(data=data, key=KEY))
+    hub_prefix = "taskset -c 0 " if pin else ""
+    client_prefix = ["taskset", "-c", "1-1024"] if pin else []
+    out = workdir / f"{name}-{index}.json"
+    cmd = [
+        *client_prefix, sys.executable, "-m", "bench.fanout", "--key", KEY, *SCENARIOS[name],
+        "--spawn-cmd", f"{hub_prefix}{{python}} -m hub serve --config {config} --port {{port}}",
+        "--json", str(out),
+    ]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def median(values: list[Any]) -> Any:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    if isinstance(values[0], list):  # per-worker percentages: median of each run's maximum
+        return statistics.median(max(v) for v in values if v)
+    return round(statistics.median(values), 3)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
+    parser.add_argument("--pin", action="store_true", help="hub on core 0, client on the others (taskset)")
+    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--out", type=Path, help="directory for the raw JSON of every run and the summary")
+    args = parser.parse_args(argv)
+    pin = args.pin and shutil.which("taskset") is not None
+    names = args.only.split(",") if args.only else list(SCENARIOS)
+    summary: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="callhub-bench-") as tmp:
+        workdir = Path(tmp)
+        for name in names:
+            runs = [run_once(name, workdir, pin, i) for i in range(args.repeat)]
+            summary[name] = {f: median([r.get(f) for r in runs]) for f in FIGURES if any(f in r for r in runs)}
+            summary[name]["runs"] = len(runs)
+            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary[name].items()), flush=True)
+            if args.out:
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / f"{name}.runs.json").write_text(json.dumps(runs, indent=1))
+    print(f"\nmedians of {args.repeat} run(s) each; pinned: {pin}")
+    if args.out:
+        (args.out / "summary.json").write_text(json.dumps({"pinned": pin, "scenarios": summary}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
