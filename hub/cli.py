@@ -41,7 +41,13 @@ def _loop_impl() -> str:
 
 def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = None) -> uvicorn.Config:
     streams = config.streams
-    log_config: dict[str, Any] = {**LOGGING_CONFIG, "loggers": dict(LOGGING_CONFIG["loggers"])}
+    log_config: dict[str, Any] = {
+        **LOGGING_CONFIG,
+        "filters": {"redact": {"()": "hub.logs.RedactSecrets"}},
+        # Every handler redacts: uvicorn logs request paths, and `?token=` is in them.
+        "handlers": {name: {**handler, "filters": ["redact"]} for name, handler in LOGGING_CONFIG["handlers"].items()},
+        "loggers": dict(LOGGING_CONFIG["loggers"]),
+    }
     log_config["loggers"]["callhub"] = {"handlers": ["default"], "level": config.server.log_level.upper(), "propagate": False}
     kwargs: dict[str, Any] = {"fd": fd} if fd is not None else {"host": config.server.host, "port": config.server.port}
     return uvicorn.Config(

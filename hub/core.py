@@ -17,7 +17,7 @@ from hub.backends import open_backend
 from hub.backends.base import Backend
 from hub.config import ApiKey, Config
 from hub.events import agent_of, prepare_event
-from hub.exceptions import Unavailable
+from hub.exceptions import HubError, Unavailable
 from hub.fanout import Fanout
 from hub.metrics import Metrics
 
@@ -113,8 +113,8 @@ class Hub:
             credential = conn.query_params.get("token")
         try:
             return self.auth.authenticate(credential)
-        except Exception as exc:
-            self.metrics.auth_failures.labels(getattr(exc, "code", "error")).inc()
+        except HubError as exc:
+            self.metrics.auth_failures.labels(exc.code).inc()
             raise
 
     async def publish(self, obj: Any, *, default_source: str = "api", received: float | None = None) -> Published:

@@ -9,15 +9,16 @@ on every stream, history page and outbound webhook.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
 from hub import wire
 from hub.exceptions import InvalidEvent
 
-__all__ = ["Event", "prepare_event", "hub_event", "now_rfc3339", "EVENT_LIMITS"]
+__all__ = ["Event", "prepare_event", "encode_event", "hub_event", "agent_of", "now_rfc3339", "EVENT_LIMITS"]
 
 SPECVERSION = "1.0"
 JSON = "application/json"
@@ -135,6 +136,14 @@ def prepare_event(obj: Any, *, default_source: str = "api") -> dict[str, Any]:
     return event
 
 
+def encode_event(attrs: dict[str, Any], seq: int) -> bytes:
+    """The event's final JSON: its attributes, then `seq`, then `data` (kept last for readability)."""
+    head = {k: v for k, v in attrs.items() if k != "data"}
+    head["seq"] = seq
+    head["data"] = attrs["data"]
+    return orjson.dumps(head)
+
+
 def hub_event(type_: str, data: dict[str, Any], *, subject: str | None = None) -> dict[str, Any]:
     """An event the hub itself emits (`hub.gap`, ...), before it has a `seq`."""
     event: dict[str, Any] = {
@@ -194,7 +203,3 @@ def agent_of(event: dict[str, Any]) -> str | None:
         if isinstance(agent, str):
             return agent
     return None
-
-
-def monotonic() -> float:
-    return time.perf_counter()

@@ -20,10 +20,8 @@ import logging
 import time
 from typing import Any
 
-import orjson
-
 from hub.backends.base import Backend
-from hub.events import Event, hub_event
+from hub.events import Event, encode_event, hub_event
 from hub.matcher import TypeFilter
 from hub.metrics import Metrics
 from hub.sinks import Payload, Sink, TransportSink
@@ -240,7 +238,7 @@ class Fanout:
         self._leave(subscriber)
         if subscriber.expiry is not None:
             subscriber.expiry.cancel()
-        subscriber.sink.closed = True
+        subscriber.sink.discard()
         self.metrics.subscribers.labels(subscriber.transport).dec()
 
     def _cancel_catchup(self, subscriber: Subscriber) -> None:
@@ -363,5 +361,4 @@ def gap_event(after: int, trimmed_through: int) -> Event:
         "hub.gap",
         {"from": first, "to": trimmed_through, "missing": trimmed_through - first + 1, "reason": "retention"},
     )
-    body = orjson.dumps({**{k: v for k, v in attrs.items() if k != "data"}, "seq": trimmed_through, "data": attrs["data"]})
-    return Event(trimmed_through, "hub.gap", None, body)
+    return Event(trimmed_through, "hub.gap", None, encode_event(attrs, trimmed_through))

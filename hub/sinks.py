@@ -161,6 +161,11 @@ class Sink:
     def abort(self) -> None:
         """Drop the connection without ceremony (a peer that will not read its close frame)."""
 
+    def discard(self) -> None:
+        """The connection is gone: stop writing and release what the sink owns."""
+        self.closed = True
+        self.held = None
+
 
 class TransportSink(Sink):
     __slots__ = ("transport", "_form", "_written", "_marks", "_queued")
@@ -288,6 +293,11 @@ class QueueSink(Sink):
         await super().close(code, reason)
 
     def abort(self) -> None:
+        self._task.cancel()
+
+    def discard(self) -> None:
+        super().discard()
+        self._queue.clear()
         self._task.cancel()
 
 

@@ -24,11 +24,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from hub.backends.base import AppendResult, Backend, CommitListener, Page
 from hub.config import Config
-from hub.events import Event
+from hub.events import Event, encode_event
 from hub.exceptions import Unavailable
 from hub.matcher import TypeFilter
 
@@ -92,14 +90,13 @@ class LocalBackend(Backend):
         self._loop = asyncio.get_running_loop()
         self._on_commit = on_commit
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
-        ready: asyncio.Future[None] = self._loop.create_future()
-        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="callhub-writer", daemon=True)
+        conn = await asyncio.to_thread(self._connect)
         head, trimmed = self._initial_state(conn)
         self.head, self.trimmed_through = head, trimmed
-        ready.set_result(None)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn, head), name="callhub-writer", daemon=True
+        )
         self._writer.start()
-        await ready
         logger.info("event store %s open: head seq %d, trimmed through %d", self.path, head, trimmed)
 
     async def close(self) -> None:
@@ -151,8 +148,7 @@ class LocalBackend(Backend):
         except TimeoutError:
             raise Unavailable(f"the event store did not answer within {timeout:g}s") from None
 
-    def _write_loop(self, conn: sqlite3.Connection) -> None:
-        head, trimmed = self._initial_state(conn)
+    def _write_loop(self, conn: sqlite3.Connection, head: int) -> None:
         next_seq = head + 1
         try:
             while True:
@@ -196,8 +192,7 @@ class LocalBackend(Backend):
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
                 event = item.event
-                data = event["data"]
-                body = orjson.dumps({**{k: v for k, v in event.items() if k != "data"}, "seq": seq, "data": data})
+                body = encode_event(event, seq)
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO events (seq, source, id, type, agent, ts, body) VALUES (?,?,?,?,?,?,?)",
                     (seq, event["source"], event["id"], event["type"], item.agent, now_ms, body),
