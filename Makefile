@@ -18,6 +18,8 @@ run: $(STAMP)
 	$(VENV)/bin/callhub serve --demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check hub handlers tests bench
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
 # The four standard fan-out scenarios, three runs each, medians (bench/README.md).

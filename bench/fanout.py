@@ -591,7 +591,7 @@ class Worker:
                 client = self.new_client(loop, kind)
                 try:
                     async with asyncio.timeout(CONNECT_TIMEOUT_S):
-                        await loop.create_connection(lambda: client, target.host, target.port)
+                        await loop.create_connection(lambda c=client: c, target.host, target.port)  # type: ignore[misc]
                         await client.ready
                     return client
                 except (OSError, TimeoutError, HandshakeFailed, ConnectionError) as exc:
@@ -1125,7 +1125,7 @@ def hub_fanout_latency(before: dict[float, float] | None, after: dict[float, flo
     def upper(pct: float) -> float | None:
         if not total:
             return None
-        for bound, count in zip(bounds, counts):
+        for bound, count in zip(bounds, counts, strict=False):
             if count >= total * pct / 100:
                 return round(bound * 1000, 3)
         return None

@@ -24,6 +24,8 @@ KEY = "bench-admin-key-0123456789abcdef"
 #: name -> bench.fanout arguments.
 SCENARIOS: dict[str, list[str]] = {
     "ws-100": ["--ws", "100", "--events", "2000", "--rate", "500"],
+    # The same load read by four client processes: less queueing inside any one client.
+    "ws-100-4w": ["--ws", "100", "--events", "2000", "--rate", "500", "--workers", "4"],
     "ws-1000": ["--ws", "1000", "--events", "1000", "--rate", "200"],
     "sse-1000": ["--sse", "1000", "--events", "1000", "--rate", "200"],
     "idle-5000": ["--ws", "5000", "--idle"],
@@ -36,6 +38,8 @@ FIGURES = (
     "client_worker_cpu_pct", "machine_busy_pct", "other_processes_cpu_s",
 )
 CONFIG = """
+[backend]
+synchronous = "{synchronous}"
 [server]
 data_dir = "{data}"
 log_level = "warning"
@@ -49,10 +53,10 @@ role = "admin"
 """
 
 
-def run_once(name: str, workdir: Path, pin: bool, index: int) -> dict[str, Any]:
+def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str) -> dict[str, Any]:
     data = workdir / f"{name}-{index}"
     config = workdir / f"{name}-{index}.toml"
-    config.write_text(CONFIG.format(data=data, key=KEY))
+    config.write_text(CONFIG.format(data=data, key=KEY, synchronous=synchronous))
     hub_prefix = "taskset -c 0 " if pin else ""
     client_prefix = ["taskset", "-c", "1-1024"] if pin else []
     out = workdir / f"{name}-{index}.json"
@@ -80,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
     parser.add_argument("--pin", action="store_true", help="hub on core 0, client on the others (taskset)")
     parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument(
+        "--synchronous", choices=("full", "normal"), default="full",
+        help="the hub's backend.synchronous (full: fsync per commit, the default)",
+    )
     parser.add_argument("--out", type=Path, help="directory for the raw JSON of every run and the summary")
     args = parser.parse_args(argv)
     pin = args.pin and shutil.which("taskset") is not None
@@ -88,16 +96,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="callhub-bench-") as tmp:
         workdir = Path(tmp)
         for name in names:
-            runs = [run_once(name, workdir, pin, i) for i in range(args.repeat)]
+            runs = [run_once(name, workdir, pin, i, args.synchronous) for i in range(args.repeat)]
             summary[name] = {f: median([r.get(f) for r in runs]) for f in FIGURES if any(f in r for r in runs)}
             summary[name]["runs"] = len(runs)
             print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary[name].items()), flush=True)
             if args.out:
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / f"{name}.runs.json").write_text(json.dumps(runs, indent=1))
-    print(f"\nmedians of {args.repeat} run(s) each; pinned: {pin}")
+    print(f"\nmedians of {args.repeat} run(s) each; pinned: {pin}; synchronous: {args.synchronous}")
     if args.out:
-        (args.out / "summary.json").write_text(json.dumps({"pinned": pin, "scenarios": summary}, indent=1))
+        meta = {"pinned": pin, "synchronous": args.synchronous, "repeat": args.repeat}
+        (args.out / "summary.json").write_text(json.dumps({**meta, "scenarios": summary}, indent=1))
     return 0
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from hub.plugins import Registry
-
 from handlers import demo
-
+from hub.plugins import Registry
 
 #: Top-level config sections owned by handlers.
 SECTIONS = {"demo"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import socket
@@ -109,7 +108,7 @@ def _banner(app: CallhubApp, config: Config) -> None:
         key = hub.admin_key.key
         lines += [
             "",
-            "An admin key was created for you (shown once; kept in %s):" % hub.admin_key_path,
+            f"An admin key was created for you (shown once; kept in {hub.admin_key_path}):",
             f"    {key}",
             "Try it:",
             f"    curl -N -H 'Authorization: Bearer {key}' {url}/v1/stream",

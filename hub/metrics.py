@@ -8,7 +8,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 __all__ = ["Metrics", "CONTENT_TYPE_LATEST"]
 
 #: Fan-out latency buckets (seconds): the interesting range is 100 µs to a few hundred ms.
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LATENCY_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 

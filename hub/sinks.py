@@ -312,7 +312,7 @@ def transport_of(send: Send, kind: Kind) -> asyncio.WriteTransport | None:
     if owner is None:
         return None
     name = type(owner).__name__
-    transport = getattr(owner, "transport", None)
+    transport: asyncio.WriteTransport | None = getattr(owner, "transport", None)
     if transport is None or not hasattr(transport, "get_write_buffer_size"):
         return None
     if kind == "ws" and name == "WebSocketsSansIOProtocol":

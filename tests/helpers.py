@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -265,6 +266,94 @@ class SSEReader:
 
     def take(self, n: int) -> list[SSEEvent]:
         return [self.next() for _ in range(n)]
+
+
+class HubProcess:
+    """`python -m hub serve ARGS` as a child process, its output kept in a log file."""
+
+    def __init__(self, args: list[str], port: int, log: Path, *, cwd: Path | None = None) -> None:
+        self.port = port
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if k != "CALLHUB_CONFIG"}
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hub", "serve", *args],
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_healthy(self) -> HubProcess:
+        def healthy() -> bool:
+            assert self.proc.poll() is None, f"hub exited early:\n{self.output}"
+            try:
+                return httpx.get(f"{self.url}/healthz", timeout=TICK * 10).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(healthy, what="hub /healthz")
+        return self
+
+    def sigterm(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(WAIT)
+
+    def stop(self) -> int:
+        """SIGTERM, then SIGKILL if it does not exit in time; the exit status."""
+        if self.proc.poll() is None:
+            self.sigterm()
+            try:
+                self.proc.wait(WAIT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def publish(self, *events: dict[str, Any]) -> list[int]:
+        seqs = []
+        with httpx.Client(base_url=self.url, headers=PUBLISHER, timeout=WAIT) as client:
+            for ev in events:
+                r = client.post("/v1/events", json=ev)
+                assert r.status_code in (200, 202), r.text
+                seqs.append(r.json()["seq"])
+        return seqs
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every stored event, oldest first, read page by page through `GET /v1/events`."""
+        events: list[dict[str, Any]] = []
+        after = 0
+        with httpx.Client(base_url=self.url, headers=ADMIN, timeout=WAIT) as client:
+            while True:
+                r = client.get("/v1/events", params={"after": after, "limit": 1000})
+                assert r.status_code == 200, r.text
+                page = r.json()
+                events += page["events"]
+                if not page["events"]:
+                    return events
+                after = page["next"]
+
+    def subscriber_count(self) -> int:
+        r = httpx.get(f"{self.url}/v1/subscribers", headers=ADMIN, timeout=WAIT)
+        r.raise_for_status()
+        count: int = r.json()["count"]
+        return count
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:

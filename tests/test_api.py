@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -130,9 +130,9 @@ def test_publish_answers_only_after_commit_to_disk(client: TestClient, data_dir:
 
 def test_publish_fills_in_defaults(client: TestClient) -> None:
     """Without id, source and time, the hub generates an id, uses source "api" and the current time."""
-    before = datetime.now(timezone.utc)
+    before = datetime.now(UTC)
     r = post(client, {"type": "call.ringing"})
-    after = datetime.now(timezone.utc)
+    after = datetime.now(UTC)
     assert r.status_code == 202
     reply = r.json()
     assert uuid.UUID(reply["id"])  # a fresh unique id

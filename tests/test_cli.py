@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import stat
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,14 +17,13 @@ from hub.config import load_config
 from tests.helpers import (
     JWT_SECRET,
     PUBLISHER,
-    TICK,
     WAIT,
+    HubProcess,
     event,
     free_port,
     make_config,
     raw_config,
     run_cli,
-    wait_until,
     write_config,
 )
 
@@ -285,52 +280,6 @@ def test_token_with_bad_ttl_exits_1(good_config: Path, ttl: str) -> None:
 # -- first start with no config ---------------------------------------------------------------------
 
 
-class HubProcess:
-    """`python -m hub serve --port PORT` in `cwd`, with stderr captured to a file."""
-
-    def __init__(self, cwd: Path, port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-        env = {k: v for k, v in os.environ.items() if k != "CALLHUB_CONFIG"}
-        with open(log, "wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hub", "serve", "--port", str(port)],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_healthy(self) -> None:
-        def healthy() -> bool:
-            assert self.proc.poll() is None, f"hub exited early:\n{self.log.read_text()}"
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=TICK * 10).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, what="hub /healthz")
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(WAIT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-
 @pytest.fixture
 def hub_processes() -> Iterator[list[HubProcess]]:
     started: list[HubProcess] = []
@@ -350,7 +299,7 @@ def test_first_serve_creates_and_prints_an_admin_key_once(
     cwd = tmp_path / "fresh"
     cwd.mkdir()
     port = free_port()
-    first = HubProcess(cwd, port, tmp_path / "first.log")
+    first = HubProcess(["--port", str(port)], port, tmp_path / "first.log", cwd=cwd)
     hub_processes.append(first)
     first.wait_healthy()
 
@@ -376,7 +325,7 @@ def test_first_serve_creates_and_prints_an_admin_key_once(
     assert key in curl_lines[0]
     assert f"127.0.0.1:{port}" in curl_lines[0]
 
-    second = HubProcess(cwd, port, tmp_path / "second.log")
+    second = HubProcess(["--port", str(port)], port, tmp_path / "second.log", cwd=cwd)
     hub_processes.append(second)
     second.wait_healthy()
     assert key_file.read_text().strip() == key

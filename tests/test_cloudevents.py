@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -206,7 +206,7 @@ def test_live_streams_serve_valid_cloudevents_in_seq_order(server: ServerThread)
         assert isinstance(frame, str)
         ce = assert_valid(frame.encode())
         ws_seqs.append(ce.get_extension("seq"))
-    assert all(a < b for a, b in zip(ws_seqs, ws_seqs[1:]))
+    assert all(a < b for a, b in zip(ws_seqs, ws_seqs[1:], strict=False))
     assert sorted(ws_seqs) == sorted(r.seq for r in records)
 
     sse_seqs = []
@@ -249,7 +249,7 @@ def test_sdk_written_event_is_accepted_and_served_back(server: ServerThread) -> 
             "source": "https://pbx.example/antring",
             "id": "sdk-1",
             "subject": "call/7",
-            "time": datetime(2026, 11, 23, 8, 15, 0, 250000, tzinfo=timezone.utc),
+            "time": datetime(2026, 11, 23, 8, 15, 0, 250000, tzinfo=UTC),
             "datacontenttype": "application/json",
             "priority": 3,
         },

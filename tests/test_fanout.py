@@ -15,7 +15,17 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from tests.helpers import ADMIN, ADMIN_KEY, TICK, WAIT, ServerThread, SSEReader, event, iter_ws_json, make_config
+from tests.helpers import (
+    ADMIN,
+    ADMIN_KEY,
+    TICK,
+    WAIT,
+    ServerThread,
+    SSEReader,
+    event,
+    iter_ws_json,
+    make_config,
+)
 
 #: Big enough that a few hundred events fill the kernel's socket buffers.
 BIG = "x" * 16_000

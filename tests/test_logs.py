@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 from websockets.sync.client import connect
 
 from hub.logs import redact
-from tests.helpers import ADMIN_KEY, ALICE_KEY, WAIT, TICK, free_port, raw_config, write_config
+from tests.helpers import ADMIN_KEY, ALICE_KEY, WAIT, HubProcess, free_port, raw_config, write_config
 
 
 def test_redact_hides_token_parameters_and_bearer_values() -> None:
@@ -26,28 +22,15 @@ def test_hub_logs_never_show_a_token_from_the_url(tmp_path: Path) -> None:
     port = free_port()
     raw = raw_config(tmp_path / "data", server={"port": port, "access_log": True, "log_level": "debug"})
     config = write_config(tmp_path / "hub.toml", raw)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hub", "serve", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    hub = HubProcess(["--config", str(config)], port, tmp_path / "hub.log").wait_healthy()
     try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + WAIT
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=WAIT).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "hub did not start"
-            time.sleep(TICK)
-        with connect(f"ws://127.0.0.1:{port}/v1/ws?token={ALICE_KEY}"):
+        with connect(f"{hub.ws_url}/v1/ws?token={ALICE_KEY}"):
             pass
-        with httpx.Client(timeout=WAIT) as client, client.stream("GET", f"{url}/v1/stream?token={ADMIN_KEY}"):
+        with httpx.Client(timeout=WAIT) as client, client.stream("GET", f"{hub.url}/v1/stream?token={ADMIN_KEY}"):
             pass
-        httpx.get(f"{url}/v1/events", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=WAIT)
+        httpx.get(f"{hub.url}/v1/events", headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=WAIT)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        output, _ = proc.communicate(timeout=WAIT)
+        hub.stop()
+    output = hub.output
     assert "/v1/ws?token=REDACTED" in output and "/v1/stream?token=REDACTED" in output
     assert ALICE_KEY not in output and ADMIN_KEY not in output

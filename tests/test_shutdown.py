@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,11 +15,11 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from tests.helpers import (
-    ADMIN,
     ADMIN_KEY,
     PUBLISHER,
     TICK,
     WAIT,
+    HubProcess,
     SSEReader,
     event,
     free_port,
@@ -34,79 +30,6 @@ from tests.helpers import (
 
 #: How long a SIGTERM'd hub may take to close its subscribers, flush and exit.
 EXIT_WITHIN = 100 * TICK
-
-
-class HubProcess:
-    """`python -m hub serve --config F` as a child process, stderr kept in a log file."""
-
-    def __init__(self, config: Path, port: int, log: Path, *, port_flag: bool = False) -> None:
-        self.port = port
-        self.log = log
-        env = {k: v for k, v in os.environ.items() if k != "CALLHUB_CONFIG"}
-        args = ["--port", str(port)] if port_flag else []
-        with open(log, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hub", "serve", "--config", str(config), *args],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    def wait_healthy(self) -> HubProcess:
-        def healthy() -> bool:
-            assert self.proc.poll() is None, f"hub exited early:\n{self.log.read_text()}"
-            try:
-                return httpx.get(f"{self.url}/healthz", timeout=TICK * 10).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_until(healthy, what="hub /healthz")
-        return self
-
-    def kill9(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(WAIT)
-
-    def sigterm(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-
-    def subscriber_count(self) -> int:
-        r = httpx.get(f"{self.url}/v1/subscribers", headers=ADMIN, timeout=WAIT)
-        r.raise_for_status()
-        count: int = r.json()["count"]
-        return count
-
-    def history(self) -> list[dict[str, Any]]:
-        """Every stored event, oldest first, read page by page through `GET /v1/events`."""
-        events: list[dict[str, Any]] = []
-        after = 0
-        with httpx.Client(base_url=self.url, headers=ADMIN, timeout=WAIT) as client:
-            while True:
-                r = client.get("/v1/events", params={"after": after, "limit": 1000})
-                assert r.status_code == 200, r.text
-                page = r.json()
-                events += page["events"]
-                if not page["events"]:
-                    return events
-                after = page["next"]
-
-    def publish(self, *events: dict[str, Any]) -> list[int]:
-        seqs = []
-        with httpx.Client(base_url=self.url, headers=PUBLISHER, timeout=WAIT) as client:
-            for ev in events:
-                r = client.post("/v1/events", json=ev)
-                assert r.status_code in (200, 202), r.text
-                seqs.append(r.json()["seq"])
-        return seqs
 
 
 class Hubs:
@@ -127,9 +50,9 @@ class Hubs:
     def start(self) -> HubProcess:
         log = self.tmp_path / f"hub-{len(self.started)}.log"
         if self.started:
-            hub = HubProcess(self.config, free_port(), log, port_flag=True)
+            hub = HubProcess(["--config", str(self.config), "--port", str(port := free_port())], port, log)
         else:
-            hub = HubProcess(self.config, self.port, log)
+            hub = HubProcess(["--config", str(self.config)], self.port, log)
         self.started.append(hub)
         return hub.wait_healthy()
 
@@ -171,7 +94,7 @@ def drain_until_closed(ws: ClientConnection) -> tuple[list[dict[str, Any]], Conn
 
 
 def is_strictly_increasing(seqs: list[int]) -> bool:
-    return all(a < b for a, b in zip(seqs, seqs[1:]))
+    return all(a < b for a, b in zip(seqs, seqs[1:], strict=False))
 
 
 # -- (a) graceful shutdown ---------------------------------------------------------------------------
