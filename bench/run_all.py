@@ -24,8 +24,6 @@ KEY = "bench-admin-key-0123456789abcdef"
 #: name -> bench.fanout arguments.
 SCENARIOS: dict[str, list[str]] = {
     "ws-100": ["--ws", "100", "--events", "2000", "--rate", "500"],
-    # The same load read by four client processes: less queueing inside any one client.
-    "ws-100-4w": ["--ws", "100", "--events", "2000", "--rate", "500", "--workers", "4"],
     "ws-1000": ["--ws", "1000", "--events", "1000", "--rate", "200"],
     "sse-1000": ["--sse", "1000", "--events", "1000", "--rate", "200"],
     "idle-5000": ["--ws", "5000", "--idle"],

@@ -53,6 +53,9 @@ class ServerConfig(_Section):
     shutdown_grace: Duration = 5.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False
+    #: Origins whose pages may call the API and open EventSource streams (CORS); `["*"]` for any.
+    #: Empty: only pages served by the hub itself.
+    cors_origins: list[str] = []
 
 
 class BackendConfig(_Section):

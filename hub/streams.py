@@ -50,6 +50,13 @@ def _open(hub: Hub, conn: HTTPConnection) -> tuple[Principal, TypeFilter]:
     return principal, types
 
 
+def cors_headers(allowed: list[str], origin: str | None) -> list[tuple[bytes, bytes]]:
+    """CORS headers for a cross-origin EventSource (the stream bypasses Starlette's middleware)."""
+    if not origin or not allowed or ("*" not in allowed and origin not in allowed):
+        return []
+    return [(b"access-control-allow-origin", origin.encode("latin-1")), (b"vary", b"Origin")]
+
+
 def _remote(scope: Scope) -> str:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "?"
@@ -81,17 +88,13 @@ class SSEEndpoint:
             await error_response(exc)(scope, receive, send)
             return
         streams = hub.config.streams
-        await raw_send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-cache, no-store"),
-                    (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
-                ],
-            }
-        )
+        headers = [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache, no-store"),
+            (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
+        ]
+        headers += cors_headers(hub.config.server.cors_origins, conn.headers.get("origin"))
+        await raw_send({"type": "http.response.start", "status": 200, "headers": headers})
         await raw_send(
             {
                 "type": "http.response.body",

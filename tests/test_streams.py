@@ -272,3 +272,22 @@ def test_types_claim_narrows_what_a_token_sees(server: ServerThread) -> None:
         assert got["seq"] == seqs[1]
         with pytest.raises(TimeoutError):
             ws.recv(timeout=5 * TICK)
+
+
+def test_cross_origin_eventsource_is_allowed_only_for_configured_origins(data_dir: Path) -> None:
+    """With `server.cors_origins`, pages from those origins may open streams and call the API; others may not."""
+    config = make_config(data_dir, server={"cors_origins": ["https://softphone.example"]})
+    with ServerThread(config) as server:
+        allowed = {"Origin": "https://softphone.example"}
+        with sse(server, headers=allowed) as response:
+            assert response.headers["access-control-allow-origin"] == "https://softphone.example"
+        with sse(server, headers={"Origin": "https://evil.example"}) as response:
+            assert "access-control-allow-origin" not in response.headers
+        preflight = httpx.options(
+            f"{server.url}/v1/events",
+            headers={**allowed, "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization,content-type"},
+            timeout=WAIT,
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "https://softphone.example"
