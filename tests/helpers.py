@@ -103,7 +103,30 @@ def event(type_: str = "call.ringing", **data: Any) -> dict[str, Any]:
     return {"type": type_, "data": data}
 
 
-class ServerThread:
+class LoopbackHub:
+    """What tests do with a hub on a loopback port, however it runs."""
+
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def publish(self, *events: dict[str, Any], headers: dict[str, str] = PUBLISHER) -> list[int]:
+        seqs = []
+        with httpx.Client(base_url=self.url, headers=headers, timeout=WAIT) as client:
+            for ev in events:
+                r = client.post("/v1/events", json=ev)
+                assert r.status_code in (200, 202), r.text
+                seqs.append(r.json()["seq"])
+        return seqs
+
+
+class ServerThread(LoopbackHub):
     """The real hub under uvicorn (uvloop, httptools, websockets-sansio) in a thread, on a free port."""
 
     def __init__(self, config: Config) -> None:
@@ -120,14 +143,6 @@ class ServerThread:
         self.server = HubServer(build_uvicorn_config(self.app, config, fd=sock.fileno()), self.app)
         self.thread = threading.Thread(target=self.server.run, name="hub-server", daemon=True)
         self.loop: asyncio.AbstractEventLoop | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     @property
     def hub(self):  # type: ignore[no-untyped-def]
@@ -170,15 +185,6 @@ class ServerThread:
         loop = getattr(backend, "_loop", None)
         assert loop is not None
         return loop
-
-    def publish(self, *events: dict[str, Any], headers: dict[str, str] = PUBLISHER) -> list[int]:
-        seqs = []
-        with httpx.Client(base_url=self.url, headers=headers, timeout=WAIT) as client:
-            for ev in events:
-                r = client.post("/v1/events", json=ev)
-                assert r.status_code in (200, 202), r.text
-                seqs.append(r.json()["seq"])
-        return seqs
 
     def metric(self, name: str, **labels: str) -> float:
         """The value of one sample from /metrics (0 if absent)."""
@@ -268,7 +274,7 @@ class SSEReader:
         return [self.next() for _ in range(n)]
 
 
-class HubProcess:
+class HubProcess(LoopbackHub):
     """`python -m hub serve ARGS` as a child process, its output kept in a log file."""
 
     def __init__(self, args: list[str], port: int, log: Path, *, cwd: Path | None = None) -> None:
@@ -284,14 +290,6 @@ class HubProcess:
                 stdout=out,
                 stderr=out,
             )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
 
     @property
     def output(self) -> str:
@@ -325,15 +323,6 @@ class HubProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
-
-    def publish(self, *events: dict[str, Any]) -> list[int]:
-        seqs = []
-        with httpx.Client(base_url=self.url, headers=PUBLISHER, timeout=WAIT) as client:
-            for ev in events:
-                r = client.post("/v1/events", json=ev)
-                assert r.status_code in (200, 202), r.text
-                seqs.append(r.json()["seq"])
-        return seqs
 
     def history(self) -> list[dict[str, Any]]:
         """Every stored event, oldest first, read page by page through `GET /v1/events`."""
