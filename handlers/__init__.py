@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from handlers import demo
+from pydantic import BaseModel
+
+from handlers import antring, demo
 from hub.plugins import Registry
 
-#: Top-level config sections owned by handlers.
-SECTIONS = {"demo"}
+#: Top-level config sections owned by handlers, with the models that validate them.
+SECTIONS: dict[str, type[BaseModel]] = {"demo": demo.DemoConfig, "antring": antring.AntRingConfig}
 
 
 def register(registry: Registry) -> None:
     demo.register(registry)
+    antring.register(registry)

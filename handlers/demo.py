@@ -11,6 +11,8 @@ import itertools
 import random
 import uuid
 
+from pydantic import BaseModel, ConfigDict
+
 from hub.core import Hub
 from hub.plugins import Registry
 
@@ -20,9 +22,16 @@ AGENTS = ("alice", "bob", "chi")
 CUSTOMERS = ("0912345678", "0987654321", "0903123456", "0356789012", "0868111222")
 
 
+class DemoConfig(BaseModel):
+    """`[demo]`: what `callhub serve --demo` turns on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    enabled: bool = False
+
+
 def register(registry: Registry) -> None:
-    demo = registry.settings.get("demo") or {}
-    if demo.get("enabled"):
+    demo = registry.section("demo", DemoConfig)
+    if demo is not None and demo.enabled:
         registry.add_service("demo-calls", run_demo)
 
 

@@ -144,8 +144,11 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    await hub_of(request).check_ready()
-    return JSONResponse({"status": "ready", "head": hub_of(request).fanout.head})
+    """Ready when the store takes writes. Upstreams are reported, not required: with a vendor's
+    socket down the hub still stores, serves history and reconciles when it returns."""
+    hub = hub_of(request)
+    await hub.check_ready()
+    return JSONResponse({"status": "ready", "head": hub.fanout.head, "upstreams": hub.upstreams.describe()})
 
 
 async def metrics(request: Request) -> Response:

@@ -88,6 +88,11 @@ def create_app(config: Config) -> CallhubApp:
             yield
         finally:
             await hub.stop()
+            for cleanup in registry.cleanups:
+                try:
+                    await cleanup()
+                except Exception:
+                    logger.exception("cleanup failed")
 
     routes = [
         Route("/v1/events", api.events, methods=["GET", "POST"]),

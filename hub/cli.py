@@ -48,6 +48,8 @@ def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = No
         "loggers": dict(LOGGING_CONFIG["loggers"]),
     }
     log_config["loggers"]["callhub"] = {"handlers": ["default"], "level": config.server.log_level.upper(), "propagate": False}
+    # httpx logs every outbound request at INFO, signed query strings included.
+    log_config["loggers"]["httpx"] = {"handlers": ["default"], "level": "WARNING", "propagate": False}
     kwargs: dict[str, Any] = {"fd": fd} if fd is not None else {"host": config.server.host, "port": config.server.port}
     return uvicorn.Config(
         app,

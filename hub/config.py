@@ -12,8 +12,9 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -27,8 +28,9 @@ from pydantic import (
 
 from hub._units import parse_duration, parse_size
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "is_loopback_host"]
+__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "validate_section", "is_loopback_host"]
 
+SectionT = TypeVar("SectionT", bound=BaseModel)
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Role = Literal["admin", "publisher", "subscriber"]
@@ -218,12 +220,14 @@ def config_from_dict(
     env: dict[str, str] | None = None,
     source: str = "config",
     overrides: dict[str, Any] | None = None,
-    handler_sections: set[str] | None = None,
+    handler_sections: Mapping[str, type[BaseModel]] | None = None,
 ) -> Config:
     """Validate a parsed TOML document; raise `ConfigError` listing every problem.
 
     `overrides` (from command-line flags) are merged over the file. With `handler_sections`
-    given, a top-level table that is neither a core section nor a vendor's is a problem.
+    (vendor section name -> its pydantic model) given, vendor sections are validated too and
+    kept in `Config.handlers` as model instances, and a top-level table that is neither a
+    core section nor a vendor's is a problem.
     """
     problems: list[tuple[str, str]] = []
     if overrides:
@@ -231,33 +235,55 @@ def config_from_dict(
     if handler_sections is not None:
         for key in raw:
             if key not in _SECTIONS and key not in handler_sections:
-                known = ", ".join(sorted(_SECTIONS | handler_sections))
+                known = ", ".join(sorted(_SECTIONS | set(handler_sections)))
                 problems.append((key, f"unknown section; known: {known}"))
     data = _substitute_env(raw, dict(os.environ) if env is None else env, (), problems)
     missing_env = {path for path, _ in problems}
     problems.extend(_cross_field_problems(data))
     core = {k: v for k, v in data.items() if k in _SECTIONS}
-    core["handlers"] = {k: v for k, v in data.items() if k not in _SECTIONS}
+    vendor: dict[str, Any] = {k: v for k, v in data.items() if k not in _SECTIONS}
+    for name, model in (handler_sections or {}).items():
+        if name in vendor:
+            try:
+                vendor[name] = model.model_validate(vendor[name])
+            except ValidationError as exc:
+                problems.extend(_problems(exc, (name,), missing_env))
+    core["handlers"] = vendor
+    config: Config | None = None
     try:
         config = Config.model_validate(core)
     except ValidationError as exc:
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            ctx_error = err.get("ctx", {}).get("error")
-            if isinstance(ctx_error, _LocatedError):
-                problems.append((_format_path(ctx_error.loc), str(ctx_error)))
-                continue
-            path = _format_path(loc)
-            if path in missing_env:
-                continue  # already reported as the unset variable it came from
-            message = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                message = "unknown key"
-            problems.append((path, message))
-        config = None
+        problems.extend(_problems(exc, (), missing_env))
     if problems or config is None:
         raise ConfigError(list(dict.fromkeys(problems)), source)
     return config
+
+
+def validate_section(name: str, value: Any, model: type[SectionT]) -> SectionT:
+    """A vendor section as its model: already validated by `config_from_dict`, or validated now."""
+    if isinstance(value, model):
+        return value
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc, (name,), set()), name) from None
+
+
+def _problems(exc: ValidationError, prefix: tuple[str, ...], missing_env: set[str]) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    for err in exc.errors():
+        ctx_error = err.get("ctx", {}).get("error")
+        if isinstance(ctx_error, _LocatedError):
+            problems.append((_format_path(prefix + ctx_error.loc), str(ctx_error)))
+            continue
+        path = _format_path(prefix + tuple(err["loc"]))
+        if path in missing_env:
+            continue  # already reported as the unset variable it came from
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown key"
+        problems.append((path, message))
+    return problems
 
 
 def _cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -281,7 +307,7 @@ def load_config(
     *,
     env: dict[str, str] | None = None,
     overrides: dict[str, Any] | None = None,
-    handler_sections: set[str] | None = None,
+    handler_sections: Mapping[str, type[BaseModel]] | None = None,
 ) -> Config:
     """Load `path` (or the embedded defaults when `path` is None)."""
     kwargs: dict[str, Any] = {"env": env, "overrides": overrides, "handler_sections": handler_sections}

@@ -20,6 +20,7 @@ from hub.events import agent_of, prepare_event
 from hub.exceptions import HubError, Unavailable
 from hub.fanout import Fanout
 from hub.metrics import Metrics
+from hub.upstreams import Upstreams
 
 logger = logging.getLogger("callhub")
 
@@ -56,6 +57,7 @@ class Hub:
             close_timeout=streams.close_timeout,
             sse_heartbeat=streams.sse_heartbeat,
         )
+        self.upstreams = Upstreams(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
 

@@ -41,6 +41,15 @@ class Metrics:
         self.auth_failures = Counter(
             "callhub_auth_failures", "Requests refused for missing, bad or expired credentials", ["reason"], registry=r
         )
+        self.upstream_connected = Gauge(
+            "callhub_upstream_connected", "1 while the upstream connection is up", ["upstream"], registry=r
+        )
+        self.upstream_connects = Counter(
+            "callhub_upstream_connects", "Successful upstream (re)connections", ["upstream"], registry=r
+        )
+        self.upstream_signals = Counter(
+            "callhub_upstream_signals", "Signals received from an upstream, by name", ["upstream", "name"], registry=r
+        )
         self.retention_removed = Counter(
             "callhub_retention_removed", "Events removed by retention", registry=r
         )

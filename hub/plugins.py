@@ -9,9 +9,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from pydantic import BaseModel
 from starlette.routing import BaseRoute
+
+from hub.config import SectionT, validate_section
 
 if TYPE_CHECKING:
     from hub.core import Hub
@@ -27,11 +30,12 @@ class Registry:
     hub: Hub
     routes: list[BaseRoute] = field(default_factory=list)
     services: list[tuple[str, Service]] = field(default_factory=list)
+    cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
-    @property
-    def settings(self) -> dict[str, Any]:
-        """The vendor sections of the config file (`[antring]`, `[vbee]`, …)."""
-        return self.hub.config.handlers
+    def section(self, name: str, model: type[SectionT]) -> SectionT | None:
+        """The vendor section `[name]` as its model, or None when the file has none."""
+        value = self.hub.config.handlers.get(name)
+        return None if value is None else validate_section(name, value, model)
 
     def add_route(self, route: BaseRoute) -> None:
         self.routes.append(route)
@@ -39,11 +43,15 @@ class Registry:
     def add_service(self, name: str, service: Service) -> None:
         self.services.append((name, service))
 
+    def add_cleanup(self, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """Run when the hub stops, after its services were cancelled (close HTTP clients here)."""
+        self.cleanups.append(cleanup)
 
-def handler_sections(module: str = "handlers") -> set[str]:
-    """Config sections the vendor handlers own (so `callhub check` can flag unknown ones)."""
-    sections: set[str] = importlib.import_module(module).SECTIONS
-    return set(sections)
+
+def handler_sections(module: str = "handlers") -> dict[str, type[BaseModel]]:
+    """Config sections the vendor handlers own, with their models (validated by `callhub check`)."""
+    sections: dict[str, type[BaseModel]] = importlib.import_module(module).SECTIONS
+    return dict(sections)
 
 
 def load_plugins(hub: Hub, module: str = "handlers") -> Registry:

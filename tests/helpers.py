@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import orjson
+import uvicorn
 
 from hub.app import CallhubApp, create_app
 from hub.cli import HubServer, build_uvicorn_config
@@ -215,6 +216,44 @@ class ServerThread(LoopbackHub):
             time.sleep(TICK / 5)
 
     def __enter__(self) -> ServerThread:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class AppServer:
+    """Any ASGI app (a vendor simulator) under uvicorn in a thread, on a free loopback port."""
+
+    def __init__(self, app: Any, *, ws: str = "websockets-sansio") -> None:
+        self.port = free_port()
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="auto", ws=ws,
+            ws_per_message_deflate=False,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="app-server", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def start(self) -> AppServer:
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), what="app server start")
+        if not self.server.started:
+            raise RuntimeError("app server did not start")
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(WAIT)
+
+    def __enter__(self) -> AppServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

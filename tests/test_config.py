@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hub.config import Config, ConfigError, config_from_dict, load_config
 from tests.helpers import ADMIN_KEY, JWT_SECRET, raw_config, write_config
@@ -323,24 +323,37 @@ def test_auth_off_on_public_host_is_reported_alongside_other_problems() -> None:
 # -- sections --------------------------------------------------------------------------------------
 
 
+class RingSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    secret: str
+    n: int = 1
+
+
 def test_unknown_section_is_reported_when_handler_sections_are_known() -> None:
     """A top-level table that is neither core nor a handler's is reported by its name."""
-    problems = problems_of({"servr": {"port": 1}, "antring": {}}, handler_sections={"antring"})
+    problems = problems_of({"servr": {"port": 1}, "antring": {"secret": "x"}}, handler_sections={"antring": RingSection})
     assert list(problems) == ["servr"]
     assert "unknown" in problems["servr"]
 
 
-def test_handler_sections_are_passed_through() -> None:
-    """A handler's section is accepted and handed to the handlers untouched (env substituted)."""
+def test_handler_sections_are_validated_by_their_model() -> None:
+    """A handler's section is validated by its model (env substituted) and kept as the model."""
     config = config_from_dict(
-        {"antring": {"secret": "${RING}", "n": 3}}, env={"RING": "s3cr3t"}, handler_sections={"antring"}
+        {"antring": {"secret": "${RING}", "n": 3}}, env={"RING": "s3cr3t"}, handler_sections={"antring": RingSection}
     )
-    assert config.handlers == {"antring": {"secret": "s3cr3t", "n": 3}}
+    assert config.handlers == {"antring": RingSection(secret="s3cr3t", n=3)}
+
+
+def test_handler_section_problems_carry_the_section_in_their_key_path() -> None:
+    """A bad vendor key is reported as `antring.n`, beside core problems."""
+    problems = problems_of({"antring": {"secret": "x", "n": "many", "typo": 1}, "server": {"port": "x"}},
+                           handler_sections={"antring": RingSection})
+    assert set(problems) == {"antring.n", "antring.typo", "server.port"}
 
 
 def test_unknown_section_listed_with_other_problems() -> None:
     """An unknown section is one more problem in the list, next to the key-level ones."""
-    problems = problems_of({"sever": {}, "server": {"port": "x"}}, handler_sections=set())
+    problems = problems_of({"sever": {}, "server": {"port": "x"}}, handler_sections={})
     assert set(problems) == {"sever", "server.port"}
 
 

@@ -15,6 +15,8 @@ def test_redact_hides_token_parameters_and_bearer_values() -> None:
     """`?token=`, `&api_key=` and `Bearer …` values are replaced; the rest of the line stays."""
     line = 'GET /v1/stream?types=call.*&token=abc.def.ghi HTTP/1.1 Authorization: Bearer chk_123'
     assert redact(line) == "GET /v1/stream?types=call.*&token=REDACTED HTTP/1.1 Authorization: Bearer REDACTED"
+    signed = "GET /oapi/v1/call/play_recording?appId=1&media=r.mp3&hash=9b11b9ff"
+    assert redact(signed) == "GET /oapi/v1/call/play_recording?appId=1&media=r.mp3&hash=REDACTED"
 
 
 def test_hub_logs_never_show_a_token_from_the_url(tmp_path: Path) -> None:

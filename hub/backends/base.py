@@ -62,6 +62,14 @@ class Backend(ABC):
         """
 
     @abstractmethod
+    async def find(self, *, path: str, value: str, agent: str | None, limit: int) -> list[Event]:
+        """Newest first, stored events whose `data.<path>` (dotted) equals `value`.
+
+        `agent` set: only that agent's events. For look-ups such as "which call has this
+        recording"; not for the hot path.
+        """
+
+    @abstractmethod
     async def trim(self, *, max_age: float, max_count: int) -> int:
         """Apply retention; return how many events were removed."""
 

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import os
 import queue
+import re
 import sqlite3
 import threading
 import time
@@ -57,6 +58,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 _STOP = object()
+_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 class _Append:
@@ -309,6 +311,25 @@ class LocalBackend(Backend):
         if self._closed or self._loop is None:
             raise Unavailable("the event store is closed")
         return await self._loop.run_in_executor(self._readers, self._read, after, limit, agent, types, scan_limit)
+
+    async def find(self, *, path: str, value: str, agent: str | None, limit: int) -> list[Event]:
+        if self._closed or self._loop is None:
+            raise Unavailable("the event store is closed")
+        if not _DOTTED.fullmatch(path):
+            raise ValueError(f"not a dotted path: {path!r}")
+        return await self._loop.run_in_executor(self._readers, self._find, "$.data." + path, value, agent, limit)
+
+    def _find(self, json_path: str, value: str, agent: str | None, limit: int) -> list[Event]:
+        # SQLite's JSON functions read the stored body; the agent index narrows the scan.
+        sql = "SELECT seq, type, agent, body FROM events WHERE json_extract(body, ?) = ?"
+        args: list[Any] = [json_path, value]
+        if agent is not None:
+            sql += " AND agent = ?"
+            args.append(agent)
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(limit)
+        rows = self._reader().execute(sql, args).fetchall()
+        return [Event(seq, type_, ev_agent, body) for seq, type_, ev_agent, body in rows]
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

@@ -1,0 +1,64 @@
+"""AntRing (AntBuddy call centre): voice token, call-signal socket, click-to-call, recordings.
+
+`register` wires, from `[antring]`: the HTTP client, the token manager, the socket consumer
+(a hub service), and the click-to-call and recording routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from handlers.antring.client import AntRingClient, TokenManager
+from handlers.antring.config import AntRingConfig
+from handlers.antring.consumer import SignalConsumer
+from handlers.antring.normalize import AgentIndex, Normalizer
+from handlers.antring.routes import routes
+from hub.core import Hub
+from hub.exceptions import HubError
+from hub.plugins import Registry
+
+__all__ = ["AntRingConfig", "register", "agent_index"]
+
+logger = logging.getLogger("callhub.antring")
+
+#: After a failed token refresh, try again this soon.
+TOKEN_RETRY_DELAY = 5.0
+
+
+def agent_index(config: AntRingConfig) -> AgentIndex:
+    agents = config.agents
+    return AgentIndex(
+        by_owner={d.owner_id: name for name, d in agents.items() if d.owner_id},
+        by_sip_user={d.sip_user: name for name, d in agents.items()},
+        by_extension={d.extension: name for name, d in agents.items() if d.extension},
+    )
+
+
+def register(registry: Registry) -> None:
+    config = registry.section("antring", AntRingConfig)
+    if config is None or not config.enabled:
+        return
+    client = AntRingClient(config.base_url, config.app_id, config.app_secret, timeout=config.request_timeout)
+    tokens = TokenManager(client, config.sip_user, config.sip_password, refresh_margin=config.token_refresh_margin)
+    normalizer = Normalizer(agents=agent_index(config), internal_max_digits=config.internal_max_digits)
+    consumer = SignalConsumer(registry.hub, config, tokens, normalizer)
+
+    async def consume(hub: Hub) -> None:
+        await consumer.run()
+
+    async def keep_token_fresh(hub: Hub) -> None:
+        """Fetch the next voice token ahead of expiry, so a reconnect never waits for one."""
+        while True:
+            await asyncio.sleep(max(0.0, tokens.seconds_until_refresh()))
+            try:
+                await tokens.get()
+            except HubError as exc:
+                logger.warning("antring voice token refresh failed: %s", exc.message)
+                await asyncio.sleep(TOKEN_RETRY_DELAY)
+
+    registry.add_service("antring-signals", consume)
+    registry.add_service("antring-token", keep_token_fresh)
+    registry.add_cleanup(client.aclose)
+    for route in routes(config, client):
+        registry.add_route(route)

@@ -1,0 +1,70 @@
+"""`[antring]`: AntRing credentials, the call-signal socket, and one SIP device per agent."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from hub._units import parse_duration
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+WsProtocol = Literal["socketio", "socketio-eio3", "socketio-0.9", "blackhole"]
+
+#: The bindings AntBuddy's docs subscribe to, plus the KAZOO ones for bridge and hold.
+DEFAULT_BINDINGS = [
+    "call.CHANNEL_CREATE.*",
+    "call.CHANNEL_ANSWER.*",
+    "call.CHANNEL_DESTROY.*",
+    "call.CHANNEL_BRIDGE.*",
+    "call.CHANNEL_HOLD.*",
+    "call.CHANNEL_UNHOLD.*",
+]
+
+
+class AgentDevice(BaseModel):
+    """`[antring.agents.<username>]`: the agent's own SIP device (click-to-call rings it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sip_user: str = Field(min_length=1)
+    sip_password: str = Field(min_length=1)
+    #: The agent's extension, and KAZOO's user id for them, to recognise their legs on the socket.
+    extension: str | None = None
+    owner_id: str | None = None
+
+
+class AntRingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("base_url", "ws_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("http", "https", "ws", "wss") or not urlsplit(value).hostname:
+            raise ValueError(f"{value!r} is not an http(s):// or ws(s):// URL")
+        return value.rstrip("/") if value.count("/") <= 3 else value
+
+    enabled: bool = True
+    base_url: str = "https://openapi.antbuddy.com"
+    app_id: str = Field(min_length=1)
+    app_secret: str = Field(min_length=1)
+    account_id: str = Field(min_length=1)
+    ws_url: str = "https://ws.antbuddy.com:5557"
+    ws_protocol: WsProtocol = "socketio"
+    bindings: list[str] = Field(default_factory=lambda: list(DEFAULT_BINDINGS), min_length=1)
+    #: The SIP device whose credentials obtain the voice token for the socket.
+    sip_user: str = Field(min_length=1)
+    sip_password: str = Field(min_length=1)
+    agents: dict[str, AgentDevice] = {}
+    #: Refresh the voice token this long before it expires.
+    token_refresh_margin: Duration = 60.0
+    #: Reconnect back-off: first delay, doubling with jitter up to the cap.
+    reconnect_initial_delay: Duration = 0.5
+    reconnect_max_delay: Duration = 30.0
+    #: Also reconcile with the call history this often while connected (0 = only after reconnects).
+    reconcile_interval: Duration = 300.0
+    #: How far back the first reconciliation after start looks.
+    reconcile_lookback: Duration = 3600.0
+    request_timeout: Duration = 10.0
+    #: Numbers with at most this many digits are extensions (internal), longer ones phone numbers.
+    internal_max_digits: int = Field(6, ge=1, le=15)

@@ -1,0 +1,98 @@
+"""Calling other services: one retry policy and one retrying sender for every vendor client.
+
+Only idempotent requests are retried (GETs, or POSTs the vendor deduplicates): a request that
+may have side effects twice (ringing a phone) is sent once, whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+__all__ = ["RetryPolicy", "send_with_retry", "retry_after_seconds"]
+
+#: Statuses worth another try: the server failed, or asked us to slow down.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    #: Tries in all, the first included.
+    attempts: int = 4
+    #: First back-off; doubles per try, with full jitter, up to `max_delay`.
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    #: Give up once this much time has passed since the first try (0 = no deadline).
+    deadline: float = 30.0
+    statuses: frozenset[int] = RETRY_STATUSES
+
+    def backoff(self, attempt: int) -> float:
+        """Delay before try number `attempt + 1` (attempt counts from 1), full jitter."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+NO_RETRY = RetryPolicy(attempts=1)
+
+
+def retry_after_seconds(response: httpx.Response, *, now: float | None = None) -> float | None:
+    """The server's `Retry-After` (seconds or an HTTP date), if it sent one."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when - (time.time() if now is None else now))
+
+
+async def send_with_retry(
+    client: httpx.AsyncClient,
+    build: Callable[[], httpx.Request],
+    policy: RetryPolicy,
+    *,
+    sleep: Callable[[float], object] = asyncio.sleep,
+) -> httpx.Response:
+    """Send `build()` and retry on connection errors, timeouts and `policy.statuses`.
+
+    Returns the last response (a retryable status included, once tries run out); re-raises the
+    last transport error if no response ever came. `Retry-After` is honoured, capped by
+    `policy.max_delay`.
+    """
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            response = await client.send(build())
+        except (httpx.TransportError, httpx.TimeoutException):
+            if attempt >= policy.attempts or _past(policy, started):
+                raise
+            await _sleep(sleep, policy.backoff(attempt))
+            continue
+        if response.status_code not in policy.statuses or attempt >= policy.attempts or _past(policy, started):
+            return response
+        await response.aclose()
+        hinted = retry_after_seconds(response)
+        delay = policy.backoff(attempt) if hinted is None else min(hinted, policy.max_delay)
+        await _sleep(sleep, delay)
+
+
+def _past(policy: RetryPolicy, started: float) -> bool:
+    return policy.deadline > 0 and time.monotonic() - started >= policy.deadline
+
+
+async def _sleep(sleep: Callable[[float], object], delay: float) -> None:
+    result = sleep(delay)
+    if asyncio.iscoroutine(result):
+        await result
