@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel
 
 from handlers import antring, demo
@@ -9,6 +11,10 @@ from hub.plugins import Registry
 
 #: Top-level config sections owned by handlers, with the models that validate them.
 SECTIONS: dict[str, type[BaseModel]] = {"demo": demo.DemoConfig, "antring": antring.AntRingConfig}
+
+
+def demo_overrides(port: int) -> dict[str, Any]:
+    return demo.demo_overrides(port)
 
 
 def register(registry: Registry) -> None:

@@ -15,8 +15,8 @@ from uvicorn.config import LOGGING_CONFIG
 from hub._units import parse_duration
 from hub.app import CallhubApp, create_app
 from hub.auth import ensure_jwt_secret, issue_token
-from hub.config import Config, ConfigError, load_config
-from hub.plugins import handler_sections
+from hub.config import Config, ConfigError, ServerConfig, load_config
+from hub.plugins import demo_overrides, handler_sections
 
 __all__ = ["main", "serve", "build_uvicorn_config"]
 
@@ -28,6 +28,14 @@ LISTEN_BACKLOG = 4096
 def _load(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Config:
     path = args.config or os.environ.get(CONFIG_ENV) or None
     return load_config(path, overrides=overrides, handler_sections=handler_sections())
+
+
+def _configured_port(args: argparse.Namespace) -> int:
+    """The port `serve` will listen on (the demo's simulators are mounted there)."""
+    try:
+        return _load(args).server.port
+    except ConfigError:
+        return int(ServerConfig.model_fields["port"].default)  # serve reports the real error
 
 
 def _loop_impl() -> str:
@@ -128,7 +136,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides.setdefault("server", {})["port"] = args.port
     if args.demo:
-        overrides["demo"] = {"enabled": True}
+        port = args.port if args.port is not None else _configured_port(args)
+        overrides.update(demo_overrides(port))
     try:
         config = _load(args, overrides)
     except ConfigError as exc:

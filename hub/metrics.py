@@ -50,6 +50,12 @@ class Metrics:
         self.upstream_signals = Counter(
             "callhub_upstream_signals", "Signals received from an upstream, by name", ["upstream", "name"], registry=r
         )
+        self.upstream_reconciled = Counter(
+            "callhub_upstream_reconciled",
+            "Events recovered from an upstream's history after a gap",
+            ["upstream"],
+            registry=r,
+        )
         self.retention_removed = Counter(
             "callhub_retention_removed", "Events removed by retention", registry=r
         )

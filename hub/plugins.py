@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 from starlette.routing import BaseRoute
@@ -52,6 +52,12 @@ def handler_sections(module: str = "handlers") -> dict[str, type[BaseModel]]:
     """Config sections the vendor handlers own, with their models (validated by `callhub check`)."""
     sections: dict[str, type[BaseModel]] = importlib.import_module(module).SECTIONS
     return dict(sections)
+
+
+def demo_overrides(port: int, module: str = "handlers") -> dict[str, Any]:
+    """Config overrides for `serve --demo` (simulated upstreams on the hub's own port)."""
+    overrides: dict[str, Any] = importlib.import_module(module).demo_overrides(port)
+    return overrides
 
 
 def load_plugins(hub: Hub, module: str = "handlers") -> Registry:

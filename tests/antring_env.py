@@ -39,6 +39,11 @@ class AntRingWorld:
                 time.sleep(signal.delay * speed)
             self.signals.emit_threadsafe(signal.name, signal.payload)
 
+    def play_partly(self, call: ScriptedCall, *, upto: int) -> None:
+        """Emit only the first `upto` signals (the rest are lost, as in an outage)."""
+        for signal in call.signals[:upto]:
+            self.signals.emit_threadsafe(signal.name, signal.payload)
+
     def upstream(self) -> dict[str, Any]:
         state: dict[str, Any] = httpx.get(f"{self.hub.url}/readyz", timeout=WAIT).json()["upstreams"]["antring"]
         return state

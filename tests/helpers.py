@@ -130,9 +130,9 @@ class LoopbackHub:
 class ServerThread(LoopbackHub):
     """The real hub under uvicorn (uvloop, httptools, websockets-sansio) in a thread, on a free port."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, port: int | None = None) -> None:
         self.config = config
-        self.port = free_port()
+        self.port = port or free_port()
         self.app: CallhubApp = create_app(config)
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

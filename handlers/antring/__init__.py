@@ -13,6 +13,7 @@ from handlers.antring.client import AntRingClient, TokenManager
 from handlers.antring.config import AntRingConfig
 from handlers.antring.consumer import SignalConsumer
 from handlers.antring.normalize import AgentIndex, Normalizer
+from handlers.antring.reconcile import Reconciler
 from handlers.antring.routes import routes
 from hub.core import Hub
 from hub.exceptions import HubError
@@ -42,7 +43,8 @@ def register(registry: Registry) -> None:
     client = AntRingClient(config.base_url, config.app_id, config.app_secret, timeout=config.request_timeout)
     tokens = TokenManager(client, config.sip_user, config.sip_password, refresh_margin=config.token_refresh_margin)
     normalizer = Normalizer(agents=agent_index(config), internal_max_digits=config.internal_max_digits)
-    consumer = SignalConsumer(registry.hub, config, tokens, normalizer)
+    reconciler = Reconciler(registry.hub, client, config)
+    consumer = SignalConsumer(registry.hub, config, tokens, normalizer, on_reconnected=reconciler.after_reconnect)
 
     async def consume(hub: Hub) -> None:
         await consumer.run()
@@ -57,7 +59,14 @@ def register(registry: Registry) -> None:
                 logger.warning("antring voice token refresh failed: %s", exc.message)
                 await asyncio.sleep(TOKEN_RETRY_DELAY)
 
+    async def reconcile_periodically(hub: Hub) -> None:
+        while config.reconcile_interval > 0:
+            await asyncio.sleep(config.reconcile_interval)
+            if consumer.connected:
+                await reconciler.periodic()
+
     registry.add_service("antring-signals", consume)
+    registry.add_service("antring-reconcile", reconcile_periodically)
     registry.add_service("antring-token", keep_token_fresh)
     registry.add_cleanup(client.aclose)
     for route in routes(config, client):

@@ -66,5 +66,7 @@ class AntRingConfig(BaseModel):
     #: How far back the first reconciliation after start looks.
     reconcile_lookback: Duration = 3600.0
     request_timeout: Duration = 10.0
+    #: The field of a call-history record that holds the call's id (the docs show none; see docs/ANTRING.md).
+    history_id_field: str = "call_id"
     #: Numbers with at most this many digits are extensions (internal), longer ones phone numbers.
     internal_max_digits: int = Field(6, ge=1, le=15)

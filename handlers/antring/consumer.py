@@ -35,7 +35,7 @@ UPSTREAM = "antring"
 #: A connection that lasted this long resets the reconnect back-off.
 STABLE_AFTER = 30.0
 
-OnReconnected = Callable[[float, float], Awaitable[None]]
+OnReconnected = Callable[[float, float], Awaitable[object]]
 
 
 class SignalConsumer:
@@ -111,7 +111,10 @@ class SignalConsumer:
             UPSTREAM, protocol=self.config.ws_protocol, bindings=list(self.config.bindings)
         )
         if self.on_reconnected is not None:
-            await self.on_reconnected(down_since, up_at)
+            try:
+                await self.on_reconnected(down_since, up_at)
+            except Exception:
+                logger.exception("antring: after-reconnect step failed")
 
     async def _went_down(self, reason: str) -> None:
         if not self.connected:
