@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -9,7 +10,7 @@ import httpx
 from handlers.antring.reconcile import history_event
 from handlers.antring.simulator.calls import inbound_answered, inbound_missed, internal_call, outbound_busy
 from tests.antring_env import ACCOUNT, ALICE, BOB, antring_world
-from tests.helpers import WAIT, wait_until
+from tests.helpers import TICK, WAIT, wait_until
 
 
 def ended_for(events: list[dict[str, object]], call_id: str) -> list[dict[str, object]]:
@@ -76,3 +77,15 @@ def test_history_record_maps_to_a_call_ended_event() -> None:
     assert data["reconciled"] is True and data["raw"] == record
     no_id = history_event({**record, "call_id": None}, id_field="call_id")
     assert no_id["data"]["call_id"].startswith("hist-") and no_id["id"] == history_event(dict(no_id["data"]["raw"]), id_field="call_id")["id"]
+
+
+def test_reconciliation_can_be_turned_off(data_dir: Path) -> None:
+    """With `reconcile = false`, calls missed during an outage are not recovered from history."""
+    with antring_world(data_dir, "blackhole", reconcile=False) as world:
+        world.wait_connected()
+        call = inbound_missed(ALICE, "0903000009", account_id=ACCOUNT)
+        world.state.history.append(call.record)
+        world.signals.drop_all_threadsafe()
+        world.wait_connected(connects=2)
+        time.sleep(10 * TICK)  # what the enabled case needs to publish (see the test above)
+        assert not [e for e in world.history("call.ended") if e["data"].get("reconciled")]

@@ -61,6 +61,8 @@ class AntRingConfig(BaseModel):
     #: Reconnect back-off: first delay, doubling with jitter up to the cap.
     reconnect_initial_delay: Duration = 0.5
     reconnect_max_delay: Duration = 30.0
+    #: Fill gaps from call history after reconnects (and periodically); see docs/ANTRING.md.
+    reconcile: bool = True
     #: Also reconcile with the call history this often while connected (0 = only after reconnects).
     reconcile_interval: Duration = 300.0
     #: How far back the first reconciliation after start looks.
