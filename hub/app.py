@@ -16,11 +16,13 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from hub import api
-from hub.config import Config
+from hub.config import Config, ConfigError
 from hub.core import Hub
 from hub.exceptions import HubError
-from hub.plugins import load_plugins
+from hub.plugins import Registry, load_plugins
 from hub.streams import SSEEndpoint, WebSocketEndpoint
+from hub.webhooks_in import PREFIX as WEBHOOKS_PREFIX
+from hub.webhooks_in import Source, WebhookEndpoint, mapped_source
 
 logger = logging.getLogger("callhub")
 
@@ -59,11 +61,12 @@ class CallhubApp:
     and middleware's coroutine frames also keeps each idle connection small.
     """
 
-    def __init__(self, hub: Hub, app: Starlette) -> None:
+    def __init__(self, hub: Hub, app: Starlette, webhooks: WebhookEndpoint) -> None:
         self.hub = hub
         self.app = app
         self.sse = SSEEndpoint(hub)
         self.ws = WebSocketEndpoint(hub)
+        self.webhooks = webhooks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -71,6 +74,8 @@ class CallhubApp:
             await self.ws(scope, receive, send)
         elif kind == "http" and scope["path"] == "/v1/stream":
             await self.sse(scope, receive, send)
+        elif kind == "http" and scope["path"].startswith(WEBHOOKS_PREFIX):
+            await self.webhooks(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -120,4 +125,14 @@ def create_app(config: Config) -> CallhubApp:
         exception_handlers={HubError: _hub_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.hub = hub
-    return CallhubApp(hub, app)
+    return CallhubApp(hub, app, WebhookEndpoint(hub, webhook_sources(config, registry)))
+
+
+def webhook_sources(config: Config, registry: Registry) -> dict[str, Source]:
+    """Configured `[[sources]]` and the handlers' built-in ones; a name may be used once."""
+    sources: dict[str, Source] = {}
+    for source in [*(mapped_source(c) for c in config.sources), *registry.sources]:
+        if source.name in sources:
+            raise ConfigError([("sources", f"webhook source {source.name!r} is defined twice")])
+        sources[source.name] = source
+    return sources

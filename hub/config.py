@@ -8,6 +8,8 @@ Nothing here reads the environment at import time.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -121,12 +123,46 @@ class AuthConfig(_Section):
     keys: list[ApiKey] = []
 
 
+class SourceConfig(_Section):
+    """`[[sources]]`: one webhook sender, received at `POST /v1/webhooks/{name}`."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    #: `none` must be written out: a source is never unverified by default.
+    verify: Literal["token", "hmac-sha256", "standard-webhooks", "none"]
+    secret: str | None = None
+    #: Header holding the HMAC (hmac-sha256).
+    header: str = "X-Signature"
+    #: Standard Webhooks timestamp tolerance.
+    tolerance: Duration = 300.0
+    #: Idempotency key: `header:<Name>`, a dotted JSON path, or a list of paths joined; default: body hash.
+    id: str | list[str] | None = None
+    #: Event type: fixed (`stringee.call`) or `$.dotted.path` into the body.
+    type: str
+    #: data field -> dotted path into the body (e.g. `agent = "user.username"`).
+    fields: dict[str, str] = {}
+    #: `raw`: accept any body and keep it as text; `json`: the body must be JSON.
+    format: Literal["json", "raw"] = "json"
+
+    @model_validator(mode="after")
+    def _secret_matches_scheme(self) -> SourceConfig:
+        if self.verify != "none" and not self.secret:
+            raise ValueError(f"verify = {self.verify!r} needs a secret")
+        if self.verify == "standard-webhooks" and self.secret:
+            try:
+                if not self.secret.startswith("whsec_") or not base64.b64decode(self.secret[6:], validate=True):
+                    raise ValueError
+            except (ValueError, binascii.Error):
+                raise ValueError("a Standard Webhooks secret looks like whsec_<base64>") from None
+        return self
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     backend: BackendConfig = BackendConfig()
     retention: RetentionConfig = RetentionConfig()
     streams: StreamsConfig = StreamsConfig()
     auth: AuthConfig = AuthConfig()
+    sources: list[SourceConfig] = []
     #: Vendor sections (`[antring]`, `[vbee]`, …) are validated by their handlers.
     handlers: dict[str, Any] = {}
 
@@ -134,6 +170,14 @@ class Config(_Section):
     def _auth_off_only_on_loopback(self) -> Config:
         if not self.server.auth and not is_loopback_host(self.server.host):
             raise _LocatedError(("server", "auth"), _auth_off_message(self.server.host))
+        return self
+
+    @model_validator(mode="after")
+    def _unique_source_names(self) -> Config:
+        names = [s.name for s in self.sources]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise _LocatedError(("sources",), f"source names must be unique: {', '.join(duplicated)}")
         return self
 
     @property

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 from hub.exceptions import BadRequest
 
-__all__ = ["TypeFilter", "parse_patterns", "MATCH_ALL"]
+__all__ = ["TypeFilter", "parse_patterns", "lookup", "MATCH_ALL"]
 
 #: Patterns per filter, and characters per pattern: a filter is built per subscriber request.
 MAX_PATTERNS = 64
@@ -92,3 +92,21 @@ class TypeFilter:
 
 
 MATCH_ALL = TypeFilter()
+
+
+_MISSING = object()
+
+
+def lookup(obj: object, path: str, default: object = None) -> object:
+    """The value at dotted `path` in nested JSON (`data.from.number`, `items.0.id`), or `default`."""
+    current = obj
+    for part in path.split("."):
+        if isinstance(current, dict):
+            current = current.get(part, _MISSING)
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return default
+        if current is _MISSING:
+            return default
+    return current

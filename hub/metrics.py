@@ -56,6 +56,15 @@ class Metrics:
             ["upstream"],
             registry=r,
         )
+        self.webhooks_received = Counter(
+            "callhub_webhooks_received", "Webhooks accepted, by source and outcome", ["source", "outcome"], registry=r
+        )
+        self.webhooks_rejected = Counter(
+            "callhub_webhooks_rejected",
+            "Webhooks refused, by source and reason (verification failures included)",
+            ["source", "reason"],
+            registry=r,
+        )
         self.retention_removed = Counter(
             "callhub_retention_removed", "Events removed by retention", registry=r
         )

@@ -18,6 +18,7 @@ from hub.config import SectionT, validate_section
 
 if TYPE_CHECKING:
     from hub.core import Hub
+    from hub.webhooks_in import Source
 
 __all__ = ["Registry", "Service", "load_plugins"]
 
@@ -31,6 +32,7 @@ class Registry:
     routes: list[BaseRoute] = field(default_factory=list)
     services: list[tuple[str, Service]] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
 
     def section(self, name: str, model: type[SectionT]) -> SectionT | None:
         """The vendor section `[name]` as its model, or None when the file has none."""
@@ -42,6 +44,10 @@ class Registry:
 
     def add_service(self, name: str, service: Service) -> None:
         self.services.append((name, service))
+
+    def add_source(self, source: Source) -> None:
+        """A built-in webhook source (`POST /v1/webhooks/{source.name}`)."""
+        self.sources.append(source)
 
     def add_cleanup(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Run when the hub stops, after its services were cancelled (close HTTP clients here)."""

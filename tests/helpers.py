@@ -81,6 +81,11 @@ def write_config(path: Path, raw: dict[str, Any]) -> Path:
         raise TypeError(v)
 
     for section, content in raw.items():
+        if isinstance(content, list):  # an array of tables, e.g. [[sources]]
+            for item in content:
+                lines.append(f"[[{section}]]")
+                lines.extend(f"{k} = {value(v)}" for k, v in item.items())
+            continue
         tables = {k: v for k, v in content.items() if isinstance(v, list) and v and isinstance(v[0], dict)}
         lines.append(f"[{section}]")
         for k, v in content.items():
