@@ -6,11 +6,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from handlers import antring, demo
+from handlers import antring, demo, vbee
 from hub.plugins import Registry
 
 #: Top-level config sections owned by handlers, with the models that validate them.
-SECTIONS: dict[str, type[BaseModel]] = {"demo": demo.DemoConfig, "antring": antring.AntRingConfig}
+SECTIONS: dict[str, type[BaseModel]] = {
+    "demo": demo.DemoConfig,
+    "antring": antring.AntRingConfig,
+    "vbee": vbee.VbeeConfig,
+}
 
 
 def demo_overrides(port: int) -> dict[str, Any]:
@@ -20,3 +24,4 @@ def demo_overrides(port: int) -> dict[str, Any]:
 def register(registry: Registry) -> None:
     demo.register(registry)
     antring.register(registry)
+    vbee.register(registry)
