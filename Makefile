@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q
 
-# The four standard fan-out scenarios, three runs each, medians (bench/README.md).
+# The standard fan-out and ingest scenarios, three runs each, medians (bench/README.md).
 bench: $(STAMP)
 	$(PY) -m bench.run_all --repeat 3 --pin --out bench/results
 

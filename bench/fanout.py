@@ -665,27 +665,31 @@ class Worker:
         }
 
     async def recv(self) -> tuple[Any, ...]:
-        """Next command from the main process, without blocking the loop (EOF if main died)."""
-        loop = asyncio.get_running_loop()
-        readable: asyncio.Future[None] = loop.create_future()
-        fd = self.pipe.fileno()
-        loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
-        try:
-            async with asyncio.timeout(self.spec.command_timeout_s):
-                await readable
-        except TimeoutError:
-            return ("close",)
-        finally:
-            loop.remove_reader(fd)
-            os.set_blocking(fd, True)  # uvloop's add_reader made it non-blocking; Connection needs blocking
-        try:
-            return self.pipe.recv()
-        except EOFError:
-            return ("close",)
+        return await recv_command(self.pipe, self.spec.command_timeout_s)
 
     def close_all(self) -> None:
         for client in self.clients:
             client.close()
+
+
+async def recv_command(pipe: Connection, timeout_s: float) -> tuple[Any, ...]:
+    """Next command from the main process, without blocking the loop (("close",) on EOF or timeout)."""
+    loop = asyncio.get_running_loop()
+    readable: asyncio.Future[None] = loop.create_future()
+    fd = pipe.fileno()
+    loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+    try:
+        async with asyncio.timeout(timeout_s):
+            await readable
+    except TimeoutError:
+        return ("close",)
+    finally:
+        loop.remove_reader(fd)
+        os.set_blocking(fd, True)  # uvloop's add_reader made it non-blocking; Connection needs blocking
+    try:
+        return pipe.recv()
+    except EOFError:
+        return ("close",)
 
 
 def worker_main(spec: WorkerSpec, pipe: Connection) -> None:
@@ -702,15 +706,19 @@ def worker_main(spec: WorkerSpec, pipe: Connection) -> None:
 class WorkerPool:
     """The worker processes and their command pipes, as seen from the main process."""
 
-    def __init__(self, specs: Sequence[WorkerSpec]) -> None:
+    def __init__(
+        self,
+        specs: Sequence[Any],
+        entry: Callable[[Any, Connection], None] = worker_main,
+        name: str = "fanout",
+    ) -> None:
+        """Start one `entry(spec, pipe)` process per spec (`spec.index` names it); bench.ingest reuses this."""
         context = multiprocessing.get_context("spawn")  # no inherited loop or sockets
         self.pipes: list[Connection] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []
         for spec in specs:
             parent, child = context.Pipe()
-            proc = context.Process(
-                target=worker_main, args=(spec, child), name=f"fanout-{spec.index}", daemon=True
-            )
+            proc = context.Process(target=entry, args=(spec, child), name=f"{name}-{spec.index}", daemon=True)
             proc.start()
             child.close()
             self.pipes.append(parent)
@@ -955,14 +963,14 @@ class SpawnedHub:
             self.proc.wait(SPAWN_STOP_TIMEOUT_S)
 
 
-def spawn_hub(template: str, url: str, key: str) -> SpawnedHub:
+def spawn_hub(template: str, url: str, key: str, label: str = "fanout") -> SpawnedHub:
     """Start `template` ({python}, {port}, {key} substituted), wait for GET /healthz == 200."""
     if "{port}" in template:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         template = template.replace("{port}", str(port))
     command = shlex.split(template.replace("{python}", sys.executable).replace("{key}", key))
-    log = tempfile.NamedTemporaryFile(prefix="fanout-hub-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix=f"{label}-hub-", suffix=".log", delete=False)
     proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     hub = SpawnedHub(proc, url, log.name)

@@ -1,9 +1,10 @@
-"""Run the four standard fan-out scenarios side by side and report medians.
+"""Run the standard fan-out and webhook-ingest scenarios side by side and report medians.
 
-    python -m bench.run_all [--repeat 3] [--pin] [--only ws-100,idle-5000] [--out bench/results]
+    python -m bench.run_all [--repeat 3] [--pin] [--only ws-100,idle-5000|fanout|ingest] [--out bench/results]
 
 Each run starts a fresh hub (SQLite in a temporary directory, the config below) through
-`bench.fanout --spawn-cmd`, so every RSS figure starts from a new process. With `--pin` (and
+`bench.fanout --spawn-cmd` or `bench.ingest --spawn-cmd`, so every RSS figure starts from a new
+process and every ingest run from an empty store. With `--pin` (and
 `taskset` present) the hub runs on core 0 and the load client on the other cores, so the two
 compete less for the same core; the report says which was used.
 """
@@ -21,18 +22,28 @@ from pathlib import Path
 from typing import Any
 
 KEY = "bench-admin-key-0123456789abcdef"
-#: name -> bench.fanout arguments.
-SCENARIOS: dict[str, list[str]] = {
-    "ws-100": ["--ws", "100", "--events", "2000", "--rate", "500"],
-    "ws-1000": ["--ws", "1000", "--events", "1000", "--rate", "200"],
-    "sse-1000": ["--sse", "1000", "--events", "1000", "--rate", "200"],
-    "idle-5000": ["--ws", "5000", "--idle"],
+#: The `[[sources]]` entry bench.ingest posts to.
+WEBHOOK_SOURCE = "bench"
+WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
+#: name -> (bench module, its arguments).
+SCENARIOS: dict[str, tuple[str, list[str]]] = {
+    "ws-100": ("fanout", ["--ws", "100", "--events", "2000", "--rate", "500"]),
+    "ws-1000": ("fanout", ["--ws", "1000", "--events", "1000", "--rate", "200"]),
+    "sse-1000": ("fanout", ["--sse", "1000", "--events", "1000", "--rate", "200"]),
+    "idle-5000": ("fanout", ["--ws", "5000", "--idle"]),
+    # 10 s measured after a 2 s warm-up, one concurrency level per run (so each gets a fresh hub).
+    "ingest-1": ("ingest", ["--senders", "1"]),
+    "ingest-16": ("ingest", ["--senders", "16"]),
+    "ingest-64": ("ingest", ["--senders", "64"]),
+    "ingest-64-dup": ("ingest", ["--senders", "64", "--duplicates", "0.1"]),
 }
-#: The figures worth a median, in report order.
+#: The figures worth a median, in report order (each scenario shows those its runs have).
 FIGURES = (
     "delivered", "lost", "duplicates", "deliveries_per_s", "publish_rate_achieved",
     "latency_p50_ms", "latency_p99_ms", "hub_fanout_p50_le_ms", "hub_fanout_p99_le_ms",
     "hub_cpu_us_per_delivery", "hub_rss_per_conn_kib", "client_cpu_us_per_delivery",
+    "webhooks_per_s", "errors", "ack_p50_ms", "ack_p90_ms", "ack_p99_ms", "ack_max_ms",
+    "dup_ack_p50_ms", "dup_ack_p99_ms", "hub_cpu_pct", "hub_cpu_us_per_webhook", "client_cpu_us_per_webhook", "client_cpu_pct",
     "client_worker_cpu_pct", "machine_busy_pct", "other_processes_cpu_s",
 )
 CONFIG = """
@@ -48,23 +59,39 @@ jwt_secret = "bench-jwt-secret-0123456789abcdef0123456789"
 [[auth.keys]]
 key = "{key}"
 role = "admin"
+[[sources]]
+name = "{source}"
+verify = "token"
+secret = "{secret}"
+id = "delivery_id"
+type = "bench.webhook"
 """
 
 
 def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str) -> dict[str, Any]:
     data = workdir / f"{name}-{index}"
     config = workdir / f"{name}-{index}.toml"
-    config.write_text(CONFIG.format(data=data, key=KEY, synchronous=synchronous))
+    config.write_text(
+        CONFIG.format(data=data, key=KEY, synchronous=synchronous, source=WEBHOOK_SOURCE, secret=WEBHOOK_SECRET)
+    )
     hub_prefix = "taskset -c 0 " if pin else ""
     client_prefix = ["taskset", "-c", "1-1024"] if pin else []
     out = workdir / f"{name}-{index}.json"
+    module, scenario_args = SCENARIOS[name]
+    if module == "ingest":
+        credentials = ["--source", WEBHOOK_SOURCE, "--token", WEBHOOK_SECRET]
+    else:
+        credentials = ["--key", KEY]
     cmd = [
-        *client_prefix, sys.executable, "-m", "bench.fanout", "--key", KEY, *SCENARIOS[name],
+        *client_prefix, sys.executable, "-m", f"bench.{module}", *credentials, *scenario_args,
         "--spawn-cmd", f"{hub_prefix}{{python}} -m hub serve --config {config} --port {{port}}",
         "--json", str(out),
     ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     result: dict[str, Any] = json.loads(out.read_text())
+    if module == "ingest":  # one concurrency level per scenario: its figures, flat like fanout's
+        levels = result.pop("levels")
+        result.update(levels[0])
     return result
 
 
@@ -77,11 +104,24 @@ def median(values: list[Any]) -> Any:
     return round(statistics.median(values), 3)
 
 
+def select(only: str | None, parser: argparse.ArgumentParser) -> list[str]:
+    """Scenario names from --only; `fanout` and `ingest` stand for all scenarios of that benchmark."""
+    if not only:
+        return list(SCENARIOS)
+    names: list[str] = []
+    for item in only.split(","):
+        group = [n for n, (module, _) in SCENARIOS.items() if module == item]
+        if not group and item not in SCENARIOS:
+            parser.error(f"unknown scenario {item!r}; known: {', '.join(SCENARIOS)}, fanout, ingest")
+        names += [n for n in group or [item] if n not in names]
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
     parser.add_argument("--pin", action="store_true", help="hub on core 0, client on the others (taskset)")
-    parser.add_argument("--only", help="comma-separated scenario names")
+    parser.add_argument("--only", help="comma-separated scenario names, or fanout / ingest for a whole group")
     parser.add_argument(
         "--synchronous", choices=("full", "normal"), default="full",
         help="the hub's backend.synchronous (full: fsync per commit, the default)",
@@ -89,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="directory for the raw JSON of every run and the summary")
     args = parser.parse_args(argv)
     pin = args.pin and shutil.which("taskset") is not None
-    names = args.only.split(",") if args.only else list(SCENARIOS)
+    names = select(args.only, parser)
     summary: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="callhub-bench-") as tmp:
         workdir = Path(tmp)
