@@ -58,6 +58,8 @@ class Hub:
             sse_heartbeat=streams.sse_heartbeat,
         )
         self.upstreams = Upstreams(self)
+        self._m_stored = self.metrics.events_ingested.labels("stored")
+        self._m_duplicate = self.metrics.events_ingested.labels("duplicate")
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
 
@@ -126,7 +128,7 @@ class Hub:
         received = time.perf_counter() if received is None else received
         event = prepare_event(obj, default_source=default_source)
         result = await self.backend.append(event, agent=agent_of(event), received=received)
-        self.metrics.events_ingested.labels("duplicate" if result.duplicate else "stored").inc()
+        (self._m_duplicate if result.duplicate else self._m_stored).inc()
         return Published(event["id"], result.seq, result.duplicate)
 
     async def check_ready(self) -> None:

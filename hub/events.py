@@ -9,8 +9,9 @@ on every stream, history page and outbound webhook.
 from __future__ import annotations
 
 import re
+import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -43,8 +44,17 @@ _CORE = {"specversion", "id", "source", "type", "time", "subject", "datacontentt
 _RESERVED = {"seq"}
 
 
+_second: tuple[int, str] = (-1, "")
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now as `2026-11-23T08:15:00.123Z`; the part up to the second is formatted once per second."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
 
 
 def _string(obj: dict[str, Any], name: str, *, default: str | None = None, required: bool = False) -> str | None:

@@ -132,8 +132,9 @@ class LocalBackend(Backend):
             raise Unavailable("the event store is closed")
         future: asyncio.Future[AppendResult] = self._loop.create_future()
         self._queue.put(_Append(event, agent, received, future))
-        # Shielded: a publisher that disconnects must not cancel what the writer already holds.
-        return await asyncio.shield(future)
+        # If the publisher goes away and this is cancelled, the writer still commits the event
+        # (it already holds it) and skips the cancelled future.
+        return await future
 
     async def trim(self, *, max_age: float, max_count: int) -> int:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
