@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -15,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from hub import api
+from hub import api, rules_api
 from hub.config import Config, ConfigError
 from hub.core import Hub
 from hub.exceptions import HubError
@@ -87,6 +89,7 @@ def create_app(config: Config) -> CallhubApp:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await hub.start()
+        _watch_sighup(hub)
         for name, service in registry.services:
             hub.spawn(service(hub), name=name)
         try:
@@ -105,6 +108,7 @@ def create_app(config: Config) -> CallhubApp:
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
+        *rules_api.routes(),
         *registry.routes,
     ]
     middleware = []
@@ -126,6 +130,14 @@ def create_app(config: Config) -> CallhubApp:
     )
     app.state.hub = hub
     return CallhubApp(hub, app, WebhookEndpoint(hub, webhook_sources(config, registry)))
+
+
+def _watch_sighup(hub: Hub) -> None:
+    """`kill -HUP` reloads the rules (main thread only; a hub run inside a test thread skips it)."""
+    try:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, hub.load_rules)
+    except (RuntimeError, ValueError, NotImplementedError):
+        pass
 
 
 def webhook_sources(config: Config, registry: Registry) -> dict[str, Source]:

@@ -16,7 +16,8 @@ from hub._units import parse_duration
 from hub.app import CallhubApp, create_app
 from hub.auth import ensure_jwt_secret, issue_token
 from hub.config import Config, ConfigError, ServerConfig, load_config
-from hub.plugins import demo_overrides, handler_sections
+from hub.plugins import action_types, demo_overrides, handler_sections
+from hub.rules import load_rules
 
 __all__ = ["main", "serve", "build_uvicorn_config"]
 
@@ -143,6 +144,12 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    _, problems = load_rules(config.rules, config.rules_file, action_types())
+    if problems:
+        print(f"not starting: {len(problems)} problem(s) in the rules:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     app = create_app(config)
     _banner(app, config)
     server = HubServer(build_uvicorn_config(app, config), app)
@@ -156,10 +163,17 @@ def check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    rules, problems = load_rules(config.rules, config.rules_file, action_types())
+    if problems:
+        print(f"{len(problems)} problem(s) in the rules:", file=sys.stderr)
+        for problem in problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
     print(
         f"{args.config or os.environ.get(CONFIG_ENV) or 'defaults'}: ok "
         f"(listen {config.server.host}:{config.server.port}, backend {config.backend.url}, "
-        f"{len(config.auth.keys)} API key(s), auth {'on' if config.server.auth else 'OFF'})"
+        f"{len(config.auth.keys)} API key(s), auth {'on' if config.server.auth else 'OFF'}, "
+        f"{len(rules.rules) if rules else 0} rule(s))"
     )
     return 0
 

@@ -163,6 +163,10 @@ class Config(_Section):
     streams: StreamsConfig = StreamsConfig()
     auth: AuthConfig = AuthConfig()
     sources: list[SourceConfig] = []
+    #: `[[rules]]` tables, validated by `hub.rules` (which reports file, rule and key).
+    rules: list[dict[str, Any]] = []
+    #: A TOML file of more `[[rules]]`, relative to the working directory; reloadable.
+    rules_file: str | None = None
     #: Vendor sections (`[antring]`, `[vbee]`, …) are validated by their handlers.
     handlers: dict[str, Any] = {}
 

@@ -10,16 +10,18 @@ import logging
 import time
 from typing import Any, NamedTuple
 
+import orjson
 from starlette.requests import HTTPConnection
 
 from hub.auth import Authenticator, Principal, ensure_admin_key, ensure_jwt_secret
 from hub.backends import open_backend
 from hub.backends.base import Backend
-from hub.config import ApiKey, Config
-from hub.events import agent_of, prepare_event
+from hub.config import ApiKey, Config, ConfigError
+from hub.events import Event, agent_of, prepare_event
 from hub.exceptions import HubError, Unavailable
 from hub.fanout import Fanout
 from hub.metrics import Metrics
+from hub.rules import RuleProblem, RuleSet, load_rules
 from hub.upstreams import Upstreams
 
 logger = logging.getLogger("callhub")
@@ -58,6 +60,8 @@ class Hub:
             sse_heartbeat=streams.sse_heartbeat,
         )
         self.upstreams = Upstreams(self)
+        self.rules: RuleSet | None = None
+        self.rules_status: dict[str, Any] = {}
         self._m_stored = self.metrics.events_ingested.labels("stored")
         self._m_duplicate = self.metrics.events_ingested.labels("duplicate")
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -65,8 +69,47 @@ class Hub:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
+    def load_rules(self) -> list[RuleProblem]:
+        """(Re)load the rules; on any problem keep the rules in force and return the problems."""
+        from hub.plugins import action_types
+
+        rules, problems = load_rules(self.config.rules, self.config.rules_file, action_types())
+        if rules is None:
+            self.rules_status = {"ok": False, "at": time.time(), "problems": [str(p) for p in problems]}
+            logger.error("rules not (re)loaded, %d problem(s); keeping %d rule(s) in force:\n  %s",
+                         len(problems), len(self.rules.rules) if self.rules else 0,
+                         "\n  ".join(str(p) for p in problems))
+            return problems
+        rules.carry_counters(self.rules)
+        self.rules = rules
+        self.rules_status = {"ok": True, "at": time.time(), "problems": []}
+        logger.info("%d rule(s) loaded", len(rules.rules))
+        return []
+
+    def _on_commit(self, events: list[Event]) -> None:
+        self.fanout.publish(events)
+        rules = self.rules
+        if rules is not None and rules.rules:
+            # After the fan-out, never inside it: rules must not slow delivery.
+            asyncio.get_running_loop().call_soon(self._evaluate, rules, events)
+
+    def _evaluate(self, rules: RuleSet, events: list[Event]) -> None:
+        now = time.time()
+        for event in events:
+            if not rules.candidates(event.type):
+                continue
+            try:
+                for firing in rules.evaluate(orjson.loads(event.body), now=now):
+                    firing.rule.counters.matched += 1
+                    firing.rule.counters.last_fired = now
+            except Exception:
+                logger.exception("rule evaluation failed for seq %d", event.seq)
+
     async def start(self) -> None:
-        await self.backend.start(self.fanout.publish)
+        problems = self.load_rules()
+        if problems:
+            raise ConfigError([(f"rules ({p.file}: {p.rule})", f"{p.key}: {p.message}") for p in problems])
+        await self.backend.start(self._on_commit)
         self.fanout.start()
         if self.config.retention.age > 0 or self.config.retention.count > 0:
             self.spawn(self._retention_loop(), name="retention")

@@ -9,11 +9,11 @@ filter remembers its answer per type, so matching in the fan-out hot path is a d
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from hub.exceptions import BadRequest
 
-__all__ = ["TypeFilter", "parse_patterns", "lookup", "MATCH_ALL"]
+__all__ = ["TypeFilter", "parse_patterns", "lookup", "Condition", "ConditionError", "MATCH_ALL", "OPERATORS"]
 
 #: Patterns per filter, and characters per pattern: a filter is built per subscriber request.
 MAX_PATTERNS = 64
@@ -110,3 +110,112 @@ def lookup(obj: object, path: str, default: object = None) -> object:
         if current is _MISSING:
             return default
     return current
+
+
+# -- conditions on event fields (rules' `when`) -------------------------------------------------
+
+#: Operators a condition table may hold.
+OPERATORS = ("eq", "in", "gt", "gte", "lt", "lte", "prefix", "exists", "not")
+
+
+class ConditionError(ValueError):
+    """A `when` entry that cannot be understood; `path` says where."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+        self.message = message
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+class Condition:
+    """One `when` entry: a dotted path and a test on the value found there.
+
+    A plain value means equals, a list means any of, a table holds operators (`eq`, `in`,
+    `gt`, `gte`, `lt`, `lte`, `prefix`, `exists`, `not`); all operators of a table must hold.
+    """
+
+    __slots__ = ("path", "spec", "_tests")
+
+    def __init__(self, path: str, spec: object) -> None:
+        self.path = path
+        self.spec = spec
+        self._tests = self._compile(path, spec)
+
+    @staticmethod
+    def _compile(path: str, spec: object) -> list[Callable[[object], bool]]:
+        if isinstance(spec, list):
+            return [_any_of(list(spec))]
+        if not isinstance(spec, dict):
+            return [_equals(spec)]
+        tests: list[Callable[[object], bool]] = []
+        for op, arg in spec.items():
+            if op not in OPERATORS:
+                raise ConditionError(f"{path}.{op}", f"unknown operator; use one of {', '.join(OPERATORS)}")
+            if op == "eq":
+                tests.append(_equals(arg))
+            elif op == "in":
+                if not isinstance(arg, list):
+                    raise ConditionError(f"{path}.in", "takes a list")
+                tests.append(_any_of(list(arg)))
+            elif op in ("gt", "gte", "lt", "lte"):
+                bound = _number(arg)
+                if bound is None:
+                    raise ConditionError(f"{path}.{op}", "takes a number")
+                tests.append(_ordered(op, bound))
+            elif op == "prefix":
+                if not isinstance(arg, (str, list)):
+                    raise ConditionError(f"{path}.prefix", "takes a string or a list of strings")
+                tests.append(_prefix(tuple(arg) if isinstance(arg, list) else (arg,)))
+            elif op == "exists":
+                if not isinstance(arg, bool):
+                    raise ConditionError(f"{path}.exists", "takes true or false")
+                tests.append(_exists(arg))
+            else:  # not
+                tests.append(_negated(Condition(path, arg)))
+        return tests
+
+    def test(self, value: object) -> bool:
+        return all(t(value) for t in self._tests)
+
+    def matches(self, event: object) -> bool:
+        return self.test(lookup(event, self.path))
+
+
+def _equals(expected: object) -> Callable[[object], bool]:
+    return lambda value: value == expected
+
+
+def _any_of(options: list[object]) -> Callable[[object], bool]:
+    return lambda value: value in options
+
+
+def _ordered(op: str, bound: float) -> Callable[[object], bool]:
+    compare: Callable[[float, float], bool] = {
+        "gt": float.__gt__, "gte": float.__ge__, "lt": float.__lt__, "lte": float.__le__
+    }[op]
+
+    def test(value: object) -> bool:
+        number = _number(value)
+        return number is not None and compare(number, bound)
+
+    return test
+
+
+def _prefix(prefixes: tuple[str, ...]) -> Callable[[object], bool]:
+    return lambda value: isinstance(value, str) and value.startswith(prefixes)
+
+
+def _exists(want: bool) -> Callable[[object], bool]:
+    return lambda value: (value is not None) == want
+
+
+def _negated(condition: Condition) -> Callable[[object], bool]:
+    return lambda value: not condition.test(value)

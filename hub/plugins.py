@@ -60,6 +60,14 @@ def handler_sections(module: str = "handlers") -> dict[str, type[BaseModel]]:
     return dict(sections)
 
 
+def action_types(module: str = "handlers") -> set[str]:
+    """Action types rules may use: the core's and the vendors'."""
+    from hub.rules import CORE_ACTION_TYPES
+
+    vendor: set[str] = importlib.import_module(module).ACTION_TYPES
+    return set(vendor) | CORE_ACTION_TYPES
+
+
 def demo_overrides(port: int, module: str = "handlers") -> dict[str, Any]:
     """Config overrides for `serve --demo` (simulated upstreams on the hub's own port)."""
     overrides: dict[str, Any] = importlib.import_module(module).demo_overrides(port)

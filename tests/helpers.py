@@ -67,6 +67,9 @@ def write_config(path: Path, raw: dict[str, Any]) -> Path:
     """Write `raw` as TOML (just the shapes the tests use)."""
     lines: list[str] = []
 
+    def key(k: str) -> str:
+        return k if k.replace("_", "").replace("-", "").isalnum() else orjson.dumps(k).decode()
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -77,7 +80,7 @@ def write_config(path: Path, raw: dict[str, Any]) -> Path:
         if isinstance(v, list):
             return "[" + ", ".join(value(x) for x in v) + "]"
         if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+            return "{ " + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + " }"
         raise TypeError(v)
 
     for section, content in raw.items():

@@ -1,0 +1,280 @@
+"""Rules: when an event matches, act. This module parses, validates, indexes and evaluates them.
+
+    [[rules]]
+    name = "missed-inbound-callback"
+    on = ["call.ended"]
+    when = { "data.direction" = "inbound", "data.outcome" = ["no_answer", "cancelled"], "data.duration_s" = { gte = 3 } }
+    schedule = { days = ["mon-sat"], hours = ["08:00-18:00"], outside = true }
+    cooldown = { key = "{data.from.number}", for = "10m" }
+    [[rules.actions]]
+    type = "antcrm.create_ticket"
+    title = "Missed call from {data.from.number}"
+
+Rules come from `[[rules]]` in the config file and from the file `rules_file` names. Each is
+checked at load time (conditions, schedule, templates, action types), and every problem is
+reported with its file, rule name and key. Rules are indexed by the event types they name, so
+an event only meets the rules that can match it. Evaluation runs after commit, off the
+fan-out path; executing actions is the job of the action runners vendors register.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from hub._units import parse_duration
+from hub.matcher import OPERATORS, Condition, ConditionError, TypeFilter, parse_patterns
+from hub.schedule import Schedule
+from hub.templates import MissingField, Template, TemplateError, compile_params, render_params
+
+logger = logging.getLogger("callhub.rules")
+
+__all__ = ["RuleSet", "Rule", "RuleProblem", "load_rules", "Firing"]
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+#: Action types the core itself provides.
+CORE_ACTION_TYPES = {"webhook.post"}
+
+
+class CooldownSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    key: str
+    for_: Duration = Field(alias="for", gt=0)
+
+
+class RuleSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    name: str = Field(min_length=1, max_length=128)
+    on: list[str] = Field(min_length=1)
+    when: dict[str, Any] = {}
+    schedule: Schedule | None = None
+    cooldown: CooldownSpec | None = None
+    enabled: bool = True
+    actions: list[dict[str, Any]] = Field(min_length=1)
+
+
+@dataclass(frozen=True)
+class RuleProblem:
+    file: str
+    rule: str
+    key: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: rule {self.rule!r}: {self.key}: {self.message}"
+
+
+@dataclass
+class Counters:
+    matched: int = 0
+    actions_ok: int = 0
+    actions_failed: int = 0
+    last_fired: float | None = None
+
+
+@dataclass
+class Rule:
+    spec: RuleSpec
+    origin: str
+    types: TypeFilter
+    conditions: list[Condition]
+    cooldown_key: Template | None
+    actions: list[dict[str, Any]]
+    counters: Counters = field(default_factory=Counters)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def describe(self) -> dict[str, Any]:
+        c = self.counters
+        return {
+            "name": self.name,
+            "file": self.origin,
+            "on": list(self.spec.on),
+            "enabled": self.spec.enabled,
+            "actions": [a["type"] for a in self.spec.actions],
+            "matched": c.matched,
+            "actions_ok": c.actions_ok,
+            "actions_failed": c.actions_failed,
+            "last_fired": None if c.last_fired is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(c.last_fired)),
+        }
+
+
+@dataclass
+class Firing:
+    """A rule that fires for an event, with its actions' parameters rendered (or why one could not be)."""
+
+    rule: Rule
+    requests: list[dict[str, Any]]
+    errors: list[str]
+
+
+def _flatten(when: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """`{ "data.direction" = … }` and `{ data = { direction = … } }` (TOML's unquoted dotted keys) alike."""
+    out: list[tuple[str, Any]] = []
+    for key, value in when.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value and not all(k in OPERATORS for k in value):
+            out += _flatten(value, path)
+        else:
+            out.append((path, value))
+    return out
+
+
+def _problem(origin: str, name: str, key: str, message: str) -> RuleProblem:
+    return RuleProblem(origin, name, key, message)
+
+
+def compile_rule(raw: Any, origin: str, index: int, known_actions: Iterable[str]) -> tuple[Rule | None, list[RuleProblem]]:
+    name: str = raw["name"] if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"#{index + 1}"
+    problems: list[RuleProblem] = []
+    try:
+        spec = RuleSpec.model_validate(raw)
+    except ValidationError as exc:
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "(rule)"
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            problems.append(_problem(origin, name, key, message))
+        return None, problems
+    try:
+        types = TypeFilter(parse_patterns(spec.on, field="on"))
+    except Exception as exc:
+        problems.append(_problem(origin, name, "on", str(exc)))
+        types = TypeFilter(("__invalid__",))
+    conditions = []
+    for path, condition in _flatten(spec.when):
+        try:
+            conditions.append(Condition(path, condition))
+        except ConditionError as exc:
+            problems.append(_problem(origin, name, f"when.{exc.path}", exc.message))
+    cooldown_key = None
+    if spec.cooldown is not None:
+        try:
+            cooldown_key = Template(spec.cooldown.key)
+        except TemplateError as exc:
+            problems.append(_problem(origin, name, "cooldown.key", str(exc)))
+    known = set(known_actions)
+    actions = []
+    for i, action in enumerate(spec.actions):
+        kind = action.get("type")
+        if kind not in known:
+            hint = f"known: {', '.join(sorted(known))}" if known else "no action types are registered"
+            problems.append(_problem(origin, name, f"actions[{i}].type", f"unknown action type {kind!r}; {hint}"))
+            continue
+        try:
+            actions.append(compile_params({k: v for k, v in action.items() if k != "type"}) | {"type": kind})
+        except TemplateError as exc:
+            problems.append(_problem(origin, name, f"actions[{i}].{exc}".split(": ", 1)[0], str(exc).split(": ", 1)[-1]))
+    if problems:
+        return None, problems
+    return Rule(spec, origin, types, conditions, cooldown_key, actions), []
+
+
+def load_rules(
+    inline: list[Any], rules_file: str | None, known_actions: Iterable[str], *, base: Path | None = None
+) -> tuple[RuleSet | None, list[RuleProblem]]:
+    """All rules from the config's `[[rules]]` and from `rules_file`; None and the problems if any is broken."""
+    known = list(known_actions)
+    sources: list[tuple[str, list[Any]]] = [("config", inline)]
+    problems: list[RuleProblem] = []
+    if rules_file:
+        path = Path(rules_file) if base is None or Path(rules_file).is_absolute() else base / rules_file
+        try:
+            with open(path, "rb") as f:
+                document = tomllib.load(f)
+            rules = document.get("rules", [])
+            if not isinstance(rules, list):
+                problems.append(_problem(str(path), "-", "rules", "must be an array of tables ([[rules]])"))
+            else:
+                sources.append((str(path), rules))
+        except FileNotFoundError:
+            problems.append(_problem(str(path), "-", "(file)", "not found"))
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(_problem(str(path), "-", "(file)", f"not valid TOML: {exc}"))
+    compiled: list[Rule] = []
+    seen: set[str] = set()
+    for origin, raws in sources:
+        for i, raw in enumerate(raws):
+            rule, found = compile_rule(raw, origin, i, known)
+            problems += found
+            if rule is not None:
+                if rule.name in seen:
+                    problems.append(_problem(origin, rule.name, "name", "another rule has this name"))
+                seen.add(rule.name)
+                compiled.append(rule)
+    if problems:
+        return None, problems
+    return RuleSet(compiled), []
+
+
+class RuleSet:
+    """Rules indexed by event type: exact types in a dict, wildcard rules remembered per type."""
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        self._exact: dict[str, list[Rule]] = {}
+        self._wild: list[Rule] = []
+        for rule in rules:
+            if not rule.spec.enabled:
+                continue
+            patterns = rule.types.patterns
+            if patterns and not any("*" in p or "?" in p for p in patterns):
+                for p in patterns:
+                    self._exact.setdefault(p, []).append(rule)
+            else:
+                self._wild.append(rule)
+        self._by_type: dict[str, list[Rule]] = {}
+        self._cooldowns: dict[tuple[str, str], float] = {}
+
+    def carry_counters(self, old: RuleSet | None) -> None:
+        """Keep the counters of rules that survive a reload (by name)."""
+        if old is None:
+            return
+        previous = {r.name: r.counters for r in old.rules}
+        for rule in self.rules:
+            if rule.name in previous:
+                rule.counters = previous[rule.name]
+
+    def candidates(self, type_: str) -> list[Rule]:
+        found = self._by_type.get(type_)
+        if found is None:
+            found = self._exact.get(type_, []) + [r for r in self._wild if r.types.matches(type_)]
+            self._by_type[type_] = found
+        return found
+
+    def evaluate(self, event: Mapping[str, Any], *, now: float | None = None, dry_run: bool = False) -> list[Firing]:
+        """The rules that fire for `event`; with `dry_run`, cooldowns are read but not consumed."""
+        now = time.time() if now is None else now
+        firings = []
+        for rule in self.candidates(str(event.get("type", ""))):
+            if not all(c.matches(event) for c in rule.conditions):
+                continue
+            if rule.spec.schedule is not None and not rule.spec.schedule.allows(datetime.fromtimestamp(now, UTC)):
+                continue
+            if rule.cooldown_key is not None and rule.spec.cooldown is not None:
+                try:
+                    key = (rule.name, str(rule.cooldown_key.render(event)))
+                except MissingField:
+                    key = (rule.name, "")
+                until = self._cooldowns.get(key, 0.0)
+                if until > now:
+                    continue
+                if not dry_run:
+                    self._cooldowns[key] = now + rule.spec.cooldown.for_
+            requests, errors = [], []
+            for action in rule.actions:
+                try:
+                    requests.append(render_params(action, event))
+                except MissingField as exc:
+                    errors.append(f"{action['type']}: {exc}")
+            firings.append(Firing(rule, requests, errors))
+        return firings
