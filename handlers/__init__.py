@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from handlers import antring, demo, vbee
+from handlers import antcrm, antring, demo, vbee
 from hub.plugins import Registry
 
 #: Top-level config sections owned by handlers, with the models that validate them.
@@ -14,6 +14,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "demo": demo.DemoConfig,
     "antring": antring.AntRingConfig,
     "vbee": vbee.VbeeConfig,
+    "antcrm": antcrm.AntCRMConfig,
 }
 
 
@@ -29,3 +30,4 @@ def register(registry: Registry) -> None:
     demo.register(registry)
     antring.register(registry)
     vbee.register(registry)
+    antcrm.register(registry)

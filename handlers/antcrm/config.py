@@ -1,0 +1,57 @@
+"""`[antcrm]`: the AntCRM (apiring) API: where it is, its key, and the limits of the two ways the
+hub uses it, ticket and lead creation (retried, slow is fine) and screen-pop lookups (one quick
+try, cached, answered within a deadline or not at all).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from hub._units import parse_duration
+
+__all__ = ["AntCRMConfig", "DEFAULT_BASE_URL", "PhoneFormat"]
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+#: How numbers are written in `GET /contacts?phone=` and in the phones of created leads.
+PhoneFormat = Literal["national", "e164"]
+
+DEFAULT_BASE_URL = "https://apiring.antbuddy.com"
+
+
+class AntCRMConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an http(s):// URL")
+        return value.rstrip("/")
+
+    enabled: bool = True
+    base_url: str = DEFAULT_BASE_URL
+    #: The pre-agreed secret sent as the `apikey` header (never logged).
+    api_key: str = Field(min_length=1, repr=False)
+    #: Bounds one request (connect, write, read, and the wait for a free connection).
+    request_timeout: Duration = Field(10.0, gt=0)
+    #: Ticket and lead creation are retried on 5xx, 429 and timeouts until this long after the
+    #: first try, then fail (`AntCRMUnavailable`).
+    retry_for: Duration = Field(60.0, gt=0)
+    #: Screen-pop: a caller not found in AntCRM within this long is shown without CRM data.
+    lookup_timeout: Duration = Field(0.4, gt=0)
+    #: Screen-pop cache: how long a found customer is reused without asking AntCRM again.
+    cache_ttl: Duration = Field(300.0, gt=0)
+    #: ... and how long "no such customer" is (0 = ask every time).
+    negative_cache_ttl: Duration = Field(60.0, ge=0)
+    #: Most numbers the screen-pop cache holds (least recently used go first).
+    cache_max_entries: int = Field(10_000, ge=1)
+    #: Most requests in flight to AntCRM at once (the connection pool's size); others wait for
+    #: a connection within their own timeout.
+    max_concurrency: int = Field(8, ge=1, le=256)
+    #: How phone numbers are sent: `national` (0912345678, as the vendor's examples write them)
+    #: or `e164` (+84912345678).
+    phone_format: PhoneFormat = "national"
