@@ -33,6 +33,8 @@ class Registry:
     services: list[tuple[str, Service]] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
+    #: What one handler builds for others to use (a client, a lookup), by name.
+    provided: dict[str, object] = field(default_factory=dict)
 
     def section(self, name: str, model: type[SectionT]) -> SectionT | None:
         """The vendor section `[name]` as its model, or None when the file has none."""
@@ -44,6 +46,10 @@ class Registry:
 
     def add_service(self, name: str, service: Service) -> None:
         self.services.append((name, service))
+
+    def provide(self, name: str, thing: object) -> None:
+        """Offer something a handler built (e.g. AntCRM's client) to the handlers registered after it."""
+        self.provided[name] = thing
 
     def add_source(self, source: Source) -> None:
         """A built-in webhook source (`POST /v1/webhooks/{source.name}`)."""

@@ -38,8 +38,8 @@ __all__ = [
     "stable_key",
 ]
 
-#: Where `register` leaves its `AntCRM` on the registry (read it with `services`).
-_REGISTRY_ATTR = "_antcrm"
+#: The name under which `register` provides its `AntCRM` (read it with `services`).
+PROVIDED_AS = "antcrm"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,11 +71,11 @@ def register(registry: Registry) -> AntCRM | None:
         return None
     antcrm = build(config)
     registry.add_cleanup(antcrm.aclose)
-    setattr(registry, _REGISTRY_ATTR, antcrm)  # noqa: B010 - Registry (hub/) has no slot for vendor objects
+    registry.provide(PROVIDED_AS, antcrm)
     return antcrm
 
 
 def services(registry: Registry) -> AntCRM | None:
     """The `AntCRM` that `register` built for this registry, if `[antcrm]` is on."""
-    antcrm = getattr(registry, _REGISTRY_ATTR, None)
+    antcrm = registry.provided.get(PROVIDED_AS)
     return antcrm if isinstance(antcrm, AntCRM) else None
