@@ -12,10 +12,14 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
 
-__all__ = ["RetryPolicy", "send_with_retry", "retry_after_seconds"]
+from hub.exceptions import HubError
+
+__all__ = ["RetryPolicy", "send_with_retry", "retry_after_seconds", "VendorClient", "VendorError"]
 
 #: Statuses worth another try: the server failed, or asked us to slow down.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -96,3 +100,49 @@ async def _sleep(sleep: Callable[[float], object], delay: float) -> None:
     result = sleep(delay)
     if asyncio.iscoroutine(result):
         await result
+
+
+class VendorError(HubError):
+    """A vendor refused a request or answered something its client cannot read (502 to our callers).
+
+    Subclasses name the `vendor`; `status`, `vendor_message` and `path` say what happened, never
+    with a secret in them.
+    """
+
+    status_code = 502
+    code = "vendor_error"
+    vendor = "vendor"
+
+    def __init__(self, message: str, *, status: int | None = None, vendor_message: str | None = None,
+                 path: str | None = None, code: str | None = None, **details: Any) -> None:
+        super().__init__(message, code=code, vendor=self.vendor, status=status, vendor_message=vendor_message,
+                         path=path, **details)
+        self.status = status
+        self.vendor_message = vendor_message
+        self.path = path
+
+
+class VendorClient:
+    """What every vendor's HTTP client shares: an httpx client (its own, or the owner's, which is
+    then not closed here), the timeout and retry policy, closing, and `async with`."""
+
+    def __init__(self, base_url: str, *, timeout: float, retry: RetryPolicy,
+                 http: httpx.AsyncClient | None = None, limits: httpx.Limits | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retry = retry
+        self._own_http = http is None
+        if http is None:
+            http = httpx.AsyncClient(timeout=timeout, limits=limits) if limits else httpx.AsyncClient(timeout=timeout)
+        self._http = http
+
+    async def aclose(self) -> None:
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()

@@ -31,14 +31,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any, Literal
 
 import httpx
 
 from handlers.antcrm.config import DEFAULT_BASE_URL, PhoneFormat
-from hub.exceptions import HubError, Unavailable
-from hub.outbound import NO_RETRY, RetryPolicy, send_with_retry
+from hub.exceptions import Unavailable
+from hub.outbound import NO_RETRY, RetryPolicy, VendorClient, VendorError, send_with_retry
 from hub.phone import InvalidPhoneNumber, Phone, parse_phone
 
 __all__ = [
@@ -84,18 +83,11 @@ CusFields = Mapping[str, Any] | Sequence[Mapping[str, Any]]
 ContactType = Literal["lead", "customer"]
 
 
-class AntCRMError(HubError):
+class AntCRMError(VendorError):
     """AntCRM answered something this client cannot read (base of every AntCRM error)."""
 
-    status_code = 502
     code = "antcrm_error"
-
-    def __init__(self, message: str, *, status: int | None = None, vendor_message: str | None = None,
-                 path: str | None = None) -> None:
-        super().__init__(message, vendor="antcrm", status=status, vendor_message=vendor_message, path=path)
-        self.status = status
-        self.vendor_message = vendor_message
-        self.path = path
+    vendor = "antcrm"
 
 
 class AntCRMRejected(AntCRMError):
@@ -211,7 +203,7 @@ def cus_fields_list(fields: CusFields) -> list[dict[str, Any]]:
     return [dict(field) for field in fields]
 
 
-class AntCRMClient:
+class AntCRMClient(VendorClient):
     """One AntCRM organisation (its `apikey`) over HTTP. Close it, or use it as an async context manager.
 
     `timeout` bounds every request; `retry` applies to ticket and lead creation (default:
@@ -225,28 +217,15 @@ class AntCRMClient:
                  phone_format: PhoneFormat = "national", http: httpx.AsyncClient | None = None) -> None:
         if not api_key:
             raise ValueError("AntCRM needs an api_key")
-        self.base_url = base_url.rstrip("/")
-        self._api_key = api_key
-        self.timeout = timeout
-        self.retry = retry if retry is not None else creation_retry()
-        self.phone_format = phone_format
-        self._own_http = http is None
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
-        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout, limits=limits)
+        super().__init__(base_url, timeout=timeout, retry=retry if retry is not None else creation_retry(),
+                         http=http, limits=limits)
+        self._api_key = api_key
+        self.phone_format = phone_format
 
     def __repr__(self) -> str:
         return f"AntCRMClient(base_url={self.base_url!r})"
 
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> AntCRMClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
 
     def format_phone(self, phone: Phone) -> str:
         """A number as this client writes it to AntCRM (`phone_format`)."""

@@ -31,15 +31,14 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
 from handlers.antring.signing import app_hash, histories_hash, recording_hash
-from hub.exceptions import BadRequest, HubError, Unavailable
-from hub.outbound import NO_RETRY, RetryPolicy, send_with_retry
+from hub.exceptions import BadRequest, Unavailable
+from hub.outbound import NO_RETRY, RetryPolicy, VendorClient, VendorError, send_with_retry
 
 __all__ = [
     "AntRingClient",
@@ -86,19 +85,11 @@ _NUMBER = re.compile(r"^\+?[0-9]{1,32}$")
 _ENVELOPE_KEYS = ("data", "records", "histories", "result", "results", "items", "docs")
 
 
-class AntRingError(HubError):
+class AntRingError(VendorError):
     """AntRing refused a request or answered something this client cannot read."""
 
-    status_code = 502
     code = "antring_error"
-
-    def __init__(self, message: str, *, status: int | None = None, vendor_message: str | None = None,
-                 path: str | None = None, code: str | None = None) -> None:
-        super().__init__(message, code=code, vendor="antring", status=status,
-                         vendor_message=vendor_message, path=path)
-        self.status = status
-        self.vendor_message = vendor_message
-        self.path = path
+    vendor = "antring"
 
 
 class AntRingAuthError(AntRingError):
@@ -229,7 +220,7 @@ def history_records(body: object) -> list[dict[str, Any]]:
     raise ValueError("no list of call records in the answer")
 
 
-class AntRingClient:
+class AntRingClient(VendorClient):
     """One AntRing app (`appId`/`appSecret`) over HTTP. Close it, or use it as an async context manager.
 
     `http` lets the owner share a client (it is then not closed here); `timeout` bounds every
@@ -238,27 +229,13 @@ class AntRingClient:
 
     def __init__(self, base_url: str, app_id: str, app_secret: str, *, timeout: float,
                  retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, timeout=timeout, retry=retry, http=http)
         self.app_id = app_id
         self._app_secret = app_secret
-        self.timeout = timeout
-        self.retry = retry
-        self._own_http = http is None
-        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout)
 
     def __repr__(self) -> str:
         return f"AntRingClient(base_url={self.base_url!r}, app_id={self.app_id!r})"
 
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> AntRingClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
 
     # -- endpoints ----------------------------------------------------------------------------
 

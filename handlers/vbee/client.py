@@ -31,14 +31,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 import httpx
 import jwt
 
-from hub.exceptions import HubError
-from hub.outbound import NO_RETRY, RetryPolicy, send_with_retry
+from hub.outbound import NO_RETRY, RetryPolicy, VendorClient, VendorError, send_with_retry
 
 __all__ = [
     "VbeeClient",
@@ -70,20 +68,16 @@ CODE_IMPORT_FAILED = 1402
 CODE_ALL_INVALID = 1403
 
 
-class VbeeError(HubError):
+class VbeeError(VendorError):
     """Vbee refused a request or answered something this client cannot read."""
 
-    status_code = 502
     code = "vbee_error"
+    vendor = "vbee"
 
     def __init__(self, message: str, *, vendor_code: int | None = None, vendor_message: str | None = None,
                  status: int | None = None, path: str = CAMPAIGN_PATH) -> None:
-        super().__init__(message, vendor="vbee", vendor_code=vendor_code, vendor_message=vendor_message,
-                         status=status, path=path)
+        super().__init__(message, status=status, vendor_message=vendor_message, path=path, vendor_code=vendor_code)
         self.vendor_code = vendor_code
-        self.vendor_message = vendor_message
-        self.status = status
-        self.path = path
 
 
 class VbeeAuthError(VbeeError):
@@ -137,7 +131,7 @@ def access_token(api_key: str, api_secret: str, *, now: float | None = None) -> 
     return jwt.encode({"apiKey": api_key, "iat": issued}, api_secret, algorithm="HS256")
 
 
-class VbeeClient:
+class VbeeClient(VendorClient):
     """One AICall application (API_KEY/API_SECRET) over HTTP. Close it, or use it as an async context manager.
 
     `retry` (its `attempts` and back-off) applies only to connections that failed to open,
@@ -147,27 +141,13 @@ class VbeeClient:
 
     def __init__(self, base_url: str, api_key: str, api_secret: str, *, timeout: float,
                  retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
+        super().__init__(base_url, timeout=timeout, retry=retry, http=http)
         self.api_key = api_key
         self._api_secret = api_secret
-        self.timeout = timeout
-        self.retry = retry
-        self._own_http = http is None
-        self._http = http if http is not None else httpx.AsyncClient(timeout=timeout)
 
     def __repr__(self) -> str:
         return f"VbeeClient(base_url={self.base_url!r}, api_key={self.api_key!r})"
 
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> VbeeClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
 
     async def add_contacts(self, campaign_id: str, contacts: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Add `contacts` (`{"phone_number", <tag>: value, ...}`) to a campaign; the ones Vbee added.
