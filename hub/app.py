@@ -85,6 +85,7 @@ class CallhubApp:
 def create_app(config: Config) -> CallhubApp:
     hub = Hub(config)
     registry = load_plugins(hub)
+    hub.use_actions(registry.actions)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -144,13 +144,14 @@ def serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
-    _, problems = load_rules(config.rules, config.rules_file, action_types())
+    app = create_app(config)
+    # Checked against the executors actually configured (a rule using antcrm.* needs [antcrm]).
+    problems = app.hub.load_rules()
     if problems:
         print(f"not starting: {len(problems)} problem(s) in the rules:", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    app = create_app(config)
     _banner(app, config)
     server = HubServer(build_uvicorn_config(app, config), app)
     server.run()

@@ -8,11 +8,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
 from starlette.requests import HTTPConnection
 
+from hub.actions import ActionRunner, ActionSpec
 from hub.auth import Authenticator, Principal, ensure_admin_key, ensure_jwt_secret
 from hub.backends import open_backend
 from hub.backends.base import Backend
@@ -61,6 +63,8 @@ class Hub:
         )
         self.upstreams = Upstreams(self)
         self.rules: RuleSet | None = None
+        self.action_specs: dict[str, ActionSpec] = {}
+        self.actions: ActionRunner | None = None
         self.rules_status: dict[str, Any] = {}
         self._m_stored = self.metrics.events_ingested.labels("stored")
         self._m_duplicate = self.metrics.events_ingested.labels("duplicate")
@@ -69,11 +73,16 @@ class Hub:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def load_rules(self) -> list[RuleProblem]:
-        """(Re)load the rules; on any problem keep the rules in force and return the problems."""
-        from hub.plugins import action_types
+    def use_actions(self, specs: Mapping[str, ActionSpec]) -> None:
+        """The action executors the handlers registered (called before `start`)."""
+        self.action_specs = dict(specs)
 
-        rules, problems = load_rules(self.config.rules, self.config.rules_file, action_types())
+    def load_rules(self) -> list[RuleProblem]:
+        """(Re)load the rules; on any problem keep the rules in force and return the problems.
+
+        Only action types with an executor (its vendor configured) are accepted.
+        """
+        rules, problems = load_rules(self.config.rules, self.config.rules_file, set(self.action_specs))
         if rules is None:
             self.rules_status = {"ok": False, "at": time.time(), "problems": [str(p) for p in problems]}
             logger.error("rules not (re)loaded, %d problem(s); keeping %d rule(s) in force:\n  %s",
@@ -99,9 +108,12 @@ class Hub:
             if not rules.candidates(event.type):
                 continue
             try:
-                for firing in rules.evaluate(orjson.loads(event.body), now=now):
+                body = orjson.loads(event.body)
+                for firing in rules.evaluate(body, now=now):
                     firing.rule.counters.matched += 1
                     firing.rule.counters.last_fired = now
+                    if self.actions is not None:
+                        self.actions.submit(firing, body)
             except Exception:
                 logger.exception("rule evaluation failed for seq %d", event.seq)
 
@@ -110,6 +122,9 @@ class Hub:
         if problems:
             raise ConfigError([(f"rules ({p.file}: {p.rule})", f"{p.key}: {p.message}") for p in problems])
         await self.backend.start(self._on_commit)
+        if self.action_specs:
+            self.actions = ActionRunner(self, self.action_specs)
+            await self.actions.recover()
         self.fanout.start()
         if self.config.retention.age > 0 or self.config.retention.count > 0:
             self.spawn(self._retention_loop(), name="retention")
@@ -126,6 +141,8 @@ class Hub:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.config.server.shutdown_grace)
         await self.backend.close()
+        if self.actions is not None:
+            self.actions.close()
         self.started = False
 
     def spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:

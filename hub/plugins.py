@@ -17,6 +17,7 @@ from starlette.routing import BaseRoute
 from hub.config import SectionT, validate_section
 
 if TYPE_CHECKING:
+    from hub.actions import ActionSpec
     from hub.core import Hub
     from hub.webhooks_in import Source
 
@@ -33,6 +34,8 @@ class Registry:
     services: list[tuple[str, Service]] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
+    #: Rule action executors, by action type.
+    actions: dict[str, ActionSpec] = field(default_factory=dict)
     #: What one handler builds for others to use (a client, a lookup), by name.
     provided: dict[str, object] = field(default_factory=dict)
 
@@ -46,6 +49,10 @@ class Registry:
 
     def add_service(self, name: str, service: Service) -> None:
         self.services.append((name, service))
+
+    def add_action(self, spec: ActionSpec) -> None:
+        """An action type rules may use (`[[rules.actions]] type = spec.type`)."""
+        self.actions[spec.type] = spec
 
     def provide(self, name: str, thing: object) -> None:
         """Offer something a handler built (e.g. AntCRM's client) to the handlers registered after it."""

@@ -40,8 +40,8 @@ logger = logging.getLogger("callhub.rules")
 __all__ = ["RuleSet", "Rule", "RuleProblem", "load_rules", "Firing"]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-#: Action types the core itself provides.
-CORE_ACTION_TYPES = {"webhook.post"}
+#: Action types the core itself provides (`webhook.post` is planned, not yet here).
+CORE_ACTION_TYPES: set[str] = set()
 
 
 class CooldownSpec(BaseModel):

@@ -85,7 +85,8 @@ def antring_section(state: SimState, api: AppServer, signal_server: AppServer, p
 
 
 @contextmanager
-def antring_world(data_dir: Path, protocol: str = "socketio", **antring: Any) -> Iterator[AntRingWorld]:
+def antring_world(data_dir: Path, protocol: str = "socketio", *, extra_config: dict[str, Any] | None = None,
+                  **antring: Any) -> Iterator[AntRingWorld]:
     state = SimState(devices={
         "hub-device": Device("hub-pass"),
         "alice-101": Device("alice-pass", username="alice"),
@@ -98,6 +99,7 @@ def antring_world(data_dir: Path, protocol: str = "socketio", **antring: Any) ->
         signal_server = stack.enter_context(AppServer(signals.app))
         raw = raw_config(data_dir)
         raw["antring"] = antring_section(state, api, signal_server, protocol, **antring)
+        raw.update(extra_config or {})
         config = config_from_dict(raw, env={}, handler_sections=handler_sections())
         assert isinstance(config.handlers["antring"], AntRingConfig)
         hub = stack.enter_context(ServerThread(config))

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from hub.actions import ActionContext, ActionSpec
 from hub.app import create_app
 from hub.config import config_from_dict
 from hub.matcher import Condition, ConditionError
@@ -187,9 +188,16 @@ def rules_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(data_dir: Path, rules_file: Path) -> Iterator[TestClient]:
+    """The app with recording stand-ins for the vendors' executors (these tests are about rules, not vendors)."""
     raw = raw_config(data_dir)
     raw_top = {"rules_file": str(rules_file), **raw}
-    with TestClient(create_app(config_from_dict(raw_top, env={}))) as c:
+    app = create_app(config_from_dict(raw_top, env={}))
+
+    async def record(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        return {"recorded": params}
+
+    app.hub.use_actions({t: ActionSpec(t, record, idempotent=True, group="test") for t in KNOWN})
+    with TestClient(app) as c:
         yield c
 
 

@@ -9,6 +9,7 @@ through `services(registry)` (or `register`'s answer).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from handlers.antcrm.client import (
     AntCRMAuthError,
@@ -21,6 +22,8 @@ from handlers.antcrm.client import (
 )
 from handlers.antcrm.config import AntCRMConfig
 from handlers.antcrm.lookup import CustomerLookup
+from hub.actions import ActionContext, ActionSpec, Executor
+from hub.exceptions import InvalidEvent
 from hub.plugins import Registry
 
 __all__ = [
@@ -65,6 +68,41 @@ def build(config: AntCRMConfig) -> AntCRM:
     return AntCRM(config, client, lookup)
 
 
+def create_ticket_action(client: AntCRMClient) -> Executor:
+    """`antcrm.create_ticket` (`title`, `SLA`, `contact`, `priority`, `summary`, `cusFields`, …).
+
+    `ticketIdApiRing` is derived from the rule, the event and the action's place, so however
+    often it is sent (retries, a restart mid-request) AntCRM keeps one ticket: idempotent.
+    """
+
+    async def run(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        fields = dict(params)
+        title, sla, contact = fields.pop("title", None), fields.pop("SLA", None), fields.pop("contact", None)
+        if not isinstance(title, str) or not isinstance(sla, str) or not isinstance(contact, dict):
+            raise InvalidEvent("antcrm.create_ticket needs title, SLA and contact")
+        key = stable_key(context.key)
+        answer = await client.create_ticket(
+            title, sla, contact, ticket_id_apiring=key, priority=fields.pop("priority", None),
+            summary=fields.pop("summary", None), cus_fields=fields.pop("cusFields", None), **fields,
+        )
+        return {"ticketIdApiRing": key, **answer}
+
+    return run
+
+
+def upsert_contact_action(client: AntCRMClient) -> Executor:
+    """`antcrm.upsert_contact` (`phone`, `name`, …): a lead for an unknown caller; idempotent by number."""
+
+    async def run(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        fields = dict(params)
+        phone, name = fields.pop("phone", None), fields.pop("name", None)
+        if not isinstance(phone, str) or not isinstance(name, str):
+            raise InvalidEvent("antcrm.upsert_contact needs phone and name")
+        return await client.upsert_contact(phone, name=name, customer_id_apiring=stable_key("contact", phone), **fields)
+
+    return run
+
+
 def register(registry: Registry) -> AntCRM | None:
     config = registry.section("antcrm", AntCRMConfig)
     if config is None or not config.enabled:
@@ -72,6 +110,10 @@ def register(registry: Registry) -> AntCRM | None:
     antcrm = build(config)
     registry.add_cleanup(antcrm.aclose)
     registry.provide(PROVIDED_AS, antcrm)
+    registry.add_action(ActionSpec("antcrm.create_ticket", create_ticket_action(antcrm.client),
+                                   idempotent=True, group="antcrm"))
+    registry.add_action(ActionSpec("antcrm.upsert_contact", upsert_contact_action(antcrm.client),
+                                   idempotent=True, group="antcrm"))
     return antcrm
 
 

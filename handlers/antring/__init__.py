@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from handlers.antring.client import AntRingClient, TokenManager
 from handlers.antring.config import AntRingConfig
@@ -15,8 +16,10 @@ from handlers.antring.consumer import SignalConsumer
 from handlers.antring.normalize import AgentIndex, Normalizer
 from handlers.antring.reconcile import Reconciler
 from handlers.antring.routes import routes
+from hub.actions import ActionContext, ActionSpec, Executor
 from hub.core import Hub
-from hub.exceptions import HubError
+from hub.exceptions import HubError, NotFound
+from hub.phone import parse_phone
 from hub.plugins import Registry
 
 __all__ = ["AntRingConfig", "register", "agent_index"]
@@ -34,6 +37,24 @@ def agent_index(config: AntRingConfig) -> AgentIndex:
         by_sip_user={d.sip_user: name for name, d in agents.items()},
         by_extension={d.extension: name for name, d in agents.items() if d.extension},
     )
+
+
+def click_to_call_action(config: AntRingConfig, client: AntRingClient) -> Executor:
+    """`antring.click_to_call` (`agent`, `number`): ring the agent's device to call the number.
+
+    Not idempotent: AntRing cannot tell a retry from a second ring, so the runner never repeats it.
+    """
+
+    async def run(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        agent = params.get("agent")
+        device = config.agents.get(agent) if isinstance(agent, str) else None
+        if device is None:
+            raise NotFound(f"no SIP device configured for agent {agent!r} ([antring.agents.{agent}])")
+        number = parse_phone(params.get("number")).national
+        answer = await client.click_to_call(number, device.sip_user, device.sip_password)
+        return {"outcome": "ringing", "agent": agent, "number": number, "vendor": answer}
+
+    return run
 
 
 def register(registry: Registry) -> None:
@@ -69,5 +90,7 @@ def register(registry: Registry) -> None:
     registry.add_service("antring-reconcile", reconcile_periodically)
     registry.add_service("antring-token", keep_token_fresh)
     registry.add_cleanup(client.aclose)
+    registry.add_action(ActionSpec("antring.click_to_call", click_to_call_action(config, client),
+                                   idempotent=False, group="antring"))
     for route in routes(config, client):
         registry.add_route(route)

@@ -1,0 +1,171 @@
+"""Rule actions end to end: a missed call opens one AntCRM ticket and rings one agent, seen live as events."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from handlers.antcrm.simulator.app import DEFAULT_API_KEY, SimState, build_app
+from handlers.antring.simulator.calls import inbound_missed
+from handlers.antring.simulator.http import Device
+from handlers.antring.simulator.http import SimState as RingState
+from handlers.antring.simulator.http import build_app as build_ring_app
+from handlers.antring.simulator.signals import SignalServer
+from hub.actions import ActionContext, ActionJournal
+from tests.antring_env import ACCOUNT, BOB, AntRingWorld, antring_section, antring_world
+from tests.helpers import (
+    ADMIN,
+    ADMIN_KEY,
+    TICK,
+    WAIT,
+    AppServer,
+    HubProcess,
+    SSEReader,
+    free_port,
+    raw_config,
+    wait_until,
+    write_config,
+)
+
+RULE: dict[str, Any] = {
+    "name": "missed-inbound-callback",
+    "on": ["call.ended"],
+    "when": {"data.direction": "inbound", "data.outcome": ["no_answer", "cancelled"], "data.leg_id": {"exists": True},
+             "data.agent": "bob"},
+    "cooldown": {"key": "{data.from.number}", "for": "10m"},
+    "actions": [
+        {"type": "antcrm.create_ticket", "title": "Missed call from {data.from.number}", "SLA": "SLA-4H",
+         "contact": {"name": "Caller {data.from.number}", "phones": [{"type": "Work", "value": "{data.from.number}"}]}},
+        {"type": "antring.click_to_call", "agent": "alice", "number": "{data.from.number}"},
+    ],
+}
+
+
+@pytest.fixture
+def crm() -> Iterator[tuple[SimState, AppServer]]:
+    state = SimState()
+    with AppServer(build_app(state)) as server:
+        yield state, server
+
+
+@pytest.fixture
+def world(data_dir: Path, crm: tuple[SimState, AppServer]) -> Iterator[AntRingWorld]:
+    extra = {"antcrm": {"base_url": crm[1].url, "api_key": DEFAULT_API_KEY}, "rules": [RULE]}
+    with antring_world(data_dir, "blackhole", extra_config=extra) as w:
+        w.wait_connected()
+        yield w
+
+
+def test_missed_call_opens_one_ticket_rings_once_and_reports_both_live(
+    world: AntRingWorld, crm: tuple[SimState, AppServer]
+) -> None:
+    """A missed inbound call: one ticket in the CRM, one click-to-call, two action.succeeded events on SSE."""
+    crm_state, _ = crm
+    call = inbound_missed(BOB, "0903555777", account_id=ACCOUNT)
+    with httpx.Client(timeout=WAIT) as client, client.stream(
+        "GET", f"{world.hub.url}/v1/stream?token={ADMIN_KEY}&types=action.*"
+    ) as stream:
+        world.hub.wait_subscribers(1)
+        clicks_before = len(world.state.clicks)
+        world.play(call)
+        reports = SSEReader(stream).take(2)
+    by_action = {r.json["data"]["action"]: r.json for r in reports}
+    assert {r.event for r in reports} == {"action.succeeded"}
+    ticket = by_action["antcrm.create_ticket"]["data"]
+    assert ticket["rule"] == "missed-inbound-callback" and ticket["result"]["TicketId"]
+    ring = by_action["antring.click_to_call"]["data"]
+    assert ring["result"]["number"] == "0903555777" and ring["event_source"] == "antring"
+    assert len(crm_state.tickets) == 1 and crm_state.tickets[0]["title"] == "Missed call from 0903555777"
+    assert len(world.state.clicks) == clicks_before + 1
+    rules = httpx.get(f"{world.hub.url}/v1/rules", headers=ADMIN, timeout=WAIT).json()["rules"]
+    assert rules[0]["matched"] == 1 and rules[0]["actions_ok"] == 2
+
+
+def test_failed_action_is_reported_and_the_others_still_run(world: AntRingWorld, crm: tuple[SimState, AppServer]) -> None:
+    """With AntCRM refusing every request, the ticket action is action.failed; the ring still succeeds."""
+    crm_state, _ = crm
+    crm_state.api_keys.clear()  # every apikey is now wrong
+    world.play(inbound_missed(BOB, "0903555888", account_id=ACCOUNT))
+
+    def outcomes() -> dict[str, str]:
+        return {e["data"]["action"]: e["type"] for e in world.history("action.*")}
+
+    wait_until(lambda: len(outcomes()) == 2, what="both outcomes")
+    assert outcomes() == {"antcrm.create_ticket": "action.failed", "antring.click_to_call": "action.succeeded"}
+    failed = [e for e in world.history("action.failed")][0]["data"]
+    assert failed["status"] == "failed" and failed["error"]
+
+
+def test_journal_runs_an_action_at_most_once_per_key(tmp_path: Path) -> None:
+    """The same rule, event and action submitted twice (a replay, a second evaluation) runs once."""
+    runs: list[str] = []
+
+    async def run(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        runs.append(context.key)
+        return {}
+
+    async def scenario() -> None:
+        journal = ActionJournal(tmp_path / "actions.db")
+        try:
+            assert await journal.begin("r|s|e1|0", "r", "x", "e1", {})
+            assert not await journal.begin("r|s|e1|0", "r", "x", "e1", {})
+            await journal.finish("r|s|e1|0", "succeeded", {})
+            assert await journal.state("r|s|e1|0") == "succeeded"
+        finally:
+            journal.close()
+        reopened = ActionJournal(tmp_path / "actions.db")
+        try:
+            assert not await reopened.begin("r|s|e1|0", "r", "x", "e1", {}), "remembered across a restart"
+        finally:
+            reopened.close()
+
+    asyncio.run(scenario())
+
+
+def test_kill_9_mid_action_gives_one_ticket_and_at_most_one_ring(tmp_path: Path, crm: tuple[SimState, AppServer]) -> None:
+    """Hub killed while both actions are in flight: after restart, still exactly one ticket, and the ring
+    is reported `unknown`, not repeated."""
+    crm_state, crm_server = crm
+    ring_state = RingState(devices={"hub-device": Device("hub-pass"),
+                                    "alice-101": Device("alice-pass", username="alice"),
+                                    "bob-102": Device("bob-pass", username="bob")})
+    signals = SignalServer("blackhole", token_valid=ring_state.is_token_valid, account_id=ACCOUNT)
+    with AppServer(build_ring_app(ring_state)) as ring_api, AppServer(signals.app) as signal_server:
+        port = free_port()
+        raw = raw_config(tmp_path / "data", server={"port": port})
+        raw["antring"] = antring_section(ring_state, ring_api, signal_server, "blackhole")
+        raw["antcrm"] = {"base_url": crm_server.url, "api_key": DEFAULT_API_KEY}
+        raw["rules"] = [RULE]
+        config = write_config(tmp_path / "hub.toml", raw)
+        hub = HubProcess(["--config", str(config)], port, tmp_path / "hub.log").wait_healthy()
+        try:
+            wait_until(lambda: bool(signals.subscriptions), what="hub subscribed")
+            crm_state.delay = ring_state.delay = 60 * TICK  # both vendors slow: the actions are in flight
+            for signal in inbound_missed(BOB, "0903999111", account_id=ACCOUNT).signals:
+                signals.emit_threadsafe(signal.name, signal.payload)
+            wait_until(lambda: any(r["path"] == "/tickets" for r in crm_state.requests)
+                       and any("click-to-call" in r["path"] for r in ring_state.requests), what="both in flight")
+            hub.kill9()
+            crm_state.delay = ring_state.delay = 0
+            again = HubProcess(["--config", str(config)], port, tmp_path / "hub2.log").wait_healthy()
+            try:
+                def outcomes() -> dict[str, dict[str, Any]]:
+                    return {e["data"]["action"]: e for e in again.history() if e["type"].startswith("action.")}
+
+                wait_until(lambda: len(outcomes()) == 2, what="outcomes after restart")
+                result = outcomes()
+            finally:
+                again.stop()
+        finally:
+            hub.stop()
+    assert result["antcrm.create_ticket"]["type"] == "action.succeeded" and result["antcrm.create_ticket"]["data"]["resumed"]
+    assert result["antring.click_to_call"]["type"] == "action.failed"
+    assert result["antring.click_to_call"]["data"]["status"] == "unknown"
+    assert len(ring_state.clicks) <= 1  # the first hub's request may or may not have rung: at most once
+    assert len(crm_state.tickets) == 1, "the retried ticket was deduplicated by ticketIdApiRing"
+    assert len([r for r in ring_state.requests if "click-to-call" in r["path"]]) == 1, "never rung twice"
