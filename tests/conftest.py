@@ -32,3 +32,9 @@ def server(data_dir: Path) -> Iterator[ServerThread]:
     """The real hub under uvicorn on a free loopback port: stream tests."""
     with ServerThread(make_config(data_dir)) as s:
         yield s
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests (`@pytest.mark.anyio`) run on asyncio, as the hub does."""
+    return "asyncio"

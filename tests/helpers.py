@@ -230,6 +230,16 @@ class ServerThread(LoopbackHub):
         self.stop()
 
 
+class SwappableApp:
+    """An ASGI app that forwards to `self.app`: one loopback server per module, a fresh simulator per test."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await self.app(scope, receive, send)
+
+
 class AppServer:
     """Any ASGI app (a vendor simulator) under uvicorn in a thread, on a free loopback port."""
 

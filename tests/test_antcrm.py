@@ -26,7 +26,7 @@ from handlers.antcrm.simulator import DEFAULT_API_KEY, SimState, build_app
 from hub.config import config_from_dict
 from hub.phone import InvalidPhoneNumber
 from hub.plugins import Registry, handler_sections
-from tests.helpers import TICK, WAIT, AppServer, raw_config
+from tests.helpers import TICK, WAIT, AppServer, SwappableApp, raw_config
 
 pytestmark = pytest.mark.anyio
 
@@ -34,24 +34,9 @@ FAST = creation_retry(WAIT, base_delay=TICK / 10, max_delay=TICK)
 CONTACT = {"name": "Caller 0912345678", "phones": [{"type": "Work", "value": "0912345678"}]}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class Swappable:
-    """An ASGI app that forwards to `self.app`: one loopback server, a fresh simulator per test."""
-
-    def __init__(self) -> None:
-        self.app: Any = build_app(SimState())
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-
-
 @pytest.fixture(scope="module")
-def _shared_server() -> Iterator[tuple[AppServer, Swappable]]:
-    swappable = Swappable()
+def _shared_server() -> Iterator[tuple[AppServer, SwappableApp]]:
+    swappable = SwappableApp(build_app(SimState()))
     with AppServer(swappable) as s:
         yield s, swappable
 
@@ -62,7 +47,7 @@ def state() -> SimState:
 
 
 @pytest.fixture
-def base_url(state: SimState, _shared_server: tuple[AppServer, Swappable]) -> str:
+def base_url(state: SimState, _shared_server: tuple[AppServer, SwappableApp]) -> str:
     server, swappable = _shared_server
     swappable.app = build_app(state)
     return server.url

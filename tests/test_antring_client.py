@@ -28,7 +28,7 @@ from handlers.antring.client import (
 from handlers.antring.signing import app_hash, histories_hash
 from handlers.antring.simulator import Device, SimState, build_app
 from hub.outbound import RetryPolicy
-from tests.helpers import TICK, WAIT, AppServer, free_port
+from tests.helpers import TICK, WAIT, AppServer, SwappableApp, free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -38,11 +38,6 @@ SIP_USER = "dev101"
 SIP_PASSWORD = "sip-pass-101"
 FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, deadline=WAIT)
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
 
 
 @pytest.fixture
@@ -57,25 +52,15 @@ def state() -> SimState:
     )
 
 
-class Swappable:
-    """An ASGI app that forwards to `self.app`: one loopback server, a fresh simulator per test."""
-
-    def __init__(self) -> None:
-        self.app: Any = build_app(SimState())
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-
-
 @pytest.fixture(scope="module")
-def _shared_server() -> Iterator[tuple[AppServer, Swappable]]:
-    swappable = Swappable()
+def _shared_server() -> Iterator[tuple[AppServer, SwappableApp]]:
+    swappable = SwappableApp(build_app(SimState()))
     with AppServer(swappable) as s:
         yield s, swappable
 
 
 @pytest.fixture
-def server(state: SimState, _shared_server: tuple[AppServer, Swappable]) -> AppServer:
+def server(state: SimState, _shared_server: tuple[AppServer, SwappableApp]) -> AppServer:
     s, swappable = _shared_server
     swappable.app = build_app(state)
     return s

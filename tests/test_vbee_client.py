@@ -23,7 +23,7 @@ from handlers.vbee.client import (
 from handlers.vbee.simulator import API_PREFIX, SimState, build_app, vbee_phone
 from hub.exceptions import HubError
 from hub.outbound import RetryPolicy
-from tests.helpers import TICK, WAIT, AppServer, free_port
+from tests.helpers import TICK, WAIT, AppServer, SwappableApp, free_port
 from tests.vbee_env import API_KEY, API_SECRET, sim_state
 
 pytestmark = pytest.mark.anyio
@@ -32,24 +32,9 @@ CAMPAIGN = "camp-0001"
 FAST = RetryPolicy(attempts=3, base_delay=TICK / 10, max_delay=TICK)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-class Swappable:
-    """An ASGI app that forwards to `self.app`: one loopback server, a fresh simulator per test."""
-
-    def __init__(self) -> None:
-        self.app: Any = build_app(SimState())
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        await self.app(scope, receive, send)
-
-
 @pytest.fixture(scope="module")
-def _shared_server() -> Iterator[tuple[AppServer, Swappable]]:
-    swappable = Swappable()
+def _shared_server() -> Iterator[tuple[AppServer, SwappableApp]]:
+    swappable = SwappableApp(build_app(SimState()))
     with AppServer(swappable) as s:
         yield s, swappable
 
@@ -60,7 +45,7 @@ def state() -> SimState:
 
 
 @pytest.fixture
-def base_url(state: SimState, _shared_server: tuple[AppServer, Swappable]) -> str:
+def base_url(state: SimState, _shared_server: tuple[AppServer, SwappableApp]) -> str:
     server, swappable = _shared_server
     swappable.app = build_app(state)
     return server.url + API_PREFIX
