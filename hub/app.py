@@ -86,6 +86,7 @@ def create_app(config: Config) -> CallhubApp:
     hub = Hub(config)
     registry = load_plugins(hub)
     hub.use_actions(registry.actions)
+    hub.use_listeners(registry.listeners)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -9,7 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 from starlette.requests import HTTPConnection
@@ -22,9 +22,13 @@ from hub.config import ApiKey, Config, ConfigError
 from hub.events import Event, agent_of, prepare_event
 from hub.exceptions import HubError, Unavailable
 from hub.fanout import Fanout
+from hub.matcher import TypeFilter
 from hub.metrics import Metrics
 from hub.rules import RuleProblem, RuleSet, load_rules
 from hub.upstreams import Upstreams
+
+if TYPE_CHECKING:
+    from hub.plugins import EventListener
 
 logger = logging.getLogger("callhub")
 
@@ -64,6 +68,7 @@ class Hub:
         self.upstreams = Upstreams(self)
         self.rules: RuleSet | None = None
         self.action_specs: dict[str, ActionSpec] = {}
+        self.listeners: list[tuple[TypeFilter, EventListener]] = []
         self.actions: ActionRunner | None = None
         self.rules_status: dict[str, Any] = {}
         self._m_stored = self.metrics.events_ingested.labels("stored")
@@ -95,20 +100,29 @@ class Hub:
         logger.info("%d rule(s) loaded", len(rules.rules))
         return []
 
+    def use_listeners(self, listeners: list[tuple[tuple[str, ...], EventListener]]) -> None:
+        """Handlers' event listeners (called before `start`)."""
+        self.listeners = [(TypeFilter(patterns), listener) for patterns, listener in listeners]
+
     def _on_commit(self, events: list[Event]) -> None:
         self.fanout.publish(events)
         rules = self.rules
-        if rules is not None and rules.rules:
-            # After the fan-out, never inside it: rules must not slow delivery.
+        if (rules is not None and rules.rules) or self.listeners:
+            # After the fan-out, never inside it: rules and listeners must not slow delivery.
             asyncio.get_running_loop().call_soon(self._evaluate, rules, events)
 
-    def _evaluate(self, rules: RuleSet, events: list[Event]) -> None:
+    def _evaluate(self, rules: RuleSet | None, events: list[Event]) -> None:
         now = time.time()
         for event in events:
-            if not rules.candidates(event.type):
+            listeners = [listener for types, listener in self.listeners if types.matches(event.type)]
+            if not listeners and (rules is None or not rules.candidates(event.type)):
                 continue
             try:
                 body = orjson.loads(event.body)
+                for listener in listeners:
+                    listener(body)
+                if rules is None:
+                    continue
                 for firing in rules.evaluate(body, now=now):
                     firing.rule.counters.matched += 1
                     firing.rule.counters.last_fired = now

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Registry", "Service", "load_plugins"]
 
+#: Called with a committed event (its CloudEvent dict).
+EventListener = Callable[[dict[str, Any]], None]
 #: A background service: started with the hub (after the store is open), cancelled on stop.
 Service = Callable[["Hub"], Awaitable[None]]
 
@@ -36,6 +38,8 @@ class Registry:
     sources: list[Source] = field(default_factory=list)
     #: Rule action executors, by action type.
     actions: dict[str, ActionSpec] = field(default_factory=dict)
+    #: (type patterns, callback) run for every committed event of those types, after the fan-out.
+    listeners: list[tuple[tuple[str, ...], EventListener]] = field(default_factory=list)
     #: What one handler builds for others to use (a client, a lookup), by name.
     provided: dict[str, object] = field(default_factory=dict)
 
@@ -49,6 +53,13 @@ class Registry:
 
     def add_service(self, name: str, service: Service) -> None:
         self.services.append((name, service))
+
+    def add_listener(self, types: tuple[str, ...], listener: EventListener) -> None:
+        """Call `listener(event)` for every committed event whose type matches `types` (e.g. screen-pop).
+
+        It runs after the fan-out, must not block: start a task (`hub.spawn`) for slow work.
+        """
+        self.listeners.append((types, listener))
 
     def add_action(self, spec: ActionSpec) -> None:
         """An action type rules may use (`[[rules.actions]] type = spec.type`)."""

@@ -22,6 +22,7 @@ from handlers.antcrm.client import (
 )
 from handlers.antcrm.config import AntCRMConfig
 from handlers.antcrm.lookup import CustomerLookup
+from handlers.antcrm.screenpop import screen_pop
 from hub.actions import ActionContext, ActionSpec, Executor
 from hub.exceptions import InvalidEvent
 from hub.plugins import Registry
@@ -110,6 +111,8 @@ def register(registry: Registry) -> AntCRM | None:
     antcrm = build(config)
     registry.add_cleanup(antcrm.aclose)
     registry.provide(PROVIDED_AS, antcrm)
+    if config.screen_pop_types:
+        registry.add_listener(tuple(config.screen_pop_types), screen_pop(registry.hub, antcrm.lookup))
     registry.add_action(ActionSpec("antcrm.create_ticket", create_ticket_action(antcrm.client),
                                    idempotent=True, group="antcrm"))
     registry.add_action(ActionSpec("antcrm.upsert_contact", upsert_contact_action(antcrm.client),

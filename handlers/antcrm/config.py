@@ -43,6 +43,8 @@ class AntCRMConfig(BaseModel):
     retry_for: Duration = Field(60.0, gt=0)
     #: Screen-pop: a caller not found in AntCRM within this long is shown without CRM data.
     lookup_timeout: Duration = Field(0.4, gt=0)
+    #: Screen-pop: publish `call.enriched` for these event types (empty: no screen-pop).
+    screen_pop_types: list[str] = ["call.ringing"]
     #: Screen-pop cache: how long a found customer is reused without asking AntCRM again.
     cache_ttl: Duration = Field(300.0, gt=0)
     #: ... and how long "no such customer" is (0 = ask every time).
