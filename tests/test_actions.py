@@ -16,7 +16,10 @@ from handlers.antring.simulator.http import Device
 from handlers.antring.simulator.http import SimState as RingState
 from handlers.antring.simulator.http import build_app as build_ring_app
 from handlers.antring.simulator.signals import SignalServer
+from handlers.vbee.simulator.app import build_app as build_vbee_app
 from hub.actions import ActionContext, ActionJournal
+from hub.config import config_from_dict
+from hub.plugins import handler_sections
 from tests.antring_env import ACCOUNT, BOB, AntRingWorld, antring_section, antring_world
 from tests.helpers import (
     ADMIN,
@@ -25,12 +28,15 @@ from tests.helpers import (
     WAIT,
     AppServer,
     HubProcess,
+    ServerThread,
     SSEReader,
     free_port,
     raw_config,
     wait_until,
     write_config,
 )
+from tests.vbee_env import sim_state as vbee_sim_state
+from tests.vbee_env import vbee_section
 
 RULE: dict[str, Any] = {
     "name": "missed-inbound-callback",
@@ -169,3 +175,32 @@ def test_kill_9_mid_action_gives_one_ticket_and_at_most_one_ring(tmp_path: Path,
     assert len(ring_state.clicks) <= 1  # the first hub's request may or may not have rung: at most once
     assert len(crm_state.tickets) == 1, "the retried ticket was deduplicated by ticketIdApiRing"
     assert len([r for r in ring_state.requests if "click-to-call" in r["path"]]) == 1, "never rung twice"
+
+
+def test_vbee_add_contacts_action_pushes_the_caller_into_a_campaign(tmp_path: Path) -> None:
+    """A rule's `vbee.add_contacts` adds the caller (E.164) with templated tags; the outcome is an event."""
+    state = vbee_sim_state()
+    with AppServer(build_vbee_app(state)) as api:
+        raw = raw_config(tmp_path / "data")
+        raw["vbee"] = vbee_section(api.url)
+        raw["rules"] = [{
+            "name": "callback-campaign", "on": ["call.ended"], "when": {"data.outcome": "no_answer"},
+            "actions": [{"type": "vbee.add_contacts", "campaign_id": "camp-callback",
+                         "phone_number": "{data.from.number}", "ho_ten": "Khách {data.from.number}"}],
+        }]
+        config = config_from_dict(raw, env={}, handler_sections=handler_sections())
+        with ServerThread(config) as hub:
+            hub.publish({"type": "call.ended", "id": "v-1", "source": "pbx",
+                         "data": {"outcome": "no_answer", "from": {"number": "0912345678"}}})
+
+            def outcome() -> list[dict[str, Any]]:
+                r = httpx.get(f"{hub.url}/v1/events?types=action.*", headers=ADMIN, timeout=WAIT)
+                events: list[dict[str, Any]] = r.json()["events"]
+                return events
+
+            wait_until(lambda: bool(outcome()), what="the action's outcome")
+            (report,) = outcome()
+    assert report["type"] == "action.succeeded", report
+    assert report["data"]["result"]["contacts"][0]["contact_id"]
+    (added,) = [c for c in state.contacts if c["campaign_id"] == "camp-callback"]
+    assert added["phone_number"] == "+84912345678" and added["tags"]["ho_ten"] == "Khách 0912345678"

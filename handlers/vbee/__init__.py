@@ -7,14 +7,40 @@ client (closed when the hub stops) and `POST /v1/campaigns/{campaign_id}/contact
 
 from __future__ import annotations
 
+from typing import Any
+
 from handlers.vbee.client import VbeeClient
 from handlers.vbee.config import VbeeConfig
 from handlers.vbee.normalize import SOURCE, Normalizer
 from handlers.vbee.routes import routes
+from hub.actions import ActionContext, ActionSpec, Executor
+from hub.exceptions import InvalidEvent
+from hub.phone import parse_phone
 from hub.plugins import Registry
 from hub.webhooks_in import Source, token_verifier
 
 __all__ = ["VbeeConfig", "register"]
+
+
+def add_contacts_action(client: VbeeClient) -> Executor:
+    """`vbee.add_contacts` (`campaign_id`, `phone_number`, personalization tags such as `ho_ten`).
+
+    Not idempotent: Vbee would call a contact added twice twice, so after a crash mid-request the
+    runner reports it `unknown` rather than sending it again.
+    """
+
+    async def run(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
+        fields = dict(params)
+        campaign_id = fields.pop("campaign_id", None)
+        if not isinstance(campaign_id, str) or not campaign_id:
+            raise InvalidEvent("vbee.add_contacts needs campaign_id")
+        phone = parse_phone(fields.pop("phone_number", None), field="phone_number")
+        added = await client.add_contacts(campaign_id, [{"phone_number": phone.e164, **fields}])
+        if not added:
+            raise InvalidEvent(f"Vbee did not add {phone.e164} to campaign {campaign_id}")
+        return {"campaign_id": campaign_id, "contacts": added}
+
+    return run
 
 
 def register(registry: Registry) -> None:
@@ -26,5 +52,6 @@ def register(registry: Registry) -> None:
     if config.api_key and config.api_secret:
         client = VbeeClient(config.base_url, config.api_key, config.api_secret, timeout=config.request_timeout)
         registry.add_cleanup(client.aclose)
+        registry.add_action(ActionSpec("vbee.add_contacts", add_contacts_action(client), idempotent=False, group="vbee"))
     for route in routes(client, batch_size=config.batch_size):
         registry.add_route(route)
