@@ -14,11 +14,13 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,9 +32,27 @@ from pydantic import (
 
 from hub._units import parse_duration, parse_size
 
-__all__ = ["Config", "ConfigError", "load_config", "config_from_dict", "validate_section", "is_loopback_host"]
+__all__ = ["Config", "ConfigError", "HttpUrl", "SocketUrl", "load_config", "config_from_dict", "validate_section", "is_loopback_host"]
 
 SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+def _service_url(schemes: tuple[str, ...], *, keep_path_slash: bool) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.hostname:
+            raise ValueError(f"{value!r} is not a {' or '.join(s + '://' for s in schemes)} URL")
+        if keep_path_slash and value.count("/") > 3:
+            return value  # a WebSocket path is used as given (a mounted endpoint may need its slash)
+        return value.rstrip("/")
+
+    return check
+
+
+#: A vendor's base URL; a trailing slash is dropped (paths are appended to it).
+HttpUrl = Annotated[str, AfterValidator(_service_url(("http", "https"), keep_path_slash=False))]
+#: A vendor's socket URL: http(s) for Socket.IO, ws(s) for plain WebSockets; its path is kept.
+SocketUrl = Annotated[str, AfterValidator(_service_url(("http", "https", "ws", "wss"), keep_path_slash=True))]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Role = Literal["admin", "publisher", "subscriber"]

@@ -6,11 +6,11 @@ try, cached, answered within a deadline or not at all).
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from hub._units import parse_duration
+from hub.config import HttpUrl
 
 __all__ = ["AntCRMConfig", "DEFAULT_BASE_URL", "PhoneFormat"]
 
@@ -24,16 +24,8 @@ DEFAULT_BASE_URL = "https://apiring.antbuddy.com"
 class AntCRMConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http(s):// URL")
-        return value.rstrip("/")
-
     enabled: bool = True
-    base_url: str = DEFAULT_BASE_URL
+    base_url: HttpUrl = DEFAULT_BASE_URL
     #: The pre-agreed secret sent as the `apikey` header (never logged).
     api_key: str = Field(min_length=1, repr=False)
     #: Bounds one request (connect, write, read, and the wait for a free connection).

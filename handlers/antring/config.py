@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from hub._units import parse_duration
+from hub.config import HttpUrl, SocketUrl
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 WsProtocol = Literal["socketio", "socketio-eio3", "socketio-0.9", "blackhole"]
@@ -37,19 +37,12 @@ class AgentDevice(BaseModel):
 class AntRingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @field_validator("base_url", "ws_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("http", "https", "ws", "wss") or not urlsplit(value).hostname:
-            raise ValueError(f"{value!r} is not an http(s):// or ws(s):// URL")
-        return value.rstrip("/") if value.count("/") <= 3 else value
-
     enabled: bool = True
-    base_url: str = "https://openapi.antbuddy.com"
+    base_url: HttpUrl = "https://openapi.antbuddy.com"
     app_id: str = Field(min_length=1)
     app_secret: str = Field(min_length=1)
     account_id: str = Field(min_length=1)
-    ws_url: str = "https://ws.antbuddy.com:5557"
+    ws_url: SocketUrl = "https://ws.antbuddy.com:5557"
     ws_protocol: WsProtocol = "socketio"
     bindings: list[str] = Field(default_factory=lambda: list(DEFAULT_BINDINGS), min_length=1)
     #: The SIP device whose credentials obtain the voice token for the socket.

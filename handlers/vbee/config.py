@@ -10,11 +10,11 @@ paths tried in order (`[vbee.mapping]`), with defaults from the names its API an
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from hub._units import parse_duration
+from hub.config import HttpUrl
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -122,14 +122,6 @@ class VbeeMapping(BaseModel):
 class VbeeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    @field_validator("base_url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = urlsplit(value)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"{value!r} is not an http(s):// URL")
-        return value.rstrip("/")
-
     @field_validator("status_map")
     @classmethod
     def _status_keys(cls, value: dict[str, Outcome]) -> dict[str, Outcome]:
@@ -152,7 +144,7 @@ class VbeeConfig(BaseModel):
     enabled: bool = True
     #: Shared secret Vbee presents on the result webhook (`?token=` or `Authorization: Bearer`).
     webhook_token: str = Field(min_length=16)
-    base_url: str = DEFAULT_BASE_URL
+    base_url: HttpUrl = DEFAULT_BASE_URL
     #: The AICall app's API_KEY and API_SECRET; without them `POST /v1/campaigns/{id}/contacts` is off.
     api_key: str | None = None
     api_secret: str | None = None
