@@ -1343,12 +1343,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:  # a failed phase (nothing connected, a worker died, hub not healthy)
         print(f"fanout: {exc}", file=sys.stderr)
         return 1
-    print(format_report(report))
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "wb") as out:
-            out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    emit_report(format_report(report), report, args.json)
     return 0
+
+
+def emit_report(text: str, report: dict[str, Any], json_path: str | None) -> None:
+    """Print the table, and write the flat figures as JSON when asked (both benchmarks)."""
+    print(text)
+    if json_path:
+        os.makedirs(os.path.dirname(json_path) or ".", exist_ok=True)
+        with open(json_path, "wb") as out:
+            out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
 
 
 if __name__ == "__main__":

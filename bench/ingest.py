@@ -44,6 +44,7 @@ from bench.fanout import (
     LatencyStore,
     Target,
     WorkerPool,
+    emit_report,
     format_value,
     machine_busy_cpu_s,
     new_event_loop,
@@ -911,11 +912,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as exc:  # a failed phase (nothing connected, a worker died, hub not healthy)
         print(f"ingest: {exc}", file=sys.stderr)
         return 1
-    print(format_report(report))
-    if args.json:
-        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
-        with open(args.json, "wb") as out:
-            out.write(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    emit_report(format_report(report), report, args.json)
     return 0
 
 

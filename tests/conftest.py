@@ -5,10 +5,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from hub.app import create_app
-from tests.helpers import ServerThread, make_config
+from tests.helpers import AppServer, ServerThread, SwappableApp, make_config
 
 # The hub under test runs in a thread of this process, beside blocking test clients in others.
 # With the default 5 ms GIL switch interval every request waits out a few switches.
@@ -38,3 +39,11 @@ def server(data_dir: Path) -> Iterator[ServerThread]:
 def anyio_backend() -> str:
     """Async tests (`@pytest.mark.anyio`) run on asyncio, as the hub does."""
     return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def sim_server() -> Iterator[tuple[AppServer, SwappableApp]]:
+    """One loopback server per test module; each test swaps in a fresh simulator (`swappable.app = ...`)."""
+    swappable = SwappableApp(Starlette())
+    with AppServer(swappable) as server:
+        yield server, swappable

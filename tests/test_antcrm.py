@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,21 +33,14 @@ FAST = creation_retry(WAIT, base_delay=TICK / 10, max_delay=TICK)
 CONTACT = {"name": "Caller 0912345678", "phones": [{"type": "Work", "value": "0912345678"}]}
 
 
-@pytest.fixture(scope="module")
-def _shared_server() -> Iterator[tuple[AppServer, SwappableApp]]:
-    swappable = SwappableApp(build_app(SimState()))
-    with AppServer(swappable) as s:
-        yield s, swappable
-
-
 @pytest.fixture
 def state() -> SimState:
     return SimState()
 
 
 @pytest.fixture
-def base_url(state: SimState, _shared_server: tuple[AppServer, SwappableApp]) -> str:
-    server, swappable = _shared_server
+def base_url(state: SimState, sim_server: tuple[AppServer, SwappableApp]) -> str:
+    server, swappable = sim_server
     swappable.app = build_app(state)
     return server.url
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -52,16 +51,9 @@ def state() -> SimState:
     )
 
 
-@pytest.fixture(scope="module")
-def _shared_server() -> Iterator[tuple[AppServer, SwappableApp]]:
-    swappable = SwappableApp(build_app(SimState()))
-    with AppServer(swappable) as s:
-        yield s, swappable
-
-
 @pytest.fixture
-def server(state: SimState, _shared_server: tuple[AppServer, SwappableApp]) -> AppServer:
-    s, swappable = _shared_server
+def server(state: SimState, sim_server: tuple[AppServer, SwappableApp]) -> AppServer:
+    s, swappable = sim_server
     swappable.app = build_app(state)
     return s
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -32,21 +31,14 @@ CAMPAIGN = "camp-0001"
 FAST = RetryPolicy(attempts=3, base_delay=TICK / 10, max_delay=TICK)
 
 
-@pytest.fixture(scope="module")
-def _shared_server() -> Iterator[tuple[AppServer, SwappableApp]]:
-    swappable = SwappableApp(build_app(SimState()))
-    with AppServer(swappable) as s:
-        yield s, swappable
-
-
 @pytest.fixture
 def state() -> SimState:
     return sim_state()
 
 
 @pytest.fixture
-def base_url(state: SimState, _shared_server: tuple[AppServer, SwappableApp]) -> str:
-    server, swappable = _shared_server
+def base_url(state: SimState, sim_server: tuple[AppServer, SwappableApp]) -> str:
+    server, swappable = sim_server
     swappable.app = build_app(state)
     return server.url + API_PREFIX
 
