@@ -19,7 +19,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
 
 
 #: Rule action types the vendors provide (executed by their handlers; see docs/RULES.md).
-ACTION_TYPES = {"antring.click_to_call", "antcrm.create_ticket", "antcrm.upsert_contact", "vbee.add_contacts"}
+ACTION_TYPES: dict[str, tuple[str, ...]] = {**antring.ACTIONS, **antcrm.ACTIONS, **vbee.ACTIONS}
 
 
 def demo_overrides(port: int) -> dict[str, Any]:

@@ -13,8 +13,11 @@ not finished is:
 
 Each outcome is an event: `action.succeeded` or `action.failed`, with the rule, the action, the
 triggering event's id and the vendor's answer or the error. Executors run in tasks owned by the
-hub, at most `group_limit` at once per group (a vendor), each under a timeout; none of this
-touches the fan-out.
+hub, at most `[actions] concurrency` at once per group (a vendor), each under `[actions] timeout`;
+none of this touches the fan-out.
+
+The journal also keeps the rules cursor: how far the event log has been evaluated, so events
+committed just before a crash are evaluated after the restart (see `ActionRunner`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,20 +37,21 @@ import orjson
 
 from hub.events import hub_event
 from hub.exceptions import HubError
+from hub.matcher import TypeFilter
 
 if TYPE_CHECKING:
+    from hub.config import ActionsConfig
     from hub.core import Hub
     from hub.rules import Firing
 
 logger = logging.getLogger("callhub.actions")
 
-__all__ = ["ActionContext", "Executor", "ActionSpec", "ActionJournal", "ActionRunner"]
+__all__ = ["ActionContext", "Executor", "ActionSpec", "ActionJournal", "ActionRunner", "Planned"]
 
-#: Actions of one group (vendor) running at once.
-GROUP_LIMIT = 8
-#: How long one action may take before it is reported failed (its executor is cancelled).
-ACTION_TIMEOUT = 30.0
 JOURNAL_FILE = "actions.db"
+#: How often the rules cursor is written when no rule fired (a lagging cursor only means a few
+#: events are evaluated again after a crash, and the journal makes that harmless).
+CURSOR_FLUSH_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,34 @@ class ActionSpec:
     idempotent: bool
     #: Concurrency group, usually the vendor's name.
     group: str
+    #: Parameters every rule using it must give (checked when rules load).
+    required: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Planned:
+    """One action of a rule that fired, on its way into the journal."""
+
+    key: str
+    rule: str
+    type: str
+    event: Mapping[str, Any]
+    seq: int
+    params: dict[str, Any]
+    #: Why it cannot run (a template field missing from the event); it is journaled as failed.
+    error: str | None = None
+
+
+#: (key, rule, type, event id, seq, request) of an action the journal shows started, not finished.
+Unfinished = tuple[str, str, str, str, int, bytes]
 
 
 class ActionJournal:
-    """Which actions were started and how they ended; one SQLite file, one writer thread."""
+    """Which actions were started and how they ended, and how far rules have evaluated the log.
+
+    One SQLite file, one writer thread: writes happen in the order they were submitted, which is
+    what lets the rules cursor be written lazily (see `ActionRunner`).
+    """
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,28 +110,58 @@ class ActionJournal:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS actions (key TEXT PRIMARY KEY, rule TEXT, type TEXT, event_id TEXT,"
-            " state TEXT NOT NULL, request BLOB, started REAL, finished REAL, result BLOB)"
+            " state TEXT NOT NULL, request BLOB, started REAL, finished REAL, result BLOB, seq INTEGER)"
         )
-        # One thread: journal writes happen in the order they were asked for.
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(actions)")}
+        if "seq" not in columns:  # a journal from before the rules cursor
+            self._db.execute("ALTER TABLE actions ADD COLUMN seq INTEGER")
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS cooldowns (rule TEXT NOT NULL, key TEXT NOT NULL,"
+                         " until REAL NOT NULL, PRIMARY KEY (rule, key))")
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="callhub-journal")
         self._lock = threading.Lock()
 
-    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue `fn(*args)` on the journal's thread now (so in call order) and return its future."""
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
-    def _begin(self, key: str, rule: str, type_: str, event_id: str, request: bytes) -> bool:
+    def begin_many(self, planned: list[Planned], cursor: int | None,
+                   cooldowns: Sequence[tuple[str, str, float]] = ()) -> list[bool]:
+        """Record that these actions start (or failed before starting), the cooldowns they started, and
+        move the cursor, in one commit.
+
+        Returns, per action, whether it is new: an action already in the journal must not run again.
+        """
+        now = time.time()
         with self._lock:
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO actions (key, rule, type, event_id, state, request, started)"
-                " VALUES (?, ?, ?, ?, 'started', ?, ?)",
-                (key, rule, type_, event_id, request, time.time()),
-            )
-            return cur.rowcount == 1
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                fresh = []
+                for p in planned:
+                    state, result = ("failed", orjson.dumps({"error": p.error})) if p.error else ("started", None)
+                    cur = self._db.execute(
+                        "INSERT OR IGNORE INTO actions (key, rule, type, event_id, seq, state, request, started,"
+                        " finished, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (p.key, p.rule, p.type, str(p.event.get("id")), p.seq, state,
+                         orjson.dumps(p.params, default=str), now, now if p.error else None, result),
+                    )
+                    fresh.append(cur.rowcount == 1)
+                if cooldowns:
+                    self._db.executemany("INSERT INTO cooldowns (rule, key, until) VALUES (?, ?, ?) ON CONFLICT"
+                                         " (rule, key) DO UPDATE SET until = excluded.until", cooldowns)
+                if cursor is not None:
+                    self._set_cursor(cursor)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return fresh
 
     async def begin(self, key: str, rule: str, type_: str, event_id: str, request: Mapping[str, Any]) -> bool:
-        """Record that the action starts now; False if it was started before (then do not run it)."""
-        result: bool = await self._run(self._begin, key, rule, type_, event_id, orjson.dumps(request))
-        return result
+        """Record that one action starts now; False if it was started before (then do not run it)."""
+        planned = Planned(key, rule, type_, {"id": event_id}, 0, dict(request))
+        result: list[bool] = await self.submit(self.begin_many, [planned], None)
+        return result[0]
 
     def _finish(self, key: str, state: str, result: bytes) -> None:
         with self._lock:
@@ -112,17 +170,17 @@ class ActionJournal:
             )
 
     async def finish(self, key: str, state: str, result: Any) -> None:
-        await self._run(self._finish, key, state, orjson.dumps(result, default=str))
+        await self.submit(self._finish, key, state, orjson.dumps(result, default=str))
 
-    def _unfinished(self) -> list[tuple[str, str, str, str, bytes]]:
+    def _unfinished(self) -> list[Unfinished]:
         with self._lock:
-            rows: list[tuple[str, str, str, str, bytes]] = self._db.execute(
-                "SELECT key, rule, type, event_id, request FROM actions WHERE state = 'started'"
+            rows: list[Unfinished] = self._db.execute(
+                "SELECT key, rule, type, event_id, COALESCE(seq, 0), request FROM actions WHERE state = 'started'"
             ).fetchall()
             return rows
 
-    async def unfinished(self) -> list[tuple[str, str, str, str, bytes]]:
-        rows: list[tuple[str, str, str, str, bytes]] = await self._run(self._unfinished)
+    async def unfinished(self) -> list[Unfinished]:
+        rows: list[Unfinished] = await self.submit(self._unfinished)
         return rows
 
     def _state(self, key: str) -> str | None:
@@ -131,10 +189,41 @@ class ActionJournal:
             return None if row is None else str(row[0])
 
     async def state(self, key: str) -> str | None:
-        result: str | None = await self._run(self._state, key)
+        result: str | None = await self.submit(self._state, key)
         return result
 
-    def close(self) -> None:
+    def _set_cursor(self, seq: int) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES ('rules_cursor', ?) ON CONFLICT(key) DO UPDATE"
+                         " SET value = MAX(value, excluded.value)", (seq,))
+
+    def set_cursor(self, seq: int) -> None:
+        with self._lock:
+            self._set_cursor(seq)
+
+    def _cooldowns(self, now: float) -> list[tuple[str, str, float]]:
+        with self._lock:
+            self._db.execute("DELETE FROM cooldowns WHERE until <= ?", (now,))
+            rows: list[tuple[str, str, float]] = self._db.execute("SELECT rule, key, until FROM cooldowns").fetchall()
+            return rows
+
+    async def cooldowns(self, now: float) -> list[tuple[str, str, float]]:
+        """Cooldowns still running at `now` (expired ones are forgotten)."""
+        rows: list[tuple[str, str, float]] = await self.submit(self._cooldowns, now)
+        return rows
+
+    def _cursor(self) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'rules_cursor'").fetchone()
+            return None if row is None else int(row[0])
+
+    async def cursor(self) -> int | None:
+        """The highest seq whose rule firings are all journaled; None for a new journal."""
+        result: int | None = await self.submit(self._cursor)
+        return result
+
+    def close(self, *, cursor: int | None = None) -> None:
+        if cursor is not None:
+            self._thread.submit(self.set_cursor, cursor)
         self._thread.shutdown(wait=True)
         self._db.close()
 
@@ -144,78 +233,145 @@ def action_key(rule: str, event: Mapping[str, Any], index: int) -> str:
 
 
 class ActionRunner:
-    def __init__(self, hub: Hub, specs: Mapping[str, ActionSpec], *, timeout: float = ACTION_TIMEOUT,
-                 group_limit: int = GROUP_LIMIT) -> None:
+    """Journals, runs and reports the actions of rules that fired; keeps the rules cursor.
+
+    The cursor is the highest seq whose firings are all in the journal. Firings are journaled
+    in the same commit as the cursor moves past their event; events that fire nothing move it
+    lazily (every `CURSOR_FLUSH_INTERVAL`). After a crash, the hub evaluates again the events
+    after the cursor: actions already journaled are not run again, the others run now.
+    """
+
+    def __init__(self, hub: Hub, specs: Mapping[str, ActionSpec], config: ActionsConfig) -> None:
         self.hub = hub
         self.specs = dict(specs)
-        self.timeout = timeout
+        self.config = config
         self.journal = ActionJournal(hub.config.data_dir / JOURNAL_FILE)
-        self._limits = {spec.group: asyncio.Semaphore(group_limit) for spec in self.specs.values()}
+        self._limits = {spec.group: asyncio.Semaphore(config.concurrency) for spec in self.specs.values()}
+        self._cursor_pending = 0
+        self._cursor_written = 0
+
+    def timeout_for(self, type_: str) -> float:
+        return self.config.timeouts.get(type_, self.config.timeout)
+
+    async def start(self) -> int | None:
+        """Recover unfinished actions; the cursor to evaluate from (None: a new journal, nothing to catch up)."""
+        await self.recover()
+        cursor = await self.journal.cursor()
+        self.hub.spawn(self._flush_cursor_loop(), name="actions:cursor")
+        return cursor
 
     async def recover(self) -> None:
         """After a restart: re-run idempotent actions left unfinished; report the others unknown."""
-        for key, rule, type_, event_id, request in await self.journal.unfinished():
+        for key, rule, type_, event_id, seq, request in await self.journal.unfinished():
             spec = self.specs.get(type_)
             params = orjson.loads(request)
-            event = {"id": event_id, "source": key.split("|")[1]}
+            event = await self._stored_event(seq) or {"id": event_id, "source": key.split("|")[1]}
             if spec is not None and spec.idempotent:
                 self.hub.spawn(self._execute(spec, params, ActionContext(key, rule, event), resumed=True),
                                name=f"action:{type_}")
                 continue
-            await self.journal.finish(key, "unknown", {"reason": "the hub stopped while this action ran"})
-            await self._report(rule, type_, event, "unknown", error="the hub stopped while this action ran; "
-                               "it was not repeated, its outcome is unknown")
+            reason = "the hub stopped while this action ran; it was not repeated, its outcome is unknown"
+            await self.journal.finish(key, "unknown", {"reason": reason})
+            await self._report(rule, type_, event, "unknown", error=reason)
 
-    def submit(self, firing: Firing, event: Mapping[str, Any]) -> None:
-        """Start the actions of a rule that fired (never waits)."""
-        for index, request in enumerate(firing.requests):
-            spec = self.specs.get(request["type"])
-            context = ActionContext(action_key(firing.rule.name, event, index), firing.rule.name, event)
-            if spec is None:
-                self.hub.spawn(self._report_async(firing.rule.name, request["type"], event, "failed",
-                                                  error="no executor for this action type"), name="action:report")
-                continue
-            params = {k: v for k, v in request.items() if k != "type"}
-            self.hub.spawn(self._start(spec, params, context), name=f"action:{spec.type}")
-        for error in firing.errors:
-            kind = error.split(":", 1)[0]
-            self.hub.spawn(self._report_async(firing.rule.name, kind, event, "failed", error=error), name="action:report")
+    async def _stored_event(self, seq: int) -> dict[str, Any] | None:
+        """The triggering event as stored (an executor may need more of it than its id)."""
+        if seq <= 0:
+            return None
+        try:
+            page = await self.hub.backend.read(seq - 1, limit=1, agent=None, types=TypeFilter(()), scan_limit=1)
+        except HubError:
+            return None
+        if page.events and page.events[0].seq == seq:
+            event: dict[str, Any] = orjson.loads(page.events[0].body)
+            return event
+        return None  # trimmed by retention since
 
-    async def _start(self, spec: ActionSpec, params: dict[str, Any], context: ActionContext) -> None:
-        if not await self.journal.begin(context.key, context.rule, spec.type, str(context.event.get("id")), params):
-            return  # already started once: at most once
-        await self._execute(spec, params, context)
+    def note_evaluated(self, seq: int) -> None:
+        """Events up to `seq` fired nothing that is not journaled yet: the cursor may move there."""
+        self._cursor_pending = max(self._cursor_pending, seq)
 
-    async def _execute(self, spec: ActionSpec, params: dict[str, Any], context: ActionContext,
-                       *, resumed: bool = False) -> None:
-        rule = next((r for r in (self.hub.rules.rules if self.hub.rules else []) if r.name == context.rule), None)
-        state: str
-        result: Any = None
-        error: str | None = None
-        async with self._limits[spec.group]:
-            try:
-                answer = await asyncio.wait_for(spec.run(params, context), self.timeout)
-            except TimeoutError:
-                state, result, error = "failed", None, f"no answer within {self.timeout:g}s"
-            except HubError as exc:
-                state, result, error = "failed", None, exc.message
-            except Exception as exc:  # an executor bug must not kill the runner
-                logger.exception("action %s failed unexpectedly", spec.type)
-                state, result, error = "failed", None, f"internal error: {type(exc).__name__}"
+    def submit(self, firings: Sequence[tuple[Firing, Mapping[str, Any], int]], cursor: int) -> None:
+        """Journal the actions of rules that fired (with the cursor, one commit), then run them. Never waits.
+
+        The journal write is queued before this returns, so journal order is evaluation order.
+        """
+        planned: list[Planned] = []
+        cooldowns = [firing.cooldown for firing, _, _ in firings if firing.cooldown is not None]
+        for firing, event, seq in firings:
+            name = firing.rule.name
+            for index, request in enumerate(firing.requests):
+                type_ = request["type"]
+                params = {k: v for k, v in request.items() if k != "type"}
+                error = None if type_ in self.specs else "no executor for this action type"
+                planned.append(Planned(action_key(name, event, index), name, type_, event, seq, params, error))
+            for offset, error in enumerate(firing.errors):
+                type_ = error.split(":", 1)[0]
+                key = action_key(name, event, len(firing.requests) + offset) + "|error"
+                planned.append(Planned(key, name, type_, event, seq, {}, error))
+        if not planned:
+            self.note_evaluated(cursor)
+            return
+        self._cursor_pending = max(self._cursor_pending, cursor)
+        begun = self.journal.submit(self.journal.begin_many, planned, cursor, cooldowns)
+        self.hub.spawn(self._run_begun(begun, planned), name="actions:begin")
+
+    async def _run_begun(self, begun: asyncio.Future[list[bool]], planned: list[Planned]) -> None:
+        try:
+            fresh = await begun
+        except Exception:
+            logger.exception("could not journal %d action(s); they were not run", len(planned))
+            return
+        for p, new in zip(planned, fresh, strict=True):
+            if not new:
+                continue  # journaled before (evaluated again after a restart): at most once
+            context = ActionContext(p.key, p.rule, p.event)
+            if p.error is not None:
+                self._count(p.rule, "failed")
+                self.hub.spawn(self._report(p.rule, p.type, p.event, "failed", error=p.error, request=p.params),
+                               name="action:report")
             else:
-                state, result, error = "succeeded", answer, None
-        await self.journal.finish(context.key, state, result if error is None else {"error": error})
+                self.hub.spawn(self._execute(self.specs[p.type], p.params, context), name=f"action:{p.type}")
+
+    async def _flush_cursor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CURSOR_FLUSH_INTERVAL)
+            pending = self._cursor_pending
+            if pending > self._cursor_written:
+                await self.journal.submit(self.journal.set_cursor, pending)
+                self._cursor_written = pending
+
+    def _count(self, rule_name: str, state: str) -> None:
+        rule = next((r for r in (self.hub.rules.rules if self.hub.rules else []) if r.name == rule_name), None)
         if rule is not None:
             if state == "succeeded":
                 rule.counters.actions_ok += 1
             else:
                 rule.counters.actions_failed += 1
+
+    async def _execute(self, spec: ActionSpec, params: dict[str, Any], context: ActionContext,
+                       *, resumed: bool = False) -> None:
+        state: str
+        result: Any = None
+        error: str | None = None
+        timeout = self.timeout_for(spec.type)
+        async with self._limits[spec.group]:
+            try:
+                answer = await asyncio.wait_for(spec.run(params, context), timeout)
+            except TimeoutError:
+                state, error = "failed", f"no answer within {timeout:g}s"
+            except HubError as exc:
+                state, error = "failed", exc.message
+                result = {"code": exc.code, **{k: v for k, v in exc.details.items() if v is not None}}
+            except Exception as exc:  # an executor bug must not kill the runner
+                logger.exception("action %s failed unexpectedly", spec.type)
+                state, error = "failed", f"internal error: {type(exc).__name__}"
+            else:
+                state, result = "succeeded", answer
+        await self.journal.finish(context.key, state, result if error is None else {"error": error, "details": result})
+        self._count(context.rule, state)
         await self._report(context.rule, spec.type, context.event, state, result=result, error=error,
                            request=params, resumed=resumed)
-
-    async def _report_async(self, rule: str, type_: str, event: Mapping[str, Any], status: str, *,
-                            error: str) -> None:
-        await self._report(rule, type_, event, status, error=error)
 
     async def _report(self, rule: str, type_: str, event: Mapping[str, Any], status: str, *, result: Any = None,
                       error: str | None = None, request: Mapping[str, Any] | None = None,
@@ -243,4 +399,5 @@ class ActionRunner:
             logger.warning("could not record the outcome of %s for rule %s: %s", type_, rule, exc.message)
 
     def close(self) -> None:
-        self.journal.close()
+        pending = self._cursor_pending
+        self.journal.close(cursor=pending if pending > self._cursor_written else None)

@@ -7,6 +7,7 @@ in constant time; a credential is never logged.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import os
@@ -22,11 +23,12 @@ from hub.config import ApiKey, Config
 from hub.exceptions import Forbidden, Unauthorized
 from hub.matcher import parse_patterns
 
-__all__ = ["Principal", "Authenticator", "issue_token", "ensure_admin_key", "ensure_jwt_secret"]
+__all__ = ["Principal", "Authenticator", "issue_token", "ensure_admin_key", "ensure_jwt_secret", "ensure_signing_secret"]
 
 Role = Literal["admin", "publisher", "subscriber"]
 ADMIN_KEY_FILE = "admin.key"
 JWT_SECRET_FILE = "jwt.secret"
+SIGNING_SECRET_FILE = "webhook.secret"
 #: Longest accepted credential; anything longer is refused before any hashing or decoding.
 MAX_CREDENTIAL_LENGTH = 8192
 JWT_ALGORITHM = "HS256"
@@ -149,4 +151,13 @@ def ensure_jwt_secret(config: Config) -> str:
     if config.auth.jwt_secret:
         return config.auth.jwt_secret
     value, _ = _read_or_create(config.data_dir / JWT_SECRET_FILE, secrets.token_urlsafe(48))
+    return value
+
+
+def ensure_signing_secret(config: Config) -> str:
+    """The Standard Webhooks secret (`whsec_…`) the hub signs outgoing webhooks with."""
+    if config.actions.webhook.secret:
+        return config.actions.webhook.secret
+    made = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+    value, _ = _read_or_create(config.data_dir / SIGNING_SECRET_FILE, made)
     return value

@@ -168,12 +168,53 @@ class SourceConfig(_Section):
         if self.verify != "none" and not self.secret:
             raise ValueError(f"verify = {self.verify!r} needs a secret")
         if self.verify == "standard-webhooks" and self.secret:
-            try:
-                if not self.secret.startswith("whsec_") or not base64.b64decode(self.secret[6:], validate=True):
-                    raise ValueError
-            except (ValueError, binascii.Error):
-                raise ValueError("a Standard Webhooks secret looks like whsec_<base64>") from None
+            _check_whsec(self.secret)
         return self
+
+
+def _check_whsec(secret: str) -> str:
+    try:
+        if not secret.startswith("whsec_") or not base64.b64decode(secret[6:], validate=True):
+            raise ValueError
+    except (ValueError, binascii.Error):
+        raise ValueError("a Standard Webhooks secret looks like whsec_<base64>") from None
+    return secret
+
+
+def _check_allow_entry(entry: str) -> str:
+    try:
+        ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", entry):
+            raise ValueError(f"{entry!r} is neither a network (CIDR) nor a host name") from None
+    return entry
+
+
+class WebhookActionConfig(_Section):
+    """`[actions.webhook]`: how the `webhook.post` rule action signs and retries."""
+
+    #: Standard Webhooks signing secret (`whsec_<base64>`). Unset: generated into `data_dir/webhook.secret`.
+    secret: Annotated[str, AfterValidator(_check_whsec)] | None = None
+    #: One HTTP attempt's limit.
+    request_timeout: Duration = Field(10.0, gt=0)
+    #: Retries (5xx, 429, timeouts, refused connections) stop this long after the first try.
+    retry_for: Duration = Field(20.0, ge=0)
+
+
+class ActionsConfig(_Section):
+    """`[actions]`: how rule actions run (docs/RULES.md)."""
+
+    #: Longest one action may take, retries included, before it is reported failed.
+    timeout: Duration = Field(30.0, gt=0)
+    #: Per action type, overriding `timeout` (e.g. `{ "antcrm.create_ticket" = "2m" }`).
+    timeouts: dict[str, Duration] = {}
+    #: Actions of one vendor running at once (the rest wait their turn).
+    concurrency: int = Field(8, ge=1, le=256)
+    #: After a restart, events committed but not yet evaluated are evaluated if younger than this (0: all).
+    catchup_max_age: Duration = Field(3600.0, ge=0)
+    #: Networks (CIDR) or host names `webhook.post` may call although they are internal (SSRF guard).
+    allow_private: list[Annotated[str, AfterValidator(_check_allow_entry)]] = []
+    webhook: WebhookActionConfig = WebhookActionConfig()
 
 
 class Config(_Section):
@@ -183,6 +224,7 @@ class Config(_Section):
     streams: StreamsConfig = StreamsConfig()
     auth: AuthConfig = AuthConfig()
     sources: list[SourceConfig] = []
+    actions: ActionsConfig = ActionsConfig()
     #: `[[rules]]` tables, validated by `hub.rules` (which reports file, rule and key).
     rules: list[dict[str, Any]] = []
     #: A TOML file of more `[[rules]]`, relative to the working directory; reloadable.

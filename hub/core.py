@@ -11,21 +11,24 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import httpx
 import orjson
 from starlette.requests import HTTPConnection
 
 from hub.actions import ActionRunner, ActionSpec
-from hub.auth import Authenticator, Principal, ensure_admin_key, ensure_jwt_secret
+from hub.auth import Authenticator, Principal, ensure_admin_key, ensure_jwt_secret, ensure_signing_secret
 from hub.backends import open_backend
 from hub.backends.base import Backend
 from hub.config import ApiKey, Config, ConfigError
-from hub.events import Event, agent_of, prepare_event
+from hub.egress import EgressPolicy
+from hub.events import Event, agent_of, event_time, prepare_event
 from hub.exceptions import HubError, Unavailable
 from hub.fanout import Fanout
 from hub.matcher import TypeFilter
 from hub.metrics import Metrics
-from hub.rules import RuleProblem, RuleSet, load_rules
+from hub.rules import Firing, RuleProblem, RuleSet, load_rules
 from hub.upstreams import Upstreams
+from hub.webhooks_out import webhook_post_spec
 
 if TYPE_CHECKING:
     from hub.plugins import EventListener
@@ -42,6 +45,8 @@ class Published(NamedTuple):
 
 #: How long `/readyz` waits for the store to start a write transaction.
 READY_TIMEOUT = 2.0
+#: Events read per page when rules catch up after a restart.
+CATCH_UP_PAGE = 500
 
 
 class Hub:
@@ -66,6 +71,10 @@ class Hub:
             sse_heartbeat=streams.sse_heartbeat,
         )
         self.upstreams = Upstreams(self)
+        #: Guards and sends requests to URLs rules name (`webhook.post`).
+        self.egress = EgressPolicy(config.actions.allow_private)
+        self._egress_http = httpx.AsyncClient(timeout=config.actions.webhook.request_timeout, trust_env=False,
+                                              follow_redirects=False)
         self.rules: RuleSet | None = None
         self.action_specs: dict[str, ActionSpec] = {}
         self.listeners: list[tuple[TypeFilter, EventListener]] = []
@@ -79,15 +88,21 @@ class Hub:
     # -- lifecycle ---------------------------------------------------------------------------
 
     def use_actions(self, specs: Mapping[str, ActionSpec]) -> None:
-        """The action executors the handlers registered (called before `start`)."""
-        self.action_specs = dict(specs)
+        """The action executors the handlers registered (called before `start`), beside the core's own."""
+        self.action_specs = {**self._core_actions(), **specs}
+
+    def _core_actions(self) -> dict[str, ActionSpec]:
+        webhook = webhook_post_spec(self.config.actions.webhook, self.egress, ensure_signing_secret(self.config),
+                                    self._egress_http)
+        return {webhook.type: webhook}
 
     def load_rules(self) -> list[RuleProblem]:
         """(Re)load the rules; on any problem keep the rules in force and return the problems.
 
         Only action types with an executor (its vendor configured) are accepted.
         """
-        rules, problems = load_rules(self.config.rules, self.config.rules_file, set(self.action_specs))
+        rules, problems = load_rules(self.config.rules, self.config.rules_file,
+                                      {t: spec.required for t, spec in self.action_specs.items()})
         if rules is None:
             self.rules_status = {"ok": False, "at": time.time(), "problems": [str(p) for p in problems]}
             logger.error("rules not (re)loaded, %d problem(s); keeping %d rule(s) in force:\n  %s",
@@ -106,15 +121,21 @@ class Hub:
 
     def _on_commit(self, events: list[Event]) -> None:
         self.fanout.publish(events)
-        rules = self.rules
-        if (rules is not None and rules.rules) or self.listeners:
+        if self.actions is not None or self.listeners:
             # After the fan-out, never inside it: rules and listeners must not slow delivery.
-            asyncio.get_running_loop().call_soon(self._evaluate, rules, events)
+            asyncio.get_running_loop().call_soon(self._evaluate, self.rules, events)
 
-    def _evaluate(self, rules: RuleSet | None, events: list[Event]) -> None:
+    def _evaluate(self, rules: RuleSet | None, events: list[Event], *, catching_up: bool = False) -> None:
+        """Run listeners and rules on committed events; hand the firings to the action runner.
+
+        Catching up (events committed before a restart, never evaluated), listeners are skipped
+        (they are for live screens) and schedules and cooldowns use the event's own time.
+        """
         now = time.time()
+        firings: list[tuple[Firing, dict[str, Any], int]] = []
         for event in events:
-            listeners = [listener for types, listener in self.listeners if types.matches(event.type)]
+            listeners = [] if catching_up else [listener for types, listener in self.listeners
+                                                if types.matches(event.type)]
             if not listeners and (rules is None or not rules.candidates(event.type)):
                 continue
             try:
@@ -123,13 +144,42 @@ class Hub:
                     listener(body)
                 if rules is None:
                     continue
-                for firing in rules.evaluate(body, now=now):
+                at = event_time(body, default=now) if catching_up else now
+                for firing in rules.evaluate(body, now=at):
                     firing.rule.counters.matched += 1
                     firing.rule.counters.last_fired = now
-                    if self.actions is not None:
-                        self.actions.submit(firing, body)
+                    firings.append((firing, body, event.seq))
             except Exception:
                 logger.exception("rule evaluation failed for seq %d", event.seq)
+        if self.actions is not None and events:
+            self.actions.submit(firings, cursor=events[-1].seq)
+
+    async def _catch_up(self, cursor: int) -> None:
+        """Evaluate the events committed after `cursor` (before a crash or a stop) and not yet evaluated."""
+        head, max_age = self.backend.head, self.config.actions.catchup_max_age
+        evaluated = skipped = 0
+        after = cursor
+        while after < head:
+            page = await self.backend.read(after, limit=CATCH_UP_PAGE, agent=None, types=TypeFilter(()),
+                                           scan_limit=CATCH_UP_PAGE)
+            batch = [e for e in page.events if e.seq <= head]
+            if not batch:
+                break
+            now = time.time()
+            fresh = []
+            for event in batch:
+                if max_age and now - event_time(orjson.loads(event.body), default=now) > max_age:
+                    skipped += 1
+                else:
+                    fresh.append(event)
+            evaluated += len(fresh)
+            self._evaluate(self.rules, fresh, catching_up=True)
+            if self.actions is not None:
+                self.actions.note_evaluated(batch[-1].seq)
+            after = batch[-1].seq
+        if evaluated or skipped:
+            logger.info("rules caught up on %d event(s) committed before the restart (%d older than %gs skipped)",
+                        evaluated, skipped, max_age)
 
     async def start(self) -> None:
         problems = self.load_rules()
@@ -137,8 +187,14 @@ class Hub:
             raise ConfigError([(f"rules ({p.file}: {p.rule})", f"{p.key}: {p.message}") for p in problems])
         await self.backend.start(self._on_commit)
         if self.action_specs:
-            self.actions = ActionRunner(self, self.action_specs)
-            await self.actions.recover()
+            self.actions = ActionRunner(self, self.action_specs, self.config.actions)
+            cursor = await self.actions.start()
+            if self.rules is not None:  # "one call-back per caller per 10 minutes" holds across restarts
+                self.rules.restore_cooldowns(await self.actions.journal.cooldowns(time.time()))
+            if cursor is None:  # a new journal: rules start with the events that arrive from now on
+                self.actions.note_evaluated(self.backend.head)
+            else:
+                await self._catch_up(cursor)
         self.fanout.start()
         if self.config.retention.age > 0 or self.config.retention.count > 0:
             self.spawn(self._retention_loop(), name="retention")
@@ -155,6 +211,7 @@ class Hub:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self.config.server.shutdown_grace)
         await self.backend.close()
+        await self._egress_http.aclose()
         if self.actions is not None:
             self.actions.close()
         self.started = False

@@ -19,7 +19,8 @@ import orjson
 from hub import wire
 from hub.exceptions import InvalidEvent
 
-__all__ = ["Event", "prepare_event", "encode_event", "hub_event", "agent_of", "now_rfc3339", "EVENT_LIMITS"]
+__all__ = ["Event", "prepare_event", "encode_event", "hub_event", "agent_of", "now_rfc3339", "event_time",
+           "EVENT_LIMITS"]
 
 SPECVERSION = "1.0"
 JSON = "application/json"
@@ -55,6 +56,17 @@ def now_rfc3339() -> str:
     if whole != _second[0]:
         _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
     return f"{_second[1]}.{int((now - whole) * 1000):03d}Z"
+
+
+def event_time(event: dict[str, Any], *, default: float) -> float:
+    """An event's `time` as a Unix timestamp (`default` if it has none or it cannot be read)."""
+    value = event.get("time")
+    if not isinstance(value, str):
+        return default
+    try:
+        return datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return default
 
 
 def _string(obj: dict[str, Any], name: str, *, default: str | None = None, required: bool = False) -> str | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -19,7 +20,8 @@ import httpx
 
 from hub.exceptions import HubError
 
-__all__ = ["RetryPolicy", "send_with_retry", "retry_after_seconds", "VendorClient", "VendorError"]
+__all__ = ["RetryPolicy", "retry_until", "send_with_retry", "retry_after_seconds", "stable_key", "VendorClient",
+           "VendorError"]
 
 #: Statuses worth another try: the server failed, or asked us to slow down.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -42,6 +44,22 @@ class RetryPolicy:
 
 
 NO_RETRY = RetryPolicy(attempts=1)
+#: "No limit on tries": `retry_until` policies stop at their deadline instead.
+_UNBOUNDED_ATTEMPTS = 1_000_000
+
+
+def retry_until(deadline: float, *, base_delay: float = 0.5, max_delay: float = 10.0) -> RetryPolicy:
+    """Retry an idempotent request until `deadline` seconds after the first try (back-off from `base_delay`)."""
+    if deadline <= 0:
+        raise ValueError("the retry deadline must be positive")
+    return RetryPolicy(attempts=_UNBOUNDED_ATTEMPTS, base_delay=base_delay, max_delay=min(max_delay, deadline),
+                       deadline=deadline)
+
+
+def stable_key(*parts: str, prefix: str = "callhub") -> str:
+    """A short idempotency key for a vendor (`ticketIdApiRing`, `webhook-id`): the same parts, the same key."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+    return f"{prefix}-{digest}"
 
 
 def retry_after_seconds(response: httpx.Response, *, now: float | None = None) -> float | None:

@@ -84,12 +84,12 @@ def handler_sections(module: str = "handlers") -> dict[str, type[BaseModel]]:
     return dict(sections)
 
 
-def action_types(module: str = "handlers") -> set[str]:
-    """Action types rules may use: the core's and the vendors'."""
-    from hub.rules import CORE_ACTION_TYPES
+def action_types(module: str = "handlers") -> dict[str, tuple[str, ...]]:
+    """Action types rules may use, the core's and the vendors', with their required parameters."""
+    from hub.webhooks_out import CORE_ACTIONS
 
-    vendor: set[str] = importlib.import_module(module).ACTION_TYPES
-    return set(vendor) | CORE_ACTION_TYPES
+    vendor: dict[str, tuple[str, ...]] = importlib.import_module(module).ACTION_TYPES
+    return {**CORE_ACTIONS, **vendor}
 
 
 def demo_overrides(port: int, module: str = "handlers") -> dict[str, Any]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,8 +40,6 @@ logger = logging.getLogger("callhub.rules")
 __all__ = ["RuleSet", "Rule", "RuleProblem", "load_rules", "Firing"]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-#: Action types the core itself provides (`webhook.post` is planned, not yet here).
-CORE_ACTION_TYPES: set[str] = set()
 
 
 class CooldownSpec(BaseModel):
@@ -116,6 +114,8 @@ class Firing:
     rule: Rule
     requests: list[dict[str, Any]]
     errors: list[str]
+    #: (rule, rendered key, until) when the rule has a cooldown: kept with the actions' journal entry.
+    cooldown: tuple[str, str, float] | None = None
 
 
 def _flatten(when: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -134,7 +134,8 @@ def _problem(origin: str, name: str, key: str, message: str) -> RuleProblem:
     return RuleProblem(origin, name, key, message)
 
 
-def compile_rule(raw: Any, origin: str, index: int, known_actions: Iterable[str]) -> tuple[Rule | None, list[RuleProblem]]:
+def compile_rule(raw: Any, origin: str, index: int,
+                 known_actions: Mapping[str, Sequence[str]]) -> tuple[Rule | None, list[RuleProblem]]:
     name: str = raw["name"] if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"#{index + 1}"
     problems: list[RuleProblem] = []
     try:
@@ -162,13 +163,17 @@ def compile_rule(raw: Any, origin: str, index: int, known_actions: Iterable[str]
             cooldown_key = Template(spec.cooldown.key)
         except TemplateError as exc:
             problems.append(_problem(origin, name, "cooldown.key", str(exc)))
-    known = set(known_actions)
+    known = known_actions
     actions = []
     for i, action in enumerate(spec.actions):
         kind = action.get("type")
-        if kind not in known:
+        if not isinstance(kind, str) or kind not in known:
             hint = f"known: {', '.join(sorted(known))}" if known else "no action types are registered"
             problems.append(_problem(origin, name, f"actions[{i}].type", f"unknown action type {kind!r}; {hint}"))
+            continue
+        missing = [p for p in known[kind] if p not in action]
+        if missing:
+            problems.append(_problem(origin, name, f"actions[{i}]", f"{kind} needs {', '.join(missing)}"))
             continue
         try:
             actions.append(compile_params({k: v for k, v in action.items() if k != "type"}) | {"type": kind})
@@ -180,10 +185,13 @@ def compile_rule(raw: Any, origin: str, index: int, known_actions: Iterable[str]
 
 
 def load_rules(
-    inline: list[Any], rules_file: str | None, known_actions: Iterable[str], *, base: Path | None = None
+    inline: list[Any], rules_file: str | None, known_actions: Mapping[str, Sequence[str]], *, base: Path | None = None
 ) -> tuple[RuleSet | None, list[RuleProblem]]:
-    """All rules from the config's `[[rules]]` and from `rules_file`; None and the problems if any is broken."""
-    known = list(known_actions)
+    """All rules from the config's `[[rules]]` and from `rules_file`; None and the problems if any is broken.
+
+    `known_actions` maps each action type rules may use to its required parameters.
+    """
+    known = dict(known_actions)
     sources: list[tuple[str, list[Any]]] = [("config", inline)]
     problems: list[RuleProblem] = []
     if rules_file:
@@ -236,13 +244,21 @@ class RuleSet:
         self._cooldowns: dict[tuple[str, str], float] = {}
 
     def carry_counters(self, old: RuleSet | None) -> None:
-        """Keep the counters of rules that survive a reload (by name)."""
+        """Keep the counters and running cooldowns of rules that survive a reload (by name)."""
         if old is None:
             return
         previous = {r.name: r.counters for r in old.rules}
         for rule in self.rules:
             if rule.name in previous:
                 rule.counters = previous[rule.name]
+        self.restore_cooldowns((name, key, until) for (name, key), until in old._cooldowns.items())
+
+    def restore_cooldowns(self, cooldowns: Iterable[tuple[str, str, float]]) -> None:
+        """Cooldowns still running (from the journal after a restart, or the rules before a reload)."""
+        names = {r.name for r in self.rules}
+        for name, key, until in cooldowns:
+            if name in names:
+                self._cooldowns[(name, key)] = max(until, self._cooldowns.get((name, key), 0.0))
 
     def candidates(self, type_: str) -> list[Rule]:
         found = self._by_type.get(type_)
@@ -260,21 +276,22 @@ class RuleSet:
                 continue
             if rule.spec.schedule is not None and not rule.spec.schedule.allows(datetime.fromtimestamp(now, UTC)):
                 continue
+            cooldown = None
             if rule.cooldown_key is not None and rule.spec.cooldown is not None:
                 try:
                     key = (rule.name, str(rule.cooldown_key.render(event)))
                 except MissingField:
                     key = (rule.name, "")
-                until = self._cooldowns.get(key, 0.0)
-                if until > now:
+                if self._cooldowns.get(key, 0.0) > now:
                     continue
+                cooldown = (rule.name, key[1], now + rule.spec.cooldown.for_)
                 if not dry_run:
-                    self._cooldowns[key] = now + rule.spec.cooldown.for_
+                    self._cooldowns[key] = cooldown[2]
             requests, errors = [], []
             for action in rule.actions:
                 try:
                     requests.append(render_params(action, event))
                 except MissingField as exc:
                     errors.append(f"{action['type']}: {exc}")
-            firings.append(Firing(rule, requests, errors))
+            firings.append(Firing(rule, requests, errors, cooldown))
         return firings

@@ -204,3 +204,100 @@ def test_vbee_add_contacts_action_pushes_the_caller_into_a_campaign(tmp_path: Pa
     assert report["data"]["result"]["contacts"][0]["contact_id"]
     (added,) = [c for c in state.contacts if c["campaign_id"] == "camp-callback"]
     assert added["phone_number"] == "+84912345678" and added["tags"]["ho_ten"] == "Khách 0912345678"
+
+
+def test_click_to_call_to_an_offline_device_is_action_failed_with_the_vendors_reason(
+    world: AntRingWorld, crm: tuple[SimState, AppServer]
+) -> None:
+    world.state.devices["alice-101"].online = False
+    world.play(inbound_missed(BOB, "0903555999", account_id=ACCOUNT))
+    wait_until(lambda: len(world.history("action.*")) == 2, what="both outcomes")
+    (ring,) = [e for e in world.history("action.*") if e["data"]["action"] == "antring.click_to_call"]
+    assert ring["type"] == "action.failed"
+    assert ring["data"]["result"]["code"] == "device_offline" and "offline" in ring["data"]["error"].lower()
+    assert world.state.clicks == []
+
+
+def crm_hub(data_dir: Path, crm_url: str, actions: list[dict[str, Any]], **antcrm: Any) -> ServerThread:
+    raw = raw_config(data_dir)
+    raw["antcrm"] = {"base_url": crm_url, "api_key": DEFAULT_API_KEY, "screen_pop_types": [], **antcrm}
+    raw["rules"] = [{"name": "crm", "on": ["call.ended"], "when": {"data.outcome": "no_answer"}, "actions": actions}]
+    return ServerThread(config_from_dict(raw, env={}, handler_sections=handler_sections()))
+
+
+def action_reports(hub: ServerThread) -> list[dict[str, Any]]:
+    r = httpx.get(f"{hub.url}/v1/events?types=action.*", headers=ADMIN, timeout=WAIT)
+    events: list[dict[str, Any]] = r.json()["events"]
+    return events
+
+
+MISSED_CALL = {"type": "call.ended", "id": "m-1", "source": "pbx",
+               "data": {"outcome": "no_answer", "from": {"number": "0912000111"}}}
+UPSERT = {"type": "antcrm.upsert_contact", "phone": "{data.from.number}", "name": "Caller {data.from.number}"}
+
+
+def test_upsert_contact_creates_one_lead_for_an_unknown_caller(tmp_path: Path, crm: tuple[SimState, AppServer]) -> None:
+    crm_state, crm_server = crm
+    with crm_hub(tmp_path / "data", crm_server.url, [UPSERT]) as hub:
+        hub.publish(MISSED_CALL, {**MISSED_CALL, "id": "m-2"})  # the same caller twice
+        wait_until(lambda: len(action_reports(hub)) == 2, what="both outcomes")
+        reports = action_reports(hub)
+    assert {r["type"] for r in reports} == {"action.succeeded"}
+    assert len(crm_state.contacts) == 1, "deduplicated by customerIdApiRing, derived from the number"
+    assert crm_state.contacts[0]["name"] == "Caller 0912000111"
+
+
+def test_upsert_contact_failure_is_action_failed(tmp_path: Path, crm: tuple[SimState, AppServer]) -> None:
+    crm_state, crm_server = crm
+    crm_state.fail_next, crm_state.fail_status = 1000, 500
+    with crm_hub(tmp_path / "data", crm_server.url, [UPSERT], retry_for=4 * TICK) as hub:
+        hub.publish(MISSED_CALL)
+        wait_until(lambda: bool(action_reports(hub)), what="the outcome")
+        (report,) = action_reports(hub)
+    assert report["type"] == "action.failed" and report["data"]["error"]
+    assert crm_state.contacts == []
+
+
+def test_ticket_retried_after_a_lost_answer_is_still_one_ticket(tmp_path: Path, crm: tuple[SimState, AppServer]) -> None:
+    """AntCRM creates the ticket but answers 500: the retry carries the same ticketIdApiRing, one ticket."""
+    crm_state, crm_server = crm
+    crm_state.fail_after_create = 1
+    ticket = {"type": "antcrm.create_ticket", "title": "Missed call from {data.from.number}", "SLA": "SLA-4H",
+              "contact": {"name": "Caller", "phones": [{"type": "Work", "value": "{data.from.number}"}]}}
+    with crm_hub(tmp_path / "data", crm_server.url, [ticket]) as hub:
+        hub.publish(MISSED_CALL)
+        wait_until(lambda: bool(action_reports(hub)), what="the outcome")
+        (report,) = action_reports(hub)
+    assert report["type"] == "action.succeeded", report
+    assert len(crm_state.tickets) == 1 and crm_state.deduplicated == 1
+    assert report["data"]["result"]["TicketId"]
+
+
+def test_vbee_add_contacts_refused_by_vbee_is_action_failed(tmp_path: Path) -> None:
+    state = vbee_sim_state(campaigns_known={"camp-other"})  # camp-callback does not exist: Vbee answers 1402
+    with AppServer(build_vbee_app(state)) as api:
+        raw = raw_config(tmp_path / "data")
+        raw["vbee"] = vbee_section(api.url)
+        raw["rules"] = [{"name": "callback-campaign", "on": ["call.ended"], "actions": [
+            {"type": "vbee.add_contacts", "campaign_id": "camp-callback", "phone_number": "{data.from.number}"}]}]
+        with ServerThread(config_from_dict(raw, env={}, handler_sections=handler_sections())) as hub:
+            hub.publish(MISSED_CALL)
+            wait_until(lambda: bool(action_reports(hub)), what="the outcome")
+            (report,) = action_reports(hub)
+    assert report["type"] == "action.failed"
+    assert report["data"]["result"]["vendor_code"] == 1402 and "import" in report["data"]["error"]
+    assert state.contacts == []
+
+
+def test_a_template_field_missing_from_the_event_fails_only_that_action(
+    tmp_path: Path, crm: tuple[SimState, AppServer]
+) -> None:
+    crm_state, crm_server = crm
+    needs_agent = {"type": "antcrm.upsert_contact", "phone": "{data.from.number}", "name": "{data.agent}"}
+    with crm_hub(tmp_path / "data", crm_server.url, [needs_agent, UPSERT]) as hub:
+        hub.publish(MISSED_CALL)  # has no data.agent
+        wait_until(lambda: len(action_reports(hub)) == 2, what="both outcomes")
+        reports = {r["type"]: r["data"] for r in action_reports(hub)}
+    assert "data.agent" in reports["action.failed"]["error"]
+    assert reports["action.succeeded"]["action"] == "antcrm.upsert_contact"
+    assert len(crm_state.contacts) == 1

@@ -363,3 +363,13 @@ def test_config_is_immutable() -> None:
     assert isinstance(config, Config)
     with pytest.raises(ValidationError):
         config.server.port = 1  # type: ignore[misc]
+
+
+def test_actions_section_problems_are_reported_at_their_keys() -> None:
+    """`[actions]`: a bad allow-list entry, a secret that is not whsec_, a bad duration, each at its key."""
+    problems = problems_of({"actions": {"allow_private": ["10.0.0.0/8", "not a host!"], "concurrency": 0,
+                                        "timeouts": {"webhook.post": "soon"},
+                                        "webhook": {"secret": "plain-secret"}}})
+    assert set(problems) == {"actions.allow_private[1]", "actions.concurrency", "actions.timeouts.webhook.post",
+                             "actions.webhook.secret"}
+    assert "whsec_" in problems["actions.webhook.secret"]

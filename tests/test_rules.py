@@ -19,7 +19,8 @@ from hub.schedule import Schedule
 from hub.templates import MissingField, Template, TemplateError
 from tests.helpers import ADMIN, PUBLISHER, make_config, raw_config, run_cli, wait_until, write_config
 
-KNOWN = {"antcrm.create_ticket", "antring.click_to_call", "webhook.post"}
+KNOWN = {"antcrm.create_ticket": ("title", "SLA", "contact"), "antring.click_to_call": ("agent", "number"),
+         "webhook.post": ("url",)}
 MISSED = {
     "name": "missed-inbound-callback",
     "on": ["call.ended"],

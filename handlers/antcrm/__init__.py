@@ -42,6 +42,11 @@ __all__ = [
     "stable_key",
 ]
 
+CREATE_TICKET = "antcrm.create_ticket"
+UPSERT_CONTACT = "antcrm.upsert_contact"
+#: Rule actions, with the parameters each needs.
+ACTIONS: dict[str, tuple[str, ...]] = {CREATE_TICKET: ("title", "SLA", "contact"), UPSERT_CONTACT: ("phone", "name")}
+
 #: The name under which `register` provides its `AntCRM` (read it with `services`).
 PROVIDED_AS = "antcrm"
 
@@ -113,10 +118,10 @@ def register(registry: Registry) -> AntCRM | None:
     registry.provide(PROVIDED_AS, antcrm)
     if config.screen_pop_types:
         registry.add_listener(tuple(config.screen_pop_types), screen_pop(registry.hub, antcrm.lookup))
-    registry.add_action(ActionSpec("antcrm.create_ticket", create_ticket_action(antcrm.client),
-                                   idempotent=True, group="antcrm"))
-    registry.add_action(ActionSpec("antcrm.upsert_contact", upsert_contact_action(antcrm.client),
-                                   idempotent=True, group="antcrm"))
+    registry.add_action(ActionSpec(CREATE_TICKET, create_ticket_action(antcrm.client),
+                                   idempotent=True, group="antcrm", required=ACTIONS[CREATE_TICKET]))
+    registry.add_action(ActionSpec(UPSERT_CONTACT, upsert_contact_action(antcrm.client),
+                                   idempotent=True, group="antcrm", required=ACTIONS[UPSERT_CONTACT]))
     return antcrm
 
 

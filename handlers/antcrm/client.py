@@ -28,7 +28,6 @@ back-off (`retry.max_delay`) and one request timeout after `retry_for`.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -37,7 +36,15 @@ import httpx
 
 from handlers.antcrm.config import DEFAULT_BASE_URL, PhoneFormat
 from hub.exceptions import Unavailable
-from hub.outbound import NO_RETRY, RetryPolicy, VendorClient, VendorError, send_with_retry
+from hub.outbound import (
+    NO_RETRY,
+    RetryPolicy,
+    VendorClient,
+    VendorError,
+    retry_until,
+    send_with_retry,
+    stable_key,
+)
 from hub.phone import InvalidPhoneNumber, Phone, parse_phone
 
 __all__ = [
@@ -64,8 +71,6 @@ TICKETS_PATH = "/tickets"
 CONTACTS_PATH = "/contacts"
 #: Default give-up time for ticket and lead creation, in seconds (`[antcrm] retry_for`).
 DEFAULT_RETRY_FOR = 60.0
-#: Tries are bounded by the give-up time, not by a count.
-_UNBOUNDED_ATTEMPTS = 1_000_000
 #: Longest vendor message kept in an exception (the body is not ours to trust).
 MAX_MESSAGE_CHARS = 200
 #: Optional ticket fields the vendor documents beyond the named parameters of `create_ticket`.
@@ -111,17 +116,8 @@ class AntCRMUnavailable(AntCRMError, Unavailable):
 
 def creation_retry(retry_for: float = DEFAULT_RETRY_FOR, *, base_delay: float = 0.5,
                    max_delay: float = 10.0) -> RetryPolicy:
-    """Retry creations until `retry_for` seconds after the first try (back-off doubling from `base_delay`)."""
-    if retry_for <= 0:
-        raise ValueError("retry_for must be positive")
-    return RetryPolicy(attempts=_UNBOUNDED_ATTEMPTS, base_delay=base_delay, max_delay=min(max_delay, retry_for),
-                       deadline=retry_for)
-
-
-def stable_key(*parts: str, prefix: str = "callhub") -> str:
-    """A short idempotency key for `ticketIdApiRing`/`customerIdApiRing`: the same parts, the same key."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
-    return f"{prefix}-{digest}"
+    """Retry creations until `retry_for` seconds after the first try (they are deduplicated by key)."""
+    return retry_until(retry_for, base_delay=base_delay, max_delay=max_delay)
 
 
 def contacts_of(body: object) -> list[dict[str, Any]]:

@@ -28,6 +28,9 @@ logger = logging.getLogger("callhub.antring")
 
 #: After a failed token refresh, try again this soon.
 TOKEN_RETRY_DELAY = 5.0
+CLICK_TO_CALL = "antring.click_to_call"
+#: Rule actions, with the parameters each needs.
+ACTIONS: dict[str, tuple[str, ...]] = {CLICK_TO_CALL: ("agent", "number")}
 
 
 def agent_index(config: AntRingConfig) -> AgentIndex:
@@ -90,7 +93,7 @@ def register(registry: Registry) -> None:
     registry.add_service("antring-reconcile", reconcile_periodically)
     registry.add_service("antring-token", keep_token_fresh)
     registry.add_cleanup(client.aclose)
-    registry.add_action(ActionSpec("antring.click_to_call", click_to_call_action(config, client),
-                                   idempotent=False, group="antring"))
+    registry.add_action(ActionSpec(CLICK_TO_CALL, click_to_call_action(config, client),
+                                   idempotent=False, group="antring", required=ACTIONS[CLICK_TO_CALL]))
     for route in routes(config, client):
         registry.add_route(route)

@@ -21,6 +21,10 @@ from hub.webhooks_in import Source, token_verifier
 
 __all__ = ["VbeeConfig", "register"]
 
+ADD_CONTACTS = "vbee.add_contacts"
+#: Rule actions, with the parameters each needs.
+ACTIONS: dict[str, tuple[str, ...]] = {ADD_CONTACTS: ("campaign_id", "phone_number")}
+
 
 def add_contacts_action(client: VbeeClient) -> Executor:
     """`vbee.add_contacts` (`campaign_id`, `phone_number`, personalization tags such as `ho_ten`).
@@ -52,6 +56,7 @@ def register(registry: Registry) -> None:
     if config.api_key and config.api_secret:
         client = VbeeClient(config.base_url, config.api_key, config.api_secret, timeout=config.request_timeout)
         registry.add_cleanup(client.aclose)
-        registry.add_action(ActionSpec("vbee.add_contacts", add_contacts_action(client), idempotent=False, group="vbee"))
+        registry.add_action(ActionSpec(ADD_CONTACTS, add_contacts_action(client), idempotent=False, group="vbee",
+                                       required=ACTIONS[ADD_CONTACTS]))
     for route in routes(client, batch_size=config.batch_size):
         registry.add_route(route)

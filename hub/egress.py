@@ -1,0 +1,143 @@
+"""Requests to URLs our users choose (rule webhooks), guarded against server-side request forgery.
+
+A rule can name any URL, and whoever can edit rules should still not be able to make the hub
+reach its own admin API, a cloud metadata service (169.254.169.254) or the office LAN. So:
+
+- only `http` and `https`;
+- the host is resolved *here*, and every address it resolves to must be public (globally
+  routable, not loopback, private, link-local, multicast, reserved or shared address space);
+  one internal address refuses the whole name;
+- the request is then sent to the address that was checked, not to the name, so a DNS answer
+  that changes between the check and the connection (DNS rebinding) cannot redirect it. The
+  `Host` header keeps the name, and for HTTPS the TLS server name (SNI) and certificate check
+  use the name too (httpx's `sni_hostname` request extension);
+- redirects are never followed (a 3xx is an answer, not a hop), and proxies from the
+  environment are ignored, so nothing routes around the check.
+
+`allow` lists networks (CIDR) or host names that are exempt, for a webhook receiver on the LAN
+or a test server on 127.0.0.1; it is empty by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from hub.exceptions import HubError
+
+__all__ = ["EgressPolicy", "EgressRefused", "Target", "IPAddress", "IPNetwork"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class EgressRefused(HubError):
+    """The URL may not be called: wrong scheme, an internal address, or a name that does not resolve."""
+
+    status_code = 422
+    code = "url_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A checked URL: where to connect (`address`) and what to call it (`host`)."""
+
+    url: str
+    host: str
+    address: IPAddress
+    port: int
+
+    def pinned_request(self, method: str, *, headers: dict[str, str], content: bytes) -> httpx.Request:
+        """A request that connects to the checked address while naming the host (Host header, SNI)."""
+        parts = urlsplit(self.url)
+        literal = f"[{self.address}]" if self.address.version == 6 else str(self.address)
+        netloc = f"{literal}:{self.port}"
+        pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        default_port = 443 if parts.scheme == "https" else 80
+        host_header = self.host if self.port == default_port else f"{self.host}:{self.port}"
+        if ":" in self.host and not self.host.startswith("["):
+            host_header = f"[{self.host}]" if self.port == default_port else f"[{self.host}]:{self.port}"
+        extensions = {"sni_hostname": self.host} if parts.scheme == "https" else {}
+        return httpx.Request(method, pinned, headers={**headers, "Host": host_header}, content=content,
+                             extensions=extensions)
+
+
+def is_public(address: IPAddress) -> bool:
+    """Globally routable unicast: what a customer's webhook receiver on the internet has."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is loopback, whatever its spelling
+    return address.is_global and not address.is_multicast
+
+
+class EgressPolicy:
+    """Which URLs the hub may call on its users' behalf (see the module's docstring)."""
+
+    def __init__(self, allow: Iterable[str] = ()) -> None:
+        self._networks: list[IPNetwork] = []
+        self._hosts: set[str] = set()
+        for entry in allow:
+            try:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+            except ValueError:
+                self._hosts.add(entry.lower().rstrip("."))
+
+    def _allowed(self, host: str, address: IPAddress) -> bool:
+        if host in self._hosts or any(address in network for network in self._networks):
+            return True
+        return is_public(address)
+
+    def check_url(self, url: str) -> tuple[str, str, int]:
+        """Scheme, host and port of `url`, or `EgressRefused` if it is not an http(s) URL with a host."""
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise EgressRefused(f"not a valid URL: {exc}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise EgressRefused(f"only http:// and https:// URLs with a host can be called, not {url[:200]!r}")
+        if parts.username or parts.password:
+            raise EgressRefused("credentials in the URL are not allowed; use headers")
+        host = parts.hostname.lower().rstrip(".")
+        return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
+
+    def check_literal(self, url: str) -> None:
+        """What can be known without DNS (at rule load time): the URL's shape, and an IP literal's range."""
+        _, host, _ = self.check_url(url)
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        if not self._allowed(host, address):
+            raise EgressRefused(f"{host} is an internal address; list it in [actions] allow_private to call it")
+
+    async def resolve(self, url: str) -> Target:
+        """Resolve `url`'s host now and check every address; the first one is the target."""
+        _, host, port = self.check_url(url)
+        addresses = await self._addresses(host, port)
+        refused = [a for a in addresses if not self._allowed(host, a)]
+        if refused:
+            raise EgressRefused(f"{host} resolves to an internal address ({refused[0]}); "
+                                "list it in [actions] allow_private to call it")
+        return Target(url, host, addresses[0], port)
+
+    @staticmethod
+    async def _addresses(host: str, port: int) -> list[IPAddress]:
+        try:
+            return [ipaddress.ip_address(host)]
+        except ValueError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise EgressRefused(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        # A scoped IPv6 address (fe80::1%eth0) is checked without its zone; it is link-local either way.
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
+        if not addresses:
+            raise EgressRefused(f"{host} resolves to no address")
+        return addresses

@@ -1,0 +1,232 @@
+"""The `webhook.post` rule action: signed (checked with the `standardwebhooks` package), retried with one
+webhook-id, and refused for internal addresses unless allowed (SSRF guard)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from standardwebhooks.webhooks import Webhook
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hub.config import Config, config_from_dict
+from hub.egress import EgressPolicy, EgressRefused, is_public
+from hub.plugins import action_types
+from hub.rules import load_rules
+from tests.helpers import ADMIN, WAIT, AppServer, ServerThread, raw_config, wait_until
+
+SECRET = "whsec_" + base64.b64encode(b"callhub-test-signing-secret-0123").decode()
+
+
+@dataclass
+class Receiver:
+    """A customer's webhook endpoint: records what arrives, answers the statuses it is told to."""
+
+    statuses: list[int] = field(default_factory=list)
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    def app(self) -> Starlette:
+        async def hook(request: Request) -> Response:
+            body = await request.body()
+            self.received.append({"headers": dict(request.headers), "body": body})
+            status = self.statuses.pop(0) if self.statuses else 200
+            return JSONResponse({"ok": status < 300}, status_code=status)
+
+        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+
+@pytest.fixture
+def receiver() -> Iterator[tuple[Receiver, AppServer]]:
+    state = Receiver()
+    with AppServer(state.app()) as server:
+        yield state, server
+
+
+def rule(url: str, **action: Any) -> dict[str, Any]:
+    return {"name": "notify", "on": ["call.ended"], "when": {"data.outcome": "no_answer"},
+            "actions": [{"type": "webhook.post", "url": url, **action}]}
+
+
+def hub_config(data_dir: Path, rules: list[dict[str, Any]], *, allow: list[str] | None = None,
+               retry_for: str = "3s") -> Config:
+    actions = {"allow_private": ["127.0.0.1/32"] if allow is None else allow,
+               "webhook": {"secret": SECRET, "retry_for": retry_for}}
+    raw = raw_config(data_dir, actions=actions)
+    raw["rules"] = rules
+    return config_from_dict(raw, env={})
+
+
+def missed(event_id: str = "c-1", number: str = "0903555777") -> dict[str, Any]:
+    return {"type": "call.ended", "id": event_id, "source": "pbx",
+            "data": {"outcome": "no_answer", "call_id": event_id, "from": {"number": number}}}
+
+
+def outcomes(hub: ServerThread) -> list[dict[str, Any]]:
+    r = httpx.get(f"{hub.url}/v1/events?types=action.*", headers=ADMIN, timeout=WAIT)
+    events: list[dict[str, Any]] = r.json()["events"]
+    return events
+
+
+def one_outcome(hub: ServerThread) -> dict[str, Any]:
+    wait_until(lambda: bool(outcomes(hub)), what="the action's outcome")
+    (report,) = outcomes(hub)
+    return report
+
+
+def test_posts_a_rendered_template_signed_the_standard_webhooks_way(
+    data_dir: Path, receiver: tuple[Receiver, AppServer]
+) -> None:
+    state, server = receiver
+    config = hub_config(data_dir, [rule(f"{server.url}/hook", body={"text": "Missed call from {data.from.number}",
+                                                                   "call": "{data.call_id}"},
+                                       headers={"X-Team": "support"})])
+    with ServerThread(config) as hub:
+        hub.publish(missed())
+        report = one_outcome(hub)
+    assert report["type"] == "action.succeeded", report
+    (request,) = state.received
+    payload = Webhook(SECRET).verify(request["body"], request["headers"])  # raises unless the signature holds
+    assert payload == {"text": "Missed call from 0903555777", "call": "c-1"}
+    assert request["headers"]["x-team"] == "support"
+    assert request["headers"]["content-type"] == "application/json"
+    assert report["data"]["result"]["webhook_id"] == request["headers"]["webhook-id"]
+    assert report["data"]["result"]["status"] == 200
+
+
+def test_without_a_body_the_triggering_event_is_posted(data_dir: Path, receiver: tuple[Receiver, AppServer]) -> None:
+    state, server = receiver
+    with ServerThread(hub_config(data_dir, [rule(f"{server.url}/hook")])) as hub:
+        (seq,) = hub.publish(missed("c-2"))
+        assert one_outcome(hub)["type"] == "action.succeeded"
+    event = Webhook(SECRET).verify(state.received[0]["body"], state.received[0]["headers"])
+    assert event["id"] == "c-2" and event["type"] == "call.ended" and event["seq"] == seq
+    assert event["data"]["from"]["number"] == "0903555777"
+
+
+def test_5xx_is_retried_with_the_same_webhook_id_so_the_receiver_can_deduplicate(
+    data_dir: Path, receiver: tuple[Receiver, AppServer]
+) -> None:
+    state, server = receiver
+    state.statuses = [503, 500]
+    with ServerThread(hub_config(data_dir, [rule(f"{server.url}/hook")])) as hub:
+        hub.publish(missed())
+        report = one_outcome(hub)
+    assert report["type"] == "action.succeeded"
+    assert len(state.received) == 3
+    assert len({r["headers"]["webhook-id"] for r in state.received}) == 1
+    for request in state.received:  # each try is signed afresh, and each signature holds
+        Webhook(SECRET).verify(request["body"], request["headers"])
+
+
+def test_a_receiver_that_keeps_failing_gives_action_failed_with_its_status(
+    data_dir: Path, receiver: tuple[Receiver, AppServer]
+) -> None:
+    state, server = receiver
+    state.statuses = [500] * 100
+    with ServerThread(hub_config(data_dir, [rule(f"{server.url}/hook")], retry_for="1s")) as hub:
+        hub.publish(missed())
+        report = one_outcome(hub)
+        rules = httpx.get(f"{hub.url}/v1/rules", headers=ADMIN, timeout=WAIT).json()["rules"]
+    assert report["type"] == "action.failed"
+    assert report["data"]["error"].endswith("answered 500")
+    assert report["data"]["result"]["status"] == 500
+    assert len(state.received) >= 2, "retried before giving up"
+    assert rules[0]["actions_failed"] == 1
+
+
+def test_an_internal_address_is_refused_unless_allowed(data_dir: Path, receiver: tuple[Receiver, AppServer]) -> None:
+    """The SSRF guard: with nothing allowed, 127.0.0.1 (and `localhost`) are not called at all."""
+    state, server = receiver
+    port = server.url.rsplit(":", 1)[1]
+    rules = [rule(f"{server.url}/hook"), {**rule(f"http://localhost:{port}/hook"), "name": "by-name"}]
+    with ServerThread(hub_config(data_dir, rules, allow=[])) as hub:
+        hub.publish(missed())
+        wait_until(lambda: len(outcomes(hub)) == 2, what="both outcomes")
+        reports = outcomes(hub)
+    assert {r["type"] for r in reports} == {"action.failed"}
+    assert all("internal address" in r["data"]["error"] for r in reports), reports
+    assert state.received == []
+
+
+def test_a_host_name_keeps_its_host_header_while_the_checked_address_is_called(
+    data_dir: Path, receiver: tuple[Receiver, AppServer]
+) -> None:
+    state, server = receiver
+    port = server.url.rsplit(":", 1)[1]
+    config = hub_config(data_dir, [rule(f"http://localhost:{port}/hook")], allow=["127.0.0.0/8", "::1/128"])
+    with ServerThread(config) as hub:
+        hub.publish(missed())
+        assert one_outcome(hub)["type"] == "action.succeeded"
+    assert state.received[0]["headers"]["host"] == f"localhost:{port}"
+
+
+def test_reserved_headers_and_bad_urls_fail_the_action_without_a_request(
+    data_dir: Path, receiver: tuple[Receiver, AppServer]
+) -> None:
+    state, server = receiver
+    rules = [rule(f"{server.url}/hook", headers={"webhook-signature": "v1,forged"}),
+             {**rule("ftp://example.com/x"), "name": "ftp"}]
+    with ServerThread(hub_config(data_dir, rules)) as hub:
+        hub.publish(missed())
+        wait_until(lambda: len(outcomes(hub)) == 2, what="both outcomes")
+        errors = sorted(r["data"]["error"] for r in outcomes(hub))
+    assert "may not set webhook-signature" in errors[1] and "only http:// and https://" in errors[0]
+    assert state.received == []
+
+
+def test_a_rule_without_url_is_refused_at_load_time() -> None:
+    bad = {"name": "no-url", "on": ["call.ended"], "actions": [{"type": "webhook.post", "body": "x"}]}
+    _, problems = load_rules([bad], None, action_types())
+    assert [(p.rule, p.key, p.message) for p in problems] == [("no-url", "actions[0]", "webhook.post needs url")]
+
+
+# -- the guard itself ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
+                                     "100.64.0.1", "0.0.0.0", "224.0.0.1", "::1", "fe80::1", "fc00::1",
+                                     "::ffff:127.0.0.1", "::ffff:10.0.0.1"])
+def test_internal_addresses_are_not_public(address: str) -> None:
+    assert not is_public(ipaddress.ip_address(address))
+    with pytest.raises(EgressRefused):
+        EgressPolicy().check_literal(f"http://[{address}]/x" if ":" in address else f"http://{address}/x")
+
+
+@pytest.mark.parametrize("address", ["8.8.8.8", "203.113.1.1", "2001:4860:4860::8888"])
+def test_public_addresses_pass(address: str) -> None:
+    assert is_public(ipaddress.ip_address(address))
+    target = asyncio.run(EgressPolicy().resolve(f"https://[{address}]/x" if ":" in address else f"https://{address}/x"))
+    assert str(target.address) == address
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://x/", "http:///nohost", "https://user:pw@example.com/",
+                                 "http://example.com:99999/"])
+def test_only_plain_http_urls_are_called(url: str) -> None:
+    with pytest.raises(EgressRefused):
+        EgressPolicy().check_url(url)
+
+
+def test_an_allowed_network_or_host_name_passes() -> None:
+    assert str(asyncio.run(EgressPolicy(["10.0.0.0/8"]).resolve("http://10.2.3.4/x")).address) == "10.2.3.4"
+    with pytest.raises(EgressRefused):
+        asyncio.run(EgressPolicy(["10.0.0.0/8"]).resolve("http://192.168.0.1/x"))
+    assert asyncio.run(EgressPolicy(["localhost"]).resolve("http://localhost:8000/x")).address.is_loopback
+
+
+def test_https_is_pinned_to_the_checked_address_and_verified_against_the_name() -> None:
+    """The connection goes to the address that was checked; Host and TLS (SNI, certificate) use the name."""
+    target = asyncio.run(EgressPolicy(["localhost"]).resolve("https://localhost:8443/hooks?a=1"))
+    pinned = target.pinned_request("POST", headers={}, content=b"{}")
+    assert ipaddress.ip_address(pinned.url.host) == target.address and target.address.is_loopback
+    assert pinned.url.port == 8443 and pinned.url.path == "/hooks" and pinned.url.query == b"a=1"
+    assert pinned.headers["host"] == "localhost:8443"
+    assert pinned.extensions["sni_hostname"] == "localhost"
