@@ -355,7 +355,11 @@ class ActionRunner:
         result: Any = None
         error: str | None = None
         timeout = self.timeout_for(spec.type)
+        metrics = self.hub.metrics
         async with self._limits[spec.group]:
+            started = time.perf_counter()
+            running = metrics.actions_running.labels(spec.group)
+            running.inc()
             try:
                 answer = await asyncio.wait_for(spec.run(params, context), timeout)
             except TimeoutError:
@@ -368,6 +372,9 @@ class ActionRunner:
                 state, error = "failed", f"internal error: {type(exc).__name__}"
             else:
                 state, result = "succeeded", answer
+            finally:
+                running.dec()
+            metrics.action_duration.labels(spec.type).observe(time.perf_counter() - started)
         await self.journal.finish(context.key, state, result if error is None else {"error": error, "details": result})
         self._count(context.rule, state)
         await self._report(context.rule, spec.type, context.event, state, result=result, error=error,
@@ -376,6 +383,7 @@ class ActionRunner:
     async def _report(self, rule: str, type_: str, event: Mapping[str, Any], status: str, *, result: Any = None,
                       error: str | None = None, request: Mapping[str, Any] | None = None,
                       resumed: bool = False) -> None:
+        self.hub.metrics.actions.labels(type_, status).inc()
         data: dict[str, Any] = {
             "rule": rule,
             "action": type_,

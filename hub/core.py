@@ -147,6 +147,7 @@ class Hub:
                 at = event_time(body, default=now) if catching_up else now
                 for firing in rules.evaluate(body, now=at):
                     firing.rule.counters.matched += 1
+                    self.metrics.rules_matched.labels(firing.rule.name).inc()
                     firing.rule.counters.last_fired = now
                     firings.append((firing, body, event.seq))
             except Exception:
@@ -177,6 +178,8 @@ class Hub:
             if self.actions is not None:
                 self.actions.note_evaluated(batch[-1].seq)
             after = batch[-1].seq
+        self.metrics.rules_caught_up.labels("evaluated").inc(evaluated)
+        self.metrics.rules_caught_up.labels("too_old").inc(skipped)
         if evaluated or skipped:
             logger.info("rules caught up on %d event(s) committed before the restart (%d older than %gs skipped)",
                         evaluated, skipped, max_age)

@@ -65,6 +65,21 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.rules_matched = Counter("callhub_rules_matched", "Rule firings, by rule", ["rule"], registry=r)
+        self.actions = Counter(
+            "callhub_actions", "Rule actions finished, by type and status (succeeded, failed, unknown)",
+            ["type", "status"], registry=r,
+        )
+        self.action_duration = Histogram(
+            "callhub_action_duration_seconds", "How long rule actions took, retries included", ["type"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0), registry=r,
+        )
+        self.actions_running = Gauge("callhub_actions_running", "Rule actions running now, by group", ["group"],
+                                     registry=r)
+        self.rules_caught_up = Counter(
+            "callhub_rules_caught_up", "Events evaluated after a restart, by outcome (evaluated, too_old)",
+            ["outcome"], registry=r,
+        )
         self.retention_removed = Counter(
             "callhub_retention_removed", "Events removed by retention", registry=r
         )

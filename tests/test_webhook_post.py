@@ -137,7 +137,8 @@ def test_a_receiver_that_keeps_failing_gives_action_failed_with_its_status(
         hub.publish(missed())
         report = one_outcome(hub)
         rules = httpx.get(f"{hub.url}/v1/rules", headers=ADMIN, timeout=WAIT).json()["rules"]
-    assert report["type"] == "action.failed"
+        failed = hub.metric("callhub_actions_total", type="webhook.post", status="failed")
+    assert report["type"] == "action.failed" and failed == 1
     assert report["data"]["error"].endswith("answered 500")
     assert report["data"]["result"]["status"] == 500
     assert len(state.received) >= 2, "retried before giving up"
