@@ -1,10 +1,18 @@
 """`callhub serve --demo`: the whole product working on one machine, with simulated upstreams.
 
-The demo mounts the AntRing simulators (HTTP API and call-signal socket, Blackhole flavour) on
-the hub's own port under `/_sim/`, points `[antring]` at them (see `demo_overrides`), and plays a
-scripted stream of realistic calls: inbound answered and missed, outbound busy, internal, and
-transfers, for the agents alice, bob and chi. Everything then flows as it would from AntBuddy:
-socket signals, normalised call events, history for reconciliation, recordings, click-to-call.
+The demo mounts the vendors' simulators on the hub's own port under `/_sim/` and points the
+vendor sections at them (see `demo_overrides`):
+
+- AntRing (HTTP API and call-signal socket, Blackhole flavour): a scripted stream of realistic
+  calls (inbound answered and missed, outbound busy, internal, transfers) for the agents alice,
+  bob and chi. chi's phone is offline, so click-to-call failures show too.
+- AntCRM: a few known customers, so ringing calls from them get a screen-pop (`call.enriched`);
+  tickets and leads the rules create land here.
+- Vbee AICall: the call-back campaign. Missed callers are pushed into it by a rule, and the
+  simulated campaign calls them and reports the results to the hub's Vbee webhook.
+
+And rules: a missed inbound call opens an AntCRM ticket, rings the agent who missed it to call
+back, and puts the caller into the Vbee call-back campaign (once per caller per minute).
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 from starlette.routing import Mount
 
+from handlers.antcrm.simulator.app import SimState as CRMState
+from handlers.antcrm.simulator.app import build_app as build_crm_app
 from handlers.antring.simulator.calls import (
     GREGORIAN_OFFSET,
     Party,
@@ -31,6 +41,10 @@ from handlers.antring.simulator.calls import (
 )
 from handlers.antring.simulator.http import Device, SimState, build_app
 from handlers.antring.simulator.signals import SignalServer
+from handlers.vbee.simulator.app import API_PREFIX as VBEE_API_PREFIX
+from handlers.vbee.simulator.app import CampaignRunner, RunnerConfig
+from handlers.vbee.simulator.app import SimState as VbeeState
+from handlers.vbee.simulator.app import build_app as build_vbee_app
 from hub.core import Hub
 from hub.plugins import Registry
 
@@ -47,8 +61,40 @@ APP_ID = "demo-app"
 APP_SECRET = "demo-secret-not-for-production"
 API_MOUNT = "/_sim/antring"
 SIGNALS_MOUNT = "/_sim/antring-signals"
+CRM_MOUNT = "/_sim/antcrm"
+CRM_API_KEY = "demo-antcrm-apikey"
+VBEE_MOUNT = "/_sim/vbee"
+VBEE_API_KEY = "demo-vbee-app"
+VBEE_API_SECRET = "demo-vbee-secret-not-for-production-0123"
+VBEE_WEBHOOK_TOKEN = "demo-vbee-webhook-token"
+CALLBACK_CAMPAIGN = "demo-callback"
+#: Seconds between two runs of the simulated Vbee call-back campaign.
+CAMPAIGN_INTERVAL = 6.0
 AGENTS = (Party("alice", "101", "u-alice"), Party("bob", "102", "u-bob"), Party("chi", "103", "u-chi"))
 CUSTOMERS = ("0912345678", "0987654321", "0903123456", "02873019555", "0868111222", "0356789012")
+#: The customers AntCRM knows (the others ring without a screen-pop): number, name, type, tags, stage, owner.
+KNOWN_CUSTOMERS: tuple[tuple[str, str, str, tuple[str, ...], str, str], ...] = (
+    ("0912345678", "Nguyễn Văn An", "customer", ("VIP",), "Khách hàng", "alice"),
+    ("0987654321", "Trần Thị Bình", "lead", ("Quan tâm",), "Tiềm năng", "bob"),
+    ("02873019555", "Công ty Minh Phát", "customer", ("Doanh nghiệp",), "Hợp đồng", "chi"),
+)
+#: The demo's rules (docs/RULES.md): what a contact centre would write for its missed calls.
+DEMO_RULES: list[dict[str, Any]] = [
+    {
+        "name": "missed-call-follow-up",
+        "on": ["call.ended"],
+        "when": {"data.direction": "inbound", "data.outcome": ["no_answer", "cancelled"]},
+        "cooldown": {"key": "{data.from.number}", "for": "1m"},
+        "actions": [
+            {"type": "antcrm.create_ticket", "title": "Cuộc gọi nhỡ từ {data.from.number}", "SLA": "SLA-4H",
+             "summary": "Missed by {data.agent}",
+             "contact": {"name": "Khách {data.from.number}", "phones": [{"type": "Work", "value": "{data.from.number}"}]}},
+            {"type": "antring.click_to_call", "agent": "{data.agent}", "number": "{data.from.number}"},
+            {"type": "vbee.add_contacts", "campaign_id": CALLBACK_CAMPAIGN, "phone_number": "{data.from.number}",
+             "ho_ten": "Khách {data.from.number}"},
+        ],
+    },
+]
 
 
 class DemoConfig(BaseModel):
@@ -58,13 +104,19 @@ class DemoConfig(BaseModel):
     enabled: bool = False
     #: Scales every delay of the scripted calls (0.1 = ten times faster).
     speed: float = 1.0
+    #: Where the simulated vendors reach the hub (the Vbee campaign posts its results there).
+    hub_url: str = "http://127.0.0.1:8080"
 
 
 def demo_overrides(port: int) -> dict[str, Any]:
-    """Config for `serve --demo`: the demo on, and `[antring]` pointed at the mounted simulators."""
+    """Config for `serve --demo`: the demo on, the vendor sections pointed at the mounted simulators, rules."""
     base = f"http://127.0.0.1:{port}"
     return {
-        "demo": {"enabled": True},
+        "demo": {"enabled": True, "hub_url": base},
+        "rules": DEMO_RULES,
+        "antcrm": {"base_url": base + CRM_MOUNT, "api_key": CRM_API_KEY, "lookup_timeout": 0.4},
+        "vbee": {"base_url": base + VBEE_MOUNT + VBEE_API_PREFIX, "api_key": VBEE_API_KEY,
+                 "api_secret": VBEE_API_SECRET, "webhook_token": VBEE_WEBHOOK_TOKEN},
         "antring": {
             "base_url": base + API_MOUNT,
             "app_id": APP_ID,
@@ -100,10 +152,30 @@ def register(registry: Registry) -> None:
     registry.add_route(Mount(API_MOUNT, app=build_app(state)))
     registry.add_route(Mount(SIGNALS_MOUNT, app=signals.app))
 
+    crm = CRMState(api_keys={CRM_API_KEY})
+    for number, name, contact_type, tags, stage, owner in KNOWN_CUSTOMERS:
+        crm.add_contact(name, phones=[number], contact_type=contact_type, tags=list(tags), stage=stage,
+                        responsibleStaff=owner)
+    registry.add_route(Mount(CRM_MOUNT, app=build_crm_app(crm)))
+
+    vbee = VbeeState(apps={VBEE_API_KEY: VBEE_API_SECRET})
+    registry.add_route(Mount(VBEE_MOUNT, app=build_vbee_app(vbee)))
+    runner = CampaignRunner(vbee, RunnerConfig(
+        webhook_url=f"{demo.hub_url}/v1/webhooks/vbee?token={VBEE_WEBHOOK_TOKEN}"))
+
     async def play(hub: Hub) -> None:
         await run_demo(state, signals, speed=demo.speed)
 
+    async def call_back(hub: Hub) -> None:
+        while True:  # the campaign calls whoever the rules added since its last run
+            await asyncio.sleep(CAMPAIGN_INTERVAL * demo.speed)
+            try:
+                await runner.run(CALLBACK_CAMPAIGN)
+            except Exception as exc:  # the hub restarting under it, say: try again next round
+                logger.warning("demo Vbee campaign run failed: %s", exc)
+
     registry.add_service("demo-calls", play)
+    registry.add_service("demo-vbee-campaign", call_back)
 
 
 def _script(n: int, rng: random.Random) -> ScriptedCall:

@@ -15,7 +15,9 @@ from hub.fanout import SCAN_FACTOR, gap_event
 from hub.matcher import TypeFilter, parse_patterns
 from hub.metrics import CONTENT_TYPE_LATEST
 
-__all__ = ["JSONResponse", "publish_event", "list_events", "list_subscribers", "healthz", "readyz", "metrics"]
+__all__ = [
+    "JSONResponse", "publish_event", "list_events", "list_subscribers", "whoami", "healthz", "readyz", "metrics",
+]
 
 #: `GET /v1/events` page size: default and maximum.
 HISTORY_LIMIT_DEFAULT = 100
@@ -137,6 +139,21 @@ async def list_subscribers(request: Request) -> Response:
     hub.authenticate(request).require("admin")
     subscribers = hub.fanout.describe()
     return JSONResponse({"subscribers": subscribers, "count": len(subscribers), "head": hub.fanout.head})
+
+
+async def whoami(request: Request) -> Response:
+    """What the presented credential is: a UI learns from this whether to show one agent or all."""
+    hub = hub_of(request)
+    principal = hub.authenticate(request)
+    expires = principal.expires_at
+    return JSONResponse({
+        "name": principal.name,
+        "role": principal.role,
+        "agent": principal.agent,
+        "types": list(principal.types),
+        "expires_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(expires)) if expires is not None else None,
+        "head": hub.fanout.head,
+    }, headers={"Cache-Control": "no-store"})
 
 
 async def healthz(request: Request) -> Response:

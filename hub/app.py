@@ -17,7 +17,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from hub import api, rules_api
+from hub import api, console, rules_api
 from hub.config import Config, ConfigError
 from hub.core import Hub
 from hub.exceptions import HubError
@@ -107,11 +107,13 @@ def create_app(config: Config) -> CallhubApp:
     routes = [
         Route("/v1/events", api.events, methods=["GET", "POST"]),
         Route("/v1/subscribers", api.list_subscribers, methods=["GET"]),
+        Route("/v1/whoami", api.whoami, methods=["GET"]),
         Route("/healthz", api.healthz, methods=["GET"]),
         Route("/readyz", api.readyz, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         *rules_api.routes(),
         *registry.routes,
+        *console.routes(),
     ]
     middleware = []
     if config.server.cors_origins:

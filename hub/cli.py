@@ -108,7 +108,11 @@ class HubServer(uvicorn.Server):
             captured.clear()
 
 
-def _banner(app: CallhubApp, config: Config) -> None:
+#: How long the agent token the demo prints stays valid.
+DEMO_AGENT_TOKEN_TTL = 8 * 3600.0
+
+
+def _banner(app: CallhubApp, config: Config, *, demo: bool = False) -> None:
     hub = app.hub
     host = config.server.host
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{config.server.port}"
@@ -127,6 +131,15 @@ def _banner(app: CallhubApp, config: Config) -> None:
         ]
     elif hub.admin_key is not None:
         lines.append(f"admin key: in {hub.admin_key_path}")
+    if demo:
+        admin = hub.admin_key or next((k for k in config.auth.keys if k.role == "admin"), None)
+        console = f"{url}/?token={admin.key}" if config.server.auth and admin is not None else f"{url}/"
+        lines += ["", "Demo: simulated AntRing, AntCRM and Vbee are playing calls. Open the console as admin:",
+                  f"    {console}"]
+        if config.server.auth:
+            agent = issue_token(hub.jwt_secret, sub="alice", agent="alice", ttl=DEMO_AGENT_TOKEN_TTL)
+            lines += ["or as the agent alice (a token valid for 8 hours):", f"    {url}/?token={agent}"]
+        lines.append("")
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
@@ -152,7 +165,7 @@ def serve(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
-    _banner(app, config)
+    _banner(app, config, demo=args.demo)
     server = HubServer(build_uvicorn_config(app, config), app)
     server.run()
     return 0 if server.started else 1

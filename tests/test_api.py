@@ -720,6 +720,35 @@ def test_subscribers_without_credentials_is_401(client: TestClient) -> None:
     assert_error(client.get("/v1/subscribers"), 401)
 
 
+# -- GET /v1/whoami ----------------------------------------------------------------------------
+
+
+def test_whoami_tells_an_agent_token_its_agent_and_types(client: TestClient) -> None:
+    """A subscriber JWT: role, agent, types and expiry, plus the head seq a UI resumes from."""
+    client.post("/v1/events", json=event(agent="alice"), headers=PUBLISHER)
+    token = issue_token(JWT_SECRET, sub="alice-ui", ttl=3600, agent="alice", types=("call.*",))
+    r = client.get("/v1/whoami", headers=bearer(token))
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-store"
+    body = r.json()
+    assert {k: body[k] for k in ("name", "role", "agent", "types", "head")} == {
+        "name": "alice-ui", "role": "subscriber", "agent": "alice", "types": ["call.*"], "head": 1}
+    assert body["expires_at"].endswith("Z")
+
+
+def test_whoami_tells_an_api_key_its_role(client: TestClient) -> None:
+    """An admin key: role admin, no agent, no expiry; an agent-scoped key names its agent."""
+    admin = client.get("/v1/whoami", headers=ADMIN).json()
+    assert (admin["role"], admin["agent"], admin["expires_at"]) == ("admin", None, None)
+    assert client.get("/v1/whoami", headers=ALICE).json()["agent"] == "alice"
+
+
+def test_whoami_without_good_credentials_is_401(client: TestClient) -> None:
+    """No credential, or a wrong one, is 401 (a query token is not accepted here)."""
+    assert_error(client.get("/v1/whoami"), 401)
+    assert_error(client.get(f"/v1/whoami?token={ADMIN_KEY}"), 401)
+    assert_error(client.get("/v1/whoami", headers=bearer("nope")), 401)
+
+
 # -- health, readiness, metrics ----------------------------------------------------------------
 
 
