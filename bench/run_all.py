@@ -36,7 +36,11 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
     "ingest-16": ("ingest", ["--senders", "16"]),
     "ingest-64": ("ingest", ["--senders", "64"]),
     "ingest-64-dup": ("ingest", ["--senders", "64", "--duplicates", "0.1"]),
+    # ingest-64 with RULE_COUNT rules in the config (see `rules_toml`): what evaluating them costs.
+    "ingest-64-rules": ("ingest", ["--senders", "64"]),
 }
+#: Rules in the `ingest-64-rules` scenario's config.
+RULE_COUNT = 200
 #: The figures worth a median, in report order (each scenario shows those its runs have).
 FIGURES = (
     "delivered", "lost", "duplicates", "deliveries_per_s", "publish_rate_achieved",
@@ -68,12 +72,48 @@ type = "bench.webhook"
 """
 
 
+def rules_toml(count: int) -> str:
+    """`count` rules as a contact centre might write them, none of which fires for the bench's webhooks.
+
+    All but one name other event types (exact types and globs, so both halves of the index are
+    exercised); one names `bench.webhook` itself, with a condition its events never meet, so every
+    webhook is evaluated against one rule, as an event type with a rule of its own would be.
+    """
+    types = ['"call.ended"', '"call.ringing"', '"campaign.*"', '"call.answered", "call.bridged"', '"action.failed"']
+    outcomes = ['["no_answer", "cancelled"]', '"no_answer"', '["busy", "no_answer"]']
+    rules = []
+    for i in range(count - 1):
+        # Conditions vary from rule to rule (some shared, as in a real rule set), so none is free.
+        direction = ("inbound", "outbound")[i % 2]
+        rules.append(f"""
+[[rules]]
+name = "rule-{i}"
+on = [{types[i % len(types)]}]
+when = {{ "data.direction" = "{direction}", "data.outcome" = {outcomes[i % 3]}, "data.duration_s" = {{ gte = {3 + i % 7} }} }}
+[[rules.actions]]
+type = "webhook.post"
+url = "https://hooks.example.com/rule-{i}"
+body = {{ text = "Missed call from {{data.from.number}}" }}
+""")
+    rules.append(f"""
+[[rules]]
+name = "rule-{count - 1}"
+on = ["{WEBHOOK_SOURCE}.*"]
+when = {{ "data.status" = "never-sent-by-the-bench" }}
+[[rules.actions]]
+type = "webhook.post"
+url = "https://hooks.example.com/bench"
+""")
+    return "".join(rules)
+
+
 def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str) -> dict[str, Any]:
     data = workdir / f"{name}-{index}"
     config = workdir / f"{name}-{index}.toml"
-    config.write_text(
-        CONFIG.format(data=data, key=KEY, synchronous=synchronous, source=WEBHOOK_SOURCE, secret=WEBHOOK_SECRET)
-    )
+    text = CONFIG.format(data=data, key=KEY, synchronous=synchronous, source=WEBHOOK_SOURCE, secret=WEBHOOK_SECRET)
+    if name.endswith("-rules"):
+        text += rules_toml(RULE_COUNT)
+    config.write_text(text)
     hub_prefix = "taskset -c 0 " if pin else ""
     client_prefix = ["taskset", "-c", "1-1024"] if pin else []
     out = workdir / f"{name}-{index}.json"
@@ -133,8 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="callhub-bench-") as tmp:
         workdir = Path(tmp)
-        for name in names:
-            runs = [run_once(name, workdir, pin, i, args.synchronous) for i in range(args.repeat)]
+        # Interleaved (A, B, A, B, ...), so slow drift of a noisy machine touches every scenario alike.
+        all_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for i in range(args.repeat):
+            for name in names:
+                all_runs[name].append(run_once(name, workdir, pin, i, args.synchronous))
+        for name, runs in all_runs.items():
             summary[name] = {f: median([r.get(f) for r in runs]) for f in FIGURES if any(f in r for r in runs)}
             summary[name]["runs"] = len(runs)
             print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary[name].items()), flush=True)

@@ -9,7 +9,7 @@ filter remembers its answer per type, so matching in the fan-out hot path is a d
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from hub.exceptions import BadRequest
 
@@ -99,8 +99,13 @@ _MISSING = object()
 
 def lookup(obj: object, path: str, default: object = None) -> object:
     """The value at dotted `path` in nested JSON (`data.from.number`, `items.0.id`), or `default`."""
+    return lookup_parts(obj, path.split("."), default)
+
+
+def lookup_parts(obj: object, parts: Sequence[str], default: object = None) -> object:
+    """`lookup` with the path already split (rules split theirs once, at load time)."""
     current = obj
-    for part in path.split("."):
+    for part in parts:
         if isinstance(current, dict):
             current = current.get(part, _MISSING)
         elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
@@ -142,12 +147,13 @@ class Condition:
     `gt`, `gte`, `lt`, `lte`, `prefix`, `exists`, `not`); all operators of a table must hold.
     """
 
-    __slots__ = ("path", "spec", "_tests")
+    __slots__ = ("path", "spec", "_tests", "_parts")
 
     def __init__(self, path: str, spec: object) -> None:
         self.path = path
         self.spec = spec
         self._tests = self._compile(path, spec)
+        self._parts = tuple(path.split("."))
 
     @staticmethod
     def _compile(path: str, spec: object) -> list[Callable[[object], bool]]:
@@ -183,10 +189,19 @@ class Condition:
         return tests
 
     def test(self, value: object) -> bool:
-        return all(t(value) for t in self._tests)
+        for t in self._tests:
+            if not t(value):
+                return False
+        return True
 
-    def matches(self, event: object) -> bool:
-        return self.test(lookup(event, self.path))
+    def matches(self, event: object, seen: dict[str, object] | None = None) -> bool:
+        """Whether `event` meets the condition; `seen` memoises looked-up paths across conditions of one event."""
+        if seen is None:
+            return self.test(lookup_parts(event, self._parts))
+        value = seen.get(self.path, _MISSING)
+        if value is _MISSING:
+            value = seen[self.path] = lookup_parts(event, self._parts)
+        return self.test(value)
 
 
 def _equals(expected: object) -> Callable[[object], bool]:

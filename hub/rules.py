@@ -134,8 +134,11 @@ def _problem(origin: str, name: str, key: str, message: str) -> RuleProblem:
     return RuleProblem(origin, name, key, message)
 
 
-def compile_rule(raw: Any, origin: str, index: int,
-                 known_actions: Mapping[str, Sequence[str]]) -> tuple[Rule | None, list[RuleProblem]]:
+def compile_rule(raw: Any, origin: str, index: int, known_actions: Mapping[str, Sequence[str]],
+                 shared: dict[tuple[str, str], Condition] | None = None) -> tuple[Rule | None, list[RuleProblem]]:
+    """One rule, or its problems. `shared` interns conditions: rules that test the same thing hold
+    the same `Condition`, so evaluation tests it once per event however many rules use it."""
+    shared = {} if shared is None else shared
     name: str = raw["name"] if isinstance(raw, dict) and isinstance(raw.get("name"), str) else f"#{index + 1}"
     problems: list[RuleProblem] = []
     try:
@@ -154,7 +157,10 @@ def compile_rule(raw: Any, origin: str, index: int,
     conditions = []
     for path, condition in _flatten(spec.when):
         try:
-            conditions.append(Condition(path, condition))
+            same = (path, repr(condition))
+            if same not in shared:
+                shared[same] = Condition(path, condition)
+            conditions.append(shared[same])
         except ConditionError as exc:
             problems.append(_problem(origin, name, f"when.{exc.path}", exc.message))
     cooldown_key = None
@@ -209,10 +215,11 @@ def load_rules(
         except tomllib.TOMLDecodeError as exc:
             problems.append(_problem(str(path), "-", "(file)", f"not valid TOML: {exc}"))
     compiled: list[Rule] = []
+    shared: dict[tuple[str, str], Condition] = {}
     seen: set[str] = set()
     for origin, raws in sources:
         for i, raw in enumerate(raws):
-            rule, found = compile_rule(raw, origin, i, known)
+            rule, found = compile_rule(raw, origin, i, known, shared)
             problems += found
             if rule is not None:
                 if rule.name in seen:
@@ -222,6 +229,17 @@ def load_rules(
     if problems:
         return None, problems
     return RuleSet(compiled), []
+
+
+def _all_match(conditions: list[Condition], event: Mapping[str, Any], seen: dict[str, object],
+               tested: dict[int, bool]) -> bool:
+    for condition in conditions:
+        result = tested.get(id(condition))
+        if result is None:
+            result = tested[id(condition)] = condition.matches(event, seen)
+        if not result:
+            return False
+    return True
 
 
 class RuleSet:
@@ -271,8 +289,12 @@ class RuleSet:
         """The rules that fire for `event`; with `dry_run`, cooldowns are read but not consumed."""
         now = time.time() if now is None else now
         firings = []
+        # Rules on one type tend to test the same things: each field is looked up, and each
+        # (interned) condition tested, once per event.
+        seen: dict[str, object] = {}
+        tested: dict[int, bool] = {}
         for rule in self.candidates(str(event.get("type", ""))):
-            if not all(c.matches(event) for c in rule.conditions):
+            if not _all_match(rule.conditions, event, seen, tested):
                 continue
             if rule.spec.schedule is not None and not rule.spec.schedule.allows(datetime.fromtimestamp(now, UTC)):
                 continue

@@ -154,6 +154,27 @@ def test_rules_are_indexed_by_type() -> None:
     assert rules.candidates("hub.gap") == []
 
 
+def test_rules_sharing_conditions_each_decide_for_themselves() -> None:
+    """Identical conditions are tested once per event, yet each rule fires on its own conditions."""
+    inline = [
+        {**MISSED, "name": "long", "cooldown": None, "when": {"data.direction": "inbound", "data.duration_s": {"gte": 10}}},
+        {**MISSED, "name": "short", "cooldown": None, "when": {"data.direction": "inbound", "data.duration_s": {"lt": 10}}},
+        {**MISSED, "name": "not-outbound", "cooldown": None, "when": {"data.direction": {"not": "outbound"}}},
+    ]
+    rules, problems = load_rules(inline, None, KNOWN)
+    assert rules is not None and not problems
+    assert rules.rules[0].conditions[0] is rules.rules[1].conditions[0], "interned"
+
+    def fired(duration: int, direction: str = "inbound") -> list[str]:
+        event = {"type": "call.ended", "id": f"{duration}{direction}", "source": "t",
+                 "data": {"direction": direction, "duration_s": duration, "from": {"number": "0903"}}}
+        return [f.rule.name for f in rules.evaluate(event, now=0.0)]
+
+    assert fired(12) == ["long", "not-outbound"]
+    assert fired(3) == ["short", "not-outbound"]
+    assert fired(3, "outbound") == []
+
+
 def test_evaluation_renders_requests_and_honours_cooldown() -> None:
     """A match renders every action's parameters; the same caller within the cooldown does not fire again."""
     rules, _ = load_rules([MISSED], None, KNOWN)
