@@ -113,7 +113,7 @@ def create_app(config: Config) -> CallhubApp:
         Route("/metrics", api.metrics, methods=["GET"]),
         *rules_api.routes(),
         *registry.routes,
-        *console.routes(),
+        *(console.routes() if config.server.console else []),
     ]
     middleware = []
     if config.server.cors_origins:

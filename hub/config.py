@@ -80,6 +80,8 @@ class ServerConfig(_Section):
     #: Origins whose pages may call the API and open EventSource streams (CORS); `["*"]` for any.
     #: Empty: only pages served by the hub itself.
     cors_origins: list[str] = []
+    #: Serve the agent console at `/` (docs/CONSOLE.md); the API works the same without it.
+    console: bool = True
 
 
 class BackendConfig(_Section):

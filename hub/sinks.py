@@ -42,6 +42,13 @@ HEARTBEAT = wire.sse_comment("keepalive")
 HEARTBEAT_CHUNK = wire.http_chunk(HEARTBEAT)
 
 
+def heartbeat_event(interval: float) -> bytes:
+    """The heartbeat as an SSE event (`?heartbeat=event`): a browser's EventSource never shows
+    comments to the page, so a page that wants to notice a silently dead connection needs this.
+    It has no `id:`, so it never moves a client's Last-Event-ID."""
+    return b"event: heartbeat\ndata: {\"interval\": %s}\n\n" % (b"%g" % interval)
+
+
 class Payload:
     """The events of one batch that one group of subscribers gets, in every wire form, built lazily once."""
 
@@ -81,11 +88,14 @@ class Payload:
 class Sink:
     """Common state: the hold used during catch-up, the last seq written, the overflow hook."""
 
-    __slots__ = ("kind", "limit", "closed", "last_seq", "held", "held_count", "held_lost", "on_overflow", "_send")
+    __slots__ = ("kind", "limit", "closed", "last_seq", "held", "held_count", "held_lost", "on_overflow", "_send",
+                 "heartbeat_record")
 
     def __init__(self, kind: Kind, send: Send, limit: int) -> None:
         self.kind: Kind = kind
         self.limit = limit
+        #: What `heartbeat()` writes (SSE only): the comment, or `heartbeat_event` bytes.
+        self.heartbeat_record = HEARTBEAT
         self.closed = False
         self.last_seq = 0
         self.held: list[Payload] | None = None
@@ -211,7 +221,8 @@ class TransportSink(Sink):
 
     def heartbeat(self) -> None:
         if self.held is None and not self.closed:
-            self.transport.write(HEARTBEAT_CHUNK)
+            record = self.heartbeat_record
+            self.transport.write(HEARTBEAT_CHUNK if record is HEARTBEAT else wire.http_chunk(record))
 
     def control(self, body: bytes) -> None:
         if not self.closed:
@@ -255,7 +266,7 @@ class QueueSink(Sink):
 
     def heartbeat(self) -> None:
         if self.held is None and not self.closed:
-            self._queue.append(HEARTBEAT)
+            self._queue.append(self.heartbeat_record)
             self._wake.set()
 
     def control(self, body: bytes) -> None:

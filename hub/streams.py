@@ -21,7 +21,7 @@ from hub.core import Hub
 from hub.exceptions import BadRequest, HubError, MethodNotAllowed, Unavailable
 from hub.fanout import Subscriber
 from hub.matcher import TypeFilter, parse_patterns
-from hub.sinks import make_sink
+from hub.sinks import heartbeat_event, make_sink
 
 logger = logging.getLogger("callhub.streams")
 
@@ -84,6 +84,9 @@ class SSEEndpoint:
             after = _parse_after(conn.headers.get("last-event-id"), "Last-Event-ID")
             if after is None:
                 after = _parse_after(conn.query_params.get("after"), "after")
+            heartbeat = conn.query_params.get("heartbeat", "comment")
+            if heartbeat not in ("comment", "event"):
+                raise BadRequest("heartbeat must be comment (the default) or event")
         except HubError as exc:
             await error_response(exc)(scope, receive, send)
             return
@@ -95,14 +98,14 @@ class SSEEndpoint:
         ]
         headers += cors_headers(hub.config.server.cors_origins, conn.headers.get("origin"))
         await raw_send({"type": "http.response.start", "status": 200, "headers": headers})
-        await raw_send(
-            {
-                "type": "http.response.body",
-                "body": b"retry: %d\n: callhub stream, head seq %d\n\n" % (int(streams.sse_retry * 1000), hub.fanout.head),
-                "more_body": True,
-            }
-        )
+        preamble = b"retry: %d\n: callhub stream, head seq %d\n\n" % (int(streams.sse_retry * 1000), hub.fanout.head)
+        beat = heartbeat_event(streams.sse_heartbeat) if heartbeat == "event" else None
+        if beat is not None:
+            preamble += beat  # the client learns the interval at once, not one interval later
+        await raw_send({"type": "http.response.body", "body": preamble, "more_body": True})
         sink = make_sink("sse", raw_send, streams.buffer)
+        if beat is not None:
+            sink.heartbeat_record = beat
         subscriber = Subscriber(
             transport="sse", principal=principal.name, agent=principal.agent, filter=types, sink=sink, remote=_remote(scope)
         )

@@ -817,3 +817,11 @@ def test_405_on_events_allows_get_and_post(client: TestClient) -> None:
     assert r.status_code == 405
     allowed = {m.strip() for m in r.headers["allow"].split(",")}
     assert {"GET", "POST"} <= allowed
+
+
+def test_the_console_can_be_turned_off_and_the_api_stays(data_dir: Path) -> None:
+    with TestClient(create_app(make_config(data_dir, server={"console": False}))) as client:
+        page = client.get("/")
+        assert page.status_code == 404 and page.json()["error"]["code"] == "not_found"
+        assert client.get("/console/console.js").status_code == 404
+        assert client.get("/v1/events", headers=ADMIN).status_code == 200

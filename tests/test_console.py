@@ -8,7 +8,9 @@ context (its own sessionStorage) and signs in. Screenshots of the main states la
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,7 +32,18 @@ from hub.auth import issue_token
 from hub.console import ASSETS
 from tests.antring_env import ACCOUNT, ALICE, BOB, AntRingWorld, antring_world
 from tests.browser import DESKTOP, PHONE, PageErrors, chromium, horizontal_overflow, screenshot
-from tests.helpers import ADMIN_KEY, JWT_SECRET, PUBLISHER, WAIT, AppServer, ServerThread
+from tests.helpers import (
+    ADMIN_KEY,
+    JWT_SECRET,
+    PUBLISHER,
+    WAIT,
+    AppServer,
+    HubProcess,
+    ServerThread,
+    free_port,
+    raw_config,
+    write_config,
+)
 from tests.vbee_env import WEBHOOK_TOKEN, vbee_section
 from tests.vbee_env import sim_state as vbee_sim_state
 
@@ -99,8 +112,8 @@ def console(browser: Browser, world: AntRingWorld, token: str, *, viewport: dict
 
 
 def emit(world: AntRingWorld, call: ScriptedCall, start: int, stop: int | None = None) -> None:
-    for signal in call.signals[start:stop]:
-        world.signals.emit_threadsafe(signal.name, signal.payload)
+    for sent in call.signals[start:stop]:
+        world.signals.emit_threadsafe(sent.name, sent.payload)
 
 
 def card(page: Page, call_id: str, where: str = "") -> Any:
@@ -123,7 +136,7 @@ def restart(world: AntRingWorld) -> None:
 
 
 def test_page_and_assets_are_served_small_with_a_strict_policy(world: AntRingWorld) -> None:
-    """`/` and its two files: right types, a CSP without inline code, revalidation by ETag, < 40 KB in all."""
+    """`/` and its two files: right types, a CSP without inline code, revalidation by ETag, < 45 KB in all."""
     total = 0
     with httpx.Client(base_url=world.hub.url, timeout=WAIT) as client:
         for name, media_type in ASSETS.items():
@@ -372,3 +385,29 @@ def test_reconnects_after_a_hub_restart_and_shows_what_happened_meanwhile_once(
         expect(card(page, "g-2")).to_be_visible()
         assert card(page, "g-0").count() == 0
         screenshot(page, "12-gap-notice")
+
+
+def test_a_silently_dead_stream_is_noticed_by_its_missing_heartbeats(browser: Browser, tmp_path: Path) -> None:
+    """The hub freezes (SIGSTOP: its sockets stay open, nothing arrives, no error fires): after 2.5
+    missed heartbeats the page says it is reconnecting, and once the hub thaws it is live again and
+    shows what was published, once."""
+    port = free_port()
+    raw = raw_config(tmp_path / "data", server={"port": port}, streams={"sse_heartbeat": 0.3})
+    hub = HubProcess(["--config", str(write_config(tmp_path / "hub.toml", raw))], port, tmp_path / "hub.log")
+    hub.wait_healthy()
+    context = browser.new_context(viewport=DESKTOP, locale="en-GB")
+    page = context.new_page()
+    try:
+        page.goto(f"{hub.url}/?token={ADMIN_KEY}")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        os.kill(hub.proc.pid, signal.SIGSTOP)
+        try:
+            expect(page.locator("#conn")).to_have_attribute("data-state", "reconnecting", timeout=WAIT_MS)
+        finally:
+            os.kill(hub.proc.pid, signal.SIGCONT)
+        hub.publish(call_event("call.ringing", "frozen-1", "0903000009"), headers=PUBLISHER)
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        expect(card(page, "frozen-1")).to_have_count(1, timeout=WAIT_MS)
+    finally:
+        context.close()
+        hub.stop()

@@ -108,6 +108,27 @@ def test_sse_sends_heartbeat_comments(fast_server: ServerThread) -> None:
         assert "keepalive" in reader.comments
 
 
+def test_sse_heartbeat_as_an_event_for_pages_that_must_notice_a_dead_stream(fast_server: ServerThread) -> None:
+    """`heartbeat=event`: a named event an EventSource page can see, without an id (Last-Event-ID stays)."""
+    with sse(fast_server, "heartbeat=event&types=call.*") as response:
+        reader = SSEReader(response)
+        fast_server.wait_subscribers(1)
+        (seq,) = fast_server.publish(event("call.ringing"))
+        got = [reader.next() for _ in range(4)]  # heartbeats every 2 ticks, the event among them
+    (ringing,) = [e for e in got if e.event == "call.ringing"]
+    beats = [e for e in got if e.event == "heartbeat"]
+    assert ringing.id == str(seq) and len(beats) == 3
+    beat = beats[0]
+    assert beat.id is None
+    assert orjson.loads(beat.data)["interval"] > 0
+    assert "keepalive" not in reader.comments
+
+
+def test_sse_refuses_an_unknown_heartbeat_style(server: ServerThread) -> None:
+    r = httpx.get(f"{server.url}/v1/stream?token={ADMIN_KEY}&heartbeat=loud", timeout=WAIT)
+    assert r.status_code == 400 and "heartbeat" in r.json()["error"]["message"]
+
+
 def test_sse_without_credentials_is_401_json(server: ServerThread) -> None:
     """No token: a JSON 401, not a stream."""
     r = httpx.get(f"{server.url}/v1/stream", timeout=WAIT)

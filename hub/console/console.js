@@ -67,7 +67,7 @@
   const store = (kind) => { try { return window[kind]; } catch { return null; } };
   const S = {
     lang: (store("localStorage")?.getItem("callhub.lang")) || (navigator.language.startsWith("vi") ? "vi" : "en"),
-    token: null, me: null, es: null, lastSeq: 0, opens: 0, retries: 0, retryAt: 0, timer: 0,
+    token: null, me: null, es: null, lastSeq: 0, opens: 0, retries: 0, retryAt: 0, timer: 0, heardAt: 0, beatMs: 0,
     calls: new Map(), agents: new Set(), view: "calls", poll: 0, prevHead: null,
   };
 
@@ -181,10 +181,18 @@
     url.searchParams.set("token", S.token);
     url.searchParams.set("types", "call.*,action.*,hub.*");
     url.searchParams.set("after", String(S.lastSeq));
+    // Heartbeats as events: EventSource hides comments, and a dead connection (a laptop waking
+    // up, a NAT that forgot us) may never report an error; `tick` reconnects when they stop.
+    url.searchParams.set("heartbeat", "event");
     const es = new EventSource(url);
     S.es = es;
     setConn(S.opens ? "reconnecting" : "connecting");
+    es.addEventListener("heartbeat", (m) => {
+      S.heardAt = Date.now();
+      try { S.beatMs = 1000 * Number(JSON.parse(m.data).interval) || 0; } catch { /* keep the last */ }
+    });
     es.onopen = () => {
+      S.heardAt = Date.now();
       S.opens += 1; S.retries = 0;
       setConn("live");
       $("n-conn").hidden = true;
@@ -223,6 +231,7 @@
   }
 
   function onMessage(m) {
+    S.heardAt = Date.now();
     let ev;
     try { ev = JSON.parse(m.data); } catch { return; }
     const seq = Number(ev.seq) || 0;
@@ -368,6 +377,9 @@
       tick1(c);
     }
     if (!$("n-conn").hidden && S.retryAt) countdown();
+    if (S.es && S.connState === "live" && S.beatMs && now - S.heardAt > 2.5 * S.beatMs) {
+      S.es.close(); S.es = null; retry(); // silent for 2.5 heartbeats: the connection is dead
+    }
   }
   function counts() {
     const shown = [...$("active").children].filter((e) => !e.hidden).length;
