@@ -38,6 +38,7 @@ import orjson
 from hub.events import hub_event
 from hub.exceptions import HubError
 from hub.matcher import TypeFilter
+from hub.rules import chain_depth
 
 if TYPE_CHECKING:
     from hub.config import ActionsConfig
@@ -249,6 +250,9 @@ class ActionRunner:
         self._limits = {spec.group: asyncio.Semaphore(config.concurrency) for spec in self.specs.values()}
         self._cursor_pending = 0
         self._cursor_written = 0
+        #: Actions accepted and not finished (waiting for their vendor's turn, or running).
+        self.pending = 0
+        hub.metrics.actions_pending.set_function(lambda: self.pending)
 
     def timeout_for(self, type_: str) -> float:
         return self.config.timeouts.get(type_, self.config.timeout)
@@ -267,6 +271,7 @@ class ActionRunner:
             params = orjson.loads(request)
             event = await self._stored_event(seq) or {"id": event_id, "source": key.split("|")[1]}
             if spec is not None and spec.idempotent:
+                self.pending += 1
                 self.hub.spawn(self._execute(spec, params, ActionContext(key, rule, event), resumed=True),
                                name=f"action:{type_}")
                 continue
@@ -304,6 +309,10 @@ class ActionRunner:
                 type_ = request["type"]
                 params = {k: v for k, v in request.items() if k != "type"}
                 error = None if type_ in self.specs else "no executor for this action type"
+                if error is None and self.pending >= self.config.max_pending:
+                    error = f"overloaded: {self.pending} actions already pending ([actions] max_pending)"
+                if error is None:
+                    self.pending += 1  # given back when it finishes, or if it turns out to be a repeat
                 planned.append(Planned(action_key(name, event, index), name, type_, event, seq, params, error))
             for offset, error in enumerate(firing.errors):
                 type_ = error.split(":", 1)[0]
@@ -320,10 +329,13 @@ class ActionRunner:
         try:
             fresh = await begun
         except Exception:
+            self.pending -= sum(1 for p in planned if p.error is None)
             logger.exception("could not journal %d action(s); they were not run", len(planned))
             return
         for p, new in zip(planned, fresh, strict=True):
             if not new:
+                if p.error is None:
+                    self.pending -= 1
                 continue  # journaled before (evaluated again after a restart): at most once
             context = ActionContext(p.key, p.rule, p.event)
             if p.error is not None:
@@ -375,6 +387,7 @@ class ActionRunner:
             finally:
                 running.dec()
             metrics.action_duration.labels(spec.type).observe(time.perf_counter() - started)
+        self.pending -= 1
         await self.journal.finish(context.key, state, result if error is None else {"error": error, "details": result})
         self._count(context.rule, state)
         await self._report(context.rule, spec.type, context.event, state, result=result, error=error,
@@ -391,6 +404,7 @@ class ActionRunner:
             "event_id": event.get("id"),
             "event_source": event.get("source"),
             "agent": (event.get("data") or {}).get("agent") if isinstance(event.get("data"), dict) else None,
+            "chain": chain_depth(event) + 1,
         }
         if request is not None:
             data["request"] = dict(request)

@@ -212,6 +212,9 @@ class ActionsConfig(_Section):
     timeouts: dict[str, Duration] = {}
     #: Actions of one vendor running at once (the rest wait their turn).
     concurrency: int = Field(8, ge=1, le=256)
+    #: Actions running or waiting, all vendors together; beyond this, new ones fail at once
+    #: (`action.failed`, "overloaded") instead of piling up in memory behind a slow vendor.
+    max_pending: int = Field(10_000, ge=1)
     #: After a restart, events committed but not yet evaluated are evaluated if younger than this (0: all).
     catchup_max_age: Duration = Field(3600.0, ge=0)
     #: Networks (CIDR) or host names `webhook.post` may call although they are internal (SSRF guard).

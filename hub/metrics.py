@@ -74,6 +74,7 @@ class Metrics:
             "callhub_action_duration_seconds", "How long rule actions took, retries included", ["type"],
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0), registry=r,
         )
+        self.actions_pending = Gauge("callhub_actions_pending", "Rule actions accepted and not finished", registry=r)
         self.actions_running = Gauge("callhub_actions_running", "Rule actions running now, by group", ["group"],
                                      registry=r)
         self.rules_caught_up = Counter(

@@ -37,9 +37,21 @@ from hub.templates import MissingField, Template, TemplateError, compile_params,
 
 logger = logging.getLogger("callhub.rules")
 
-__all__ = ["RuleSet", "Rule", "RuleProblem", "load_rules", "Firing"]
+__all__ = ["RuleSet", "Rule", "RuleProblem", "load_rules", "Firing", "chain_depth", "MAX_ACTION_CHAIN"]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+#: An action's outcome (`action.*`) may trigger rules whose outcomes may trigger rules...: the
+#: chain stops at this depth, so two rules reacting to each other's failures cannot loop forever.
+MAX_ACTION_CHAIN = 3
+
+
+def chain_depth(event: Mapping[str, Any]) -> int:
+    """How many rule actions led to `event` (0 for anything that is not the hub's own `action.*`)."""
+    if event.get("source") != "hub" or not str(event.get("type", "")).startswith("action."):
+        return 0
+    data = event.get("data")
+    depth = data.get("chain", 1) if isinstance(data, dict) else 1
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) else 1
 
 
 class CooldownSpec(BaseModel):
@@ -288,6 +300,8 @@ class RuleSet:
     def evaluate(self, event: Mapping[str, Any], *, now: float | None = None, dry_run: bool = False) -> list[Firing]:
         """The rules that fire for `event`; with `dry_run`, cooldowns are read but not consumed."""
         now = time.time() if now is None else now
+        if chain_depth(event) >= MAX_ACTION_CHAIN:
+            return []
         firings = []
         # Rules on one type tend to test the same things: each field is looked up, and each
         # (interned) condition tested, once per event.

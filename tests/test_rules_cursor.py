@@ -1,4 +1,5 @@
-"""What rules remember across restarts: how far the log was evaluated (the cursor) and running cooldowns.
+"""Rules over time: what they remember across restarts (the cursor, running cooldowns), and the limits
+that keep them from running away (action chains, pending actions).
 
 The receiver is a `webhook.post` endpoint on loopback, so every side effect is a request we can count.
 """
@@ -14,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from hub.rules import MAX_ACTION_CHAIN
 from tests.helpers import ADMIN, TICK, WAIT, AppServer, ServerThread, wait_until
-from tests.test_webhook_post import Receiver, hub_config, missed, rule
+from tests.test_webhook_post import Receiver, hub_config, missed, outcomes, rule
 
 JOURNAL = "actions.db"
 
@@ -114,3 +116,34 @@ def test_a_cooldown_holds_across_a_restart_and_a_reload(data_dir: Path, receiver
         wait_until(lambda: len(state.received) == 2, what="the other caller's webhook")
         settle()
     assert bodies(state) == [b"c-1", b"c-4"]
+
+
+def test_rules_reacting_to_action_failures_cannot_loop_forever(data_dir: Path) -> None:
+    """A rule on `action.failed` whose own action fails would trigger itself without end: the chain
+    stops at MAX_ACTION_CHAIN."""
+    failing = "http://127.0.0.1:9/never"  # refused by the SSRF guard (nothing allowed): fails at once
+    rules = [rule(failing), {"name": "on-failure", "on": ["action.failed"],
+                             "actions": [{"type": "webhook.post", "url": failing}]}]
+    with ServerThread(hub_config(data_dir, rules, allow=[])) as hub:
+        hub.publish(missed("c-1"))
+        wait_until(lambda: len(outcomes(hub)) == MAX_ACTION_CHAIN, what="the chain of failures")
+        settle()
+        chain = [(e["data"]["rule"], e["data"]["chain"]) for e in outcomes(hub)]
+    assert chain == [("notify", 1)] + [("on-failure", depth) for depth in range(2, MAX_ACTION_CHAIN + 1)]
+
+
+def test_beyond_max_pending_new_actions_fail_at_once_instead_of_piling_up(
+    data_dir: Path, receiver: tuple[Receiver, AppServer]
+) -> None:
+    state, server = receiver
+    state.delay = 20 * TICK  # a slow receiver: the first actions are still running when the rest arrive
+    config = hub_config(data_dir, [rule(f"{server.url}/hook")])
+    config = config.model_copy(update={"actions": config.actions.model_copy(update={"max_pending": 2})})
+    with ServerThread(config) as hub:
+        hub.publish(*(missed(f"c-{i}") for i in range(5)))
+        wait_until(lambda: len(outcomes(hub)) == 5, what="five outcomes")
+        reports = outcomes(hub)
+    succeeded = [r for r in reports if r["type"] == "action.succeeded"]
+    overloaded = [r for r in reports if "overloaded" in r["data"].get("error", "")]
+    assert len(succeeded) == 2 and len(overloaded) == 3
+    assert len(state.received) == 2

@@ -34,10 +34,14 @@ class Receiver:
 
     statuses: list[int] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
+    #: Seconds to wait before answering (after recording the request).
+    delay: float = 0.0
 
     def app(self) -> Starlette:
         async def hook(request: Request) -> Response:
             body = await request.body()
+            if self.delay:
+                await asyncio.sleep(self.delay)
             self.received.append({"headers": dict(request.headers), "body": body})
             status = self.statuses.pop(0) if self.statuses else 200
             return JSONResponse({"ok": status < 300}, status_code=status)
