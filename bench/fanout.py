@@ -33,7 +33,7 @@ import time
 import uuid
 from array import array
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
@@ -1241,21 +1241,27 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def format_sections(figures: dict[str, Any], sections: Sequence[tuple[str, Sequence[str]]], *,
+                    skip: Collection[str] = (), gap: str = "") -> list[str]:
+    """`figures` as a two-column table under section titles (`[title]`), the rest under `[other]`.
+
+    `gap` goes before each title (a newline spaces the sections out).
+    """
+    width = max(len(k) for k in figures)
+    listed = {k for _, keys in sections for k in keys}
+    lines: list[str] = []
+    for title, keys in [*sections, ("other", [k for k in figures if k not in listed and k not in skip])]:
+        present = [k for k in keys if k in figures]
+        if present:
+            lines.append(f"{gap}[{title}]")
+            lines.extend(f"  {k:<{width}}  {format_value(figures[k])}" for k in present)
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """A sectioned two-column table, plus warnings when the figures need a second look."""
-    width = max(len(k) for k in report)
     lines = [f"callhub fan-out benchmark ({report['mode']})"]
-    shown = {"mode"}
-    for title, keys in REPORT_SECTIONS:
-        present = [k for k in keys if k in report]
-        if present:
-            lines.append(f"\n[{title}]")
-            lines.extend(f"  {k:<{width}}  {format_value(report[k])}" for k in present)
-            shown.update(present)
-    rest = [k for k in report if k not in shown]
-    if rest:
-        lines.append("\n[other]")
-        lines.extend(f"  {k:<{width}}  {format_value(report[k])}" for k in rest)
+    lines += format_sections(report, REPORT_SECTIONS, skip={"mode"}, gap="\n")
     lines.extend(warnings(report))
     return "\n".join(lines)
 

@@ -45,6 +45,7 @@ from bench.fanout import (
     Target,
     WorkerPool,
     emit_report,
+    format_sections,
     format_value,
     machine_busy_cpu_s,
     new_event_loop,
@@ -754,19 +755,7 @@ SUMMARY_COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def format_level(level: dict[str, Any]) -> str:
-    width = max(len(k) for k in level)
-    lines = [f"== {level['senders']} sender(s) =="]
-    shown: set[str] = set()
-    for title, keys in REPORT_SECTIONS:
-        present = [k for k in keys if k in level]
-        if present:
-            lines.append(f"[{title}]")
-            lines.extend(f"  {k:<{width}}  {format_value(level[k])}" for k in present)
-            shown.update(present)
-    rest = [k for k in level if k not in shown]
-    if rest:
-        lines.append("[other]")
-        lines.extend(f"  {k:<{width}}  {format_value(level[k])}" for k in rest)
+    lines = [f"== {level['senders']} sender(s) ==", *format_sections(level, REPORT_SECTIONS)]
     lines.extend(level_warnings(level))
     return "\n".join(lines)
 

@@ -321,8 +321,7 @@ class ActionRunner:
         if not planned:
             self.note_evaluated(cursor)
             return
-        self._cursor_pending = max(self._cursor_pending, cursor)
-        begun = self.journal.submit(self.journal.begin_many, planned, cursor, cooldowns)
+        begun = self.journal.submit(self.journal.begin_many, planned, cursor, cooldowns)  # moves the cursor too
         self.hub.spawn(self._run_begun(begun, planned), name="actions:begin")
 
     async def _run_begun(self, begun: asyncio.Future[list[bool]], planned: list[Planned]) -> None:

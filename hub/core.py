@@ -125,13 +125,16 @@ class Hub:
             # After the fan-out, never inside it: rules and listeners must not slow delivery.
             asyncio.get_running_loop().call_soon(self._evaluate, self.rules, events)
 
-    def _evaluate(self, rules: RuleSet | None, events: list[Event], *, catching_up: bool = False) -> None:
+    def _evaluate(self, rules: RuleSet | None, events: list[Event], *, catching_up: bool = False) -> int:
         """Run listeners and rules on committed events; hand the firings to the action runner.
 
         Catching up (events committed before a restart, never evaluated), listeners are skipped
-        (they are for live screens) and schedules and cooldowns use the event's own time.
+        (they are for live screens), schedules and cooldowns use the event's own time, and events
+        older than `[actions] catchup_max_age` are skipped: the answer is how many were.
         """
         now = time.time()
+        max_age = self.config.actions.catchup_max_age if catching_up else 0.0
+        too_old = 0
         firings: list[tuple[Firing, dict[str, Any], int]] = []
         for event in events:
             listeners = [] if catching_up else [listener for types, listener in self.listeners
@@ -140,11 +143,14 @@ class Hub:
                 continue
             try:
                 body = orjson.loads(event.body)
+                at = event_time(body, default=now) if catching_up else now
+                if max_age and now - at > max_age:
+                    too_old += 1
+                    continue
                 for listener in listeners:
                     listener(body)
                 if rules is None:
                     continue
-                at = event_time(body, default=now) if catching_up else now
                 for firing in rules.evaluate(body, now=at):
                     firing.rule.counters.matched += 1
                     self.metrics.rules_matched.labels(firing.rule.name).inc()
@@ -154,6 +160,7 @@ class Hub:
                 logger.exception("rule evaluation failed for seq %d", event.seq)
         if self.actions is not None and events:
             self.actions.submit(firings, cursor=events[-1].seq)
+        return too_old
 
     async def _catch_up(self, cursor: int) -> None:
         """Evaluate the events committed after `cursor` (before a crash or a stop) and not yet evaluated."""
@@ -166,17 +173,9 @@ class Hub:
             batch = [e for e in page.events if e.seq <= head]
             if not batch:
                 break
-            now = time.time()
-            fresh = []
-            for event in batch:
-                if max_age and now - event_time(orjson.loads(event.body), default=now) > max_age:
-                    skipped += 1
-                else:
-                    fresh.append(event)
-            evaluated += len(fresh)
-            self._evaluate(self.rules, fresh, catching_up=True)
-            if self.actions is not None:
-                self.actions.note_evaluated(batch[-1].seq)
+            too_old = self._evaluate(self.rules, batch, catching_up=True)  # moves the cursor past the batch
+            evaluated += len(batch) - too_old
+            skipped += too_old
             after = batch[-1].seq
         self.metrics.rules_caught_up.labels("evaluated").inc(evaluated)
         self.metrics.rules_caught_up.labels("too_old").inc(skipped)

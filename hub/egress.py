@@ -56,16 +56,19 @@ class Target:
     def pinned_request(self, method: str, *, headers: dict[str, str], content: bytes) -> httpx.Request:
         """A request that connects to the checked address while naming the host (Host header, SNI)."""
         parts = urlsplit(self.url)
-        literal = f"[{self.address}]" if self.address.version == 6 else str(self.address)
-        netloc = f"{literal}:{self.port}"
-        pinned = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
-        default_port = 443 if parts.scheme == "https" else 80
-        host_header = self.host if self.port == default_port else f"{self.host}:{self.port}"
-        if ":" in self.host and not self.host.startswith("["):
-            host_header = f"[{self.host}]" if self.port == default_port else f"[{self.host}]:{self.port}"
+        pinned = urlunsplit((parts.scheme, f"{_bracketed(str(self.address))}:{self.port}", parts.path or "/",
+                             parts.query, ""))
+        host_header = _bracketed(self.host)
+        if self.port != (443 if parts.scheme == "https" else 80):
+            host_header += f":{self.port}"
         extensions = {"sni_hostname": self.host} if parts.scheme == "https" else {}
         return httpx.Request(method, pinned, headers={**headers, "Host": host_header}, content=content,
                              extensions=extensions)
+
+
+def _bracketed(host: str) -> str:
+    """A host as it goes in a URL or a Host header: IPv6 literals in brackets."""
+    return f"[{host}]" if ":" in host else host
 
 
 def is_public(address: IPAddress) -> bool:

@@ -64,9 +64,14 @@ def event_time(event: dict[str, Any], *, default: float) -> float:
     if not isinstance(value, str):
         return default
     try:
-        return datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00")).timestamp()
+        return _parse_time(value).timestamp()
     except ValueError:
         return default
+
+
+def _parse_time(value: str) -> datetime:
+    """An RFC 3339 timestamp (`Z` or `z` for UTC); ValueError if it is not a valid date and time."""
+    return datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
 
 
 def _string(obj: dict[str, Any], name: str, *, default: str | None = None, required: bool = False) -> str | None:
@@ -110,7 +115,7 @@ def prepare_event(obj: Any, *, default_source: str = "api") -> dict[str, Any]:
         raise InvalidEvent("'time' must be an RFC 3339 timestamp such as 2026-11-23T08:15:00Z", field="time")
     else:
         try:
-            datetime.fromisoformat(event_time.replace("z", "Z").replace("Z", "+00:00"))
+            _parse_time(event_time)
         except ValueError:
             raise InvalidEvent("'time' is not a valid date and time", field="time") from None
     subject = _string(obj, "subject")

@@ -21,8 +21,10 @@ import httpx
 from hub.exceptions import HubError
 
 __all__ = ["RetryPolicy", "retry_until", "send_with_retry", "retry_after_seconds", "stable_key", "VendorClient",
-           "VendorError"]
+           "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE"]
 
+#: Longest vendor message kept in an exception (a vendor's body is not ours to trust).
+MAX_VENDOR_MESSAGE = 200
 #: Statuses worth another try: the server failed, or asked us to slow down.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -118,6 +120,21 @@ async def _sleep(sleep: Callable[[float], object], delay: float) -> None:
     result = sleep(delay)
     if asyncio.iscoroutine(result):
         await result
+
+
+def json_or_none(response: httpx.Response) -> Any:
+    """A vendor's answer as JSON, or None when it is empty or not JSON (its status still tells)."""
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def vendor_text(value: object) -> str | None:
+    """A message out of a vendor's answer, cut to `MAX_VENDOR_MESSAGE`; None unless a non-empty string."""
+    return value[:MAX_VENDOR_MESSAGE] if isinstance(value, str) and value else None
 
 
 class VendorError(HubError):

@@ -181,7 +181,7 @@ def compile_rule(raw: Any, origin: str, index: int, known_actions: Mapping[str, 
             cooldown_key = Template(spec.cooldown.key)
         except TemplateError as exc:
             problems.append(_problem(origin, name, "cooldown.key", str(exc)))
-    known = known_actions
+    known = known_actions  # type -> its required parameters
     actions = []
     for i, action in enumerate(spec.actions):
         kind = action.get("type")

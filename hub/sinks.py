@@ -22,10 +22,11 @@ writing them (see `hub.fanout`), so history and live events are never interleave
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from hub import wire
 from hub.events import Event
@@ -37,16 +38,27 @@ __all__ = ["Payload", "Sink", "TransportSink", "QueueSink", "make_sink"]
 Kind = Literal["ws", "sse"]
 Send = Callable[[dict[str, Any]], Any]
 
-#: SSE heartbeat, written as one pre-built chunk to every SSE subscriber.
-HEARTBEAT = wire.sse_comment("keepalive")
-HEARTBEAT_CHUNK = wire.http_chunk(HEARTBEAT)
+class Heartbeat(NamedTuple):
+    """An SSE heartbeat, built once: as written to the stream, and as one HTTP chunk of it."""
+
+    record: bytes
+    chunk: bytes
+
+    @classmethod
+    def of(cls, record: bytes) -> Heartbeat:
+        return cls(record, wire.http_chunk(record))
 
 
-def heartbeat_event(interval: float) -> bytes:
+#: The default SSE heartbeat, written as one pre-built chunk to every SSE subscriber.
+HEARTBEAT = Heartbeat.of(wire.sse_comment("keepalive"))
+
+
+@functools.cache
+def heartbeat_event(interval: float) -> Heartbeat:
     """The heartbeat as an SSE event (`?heartbeat=event`): a browser's EventSource never shows
     comments to the page, so a page that wants to notice a silently dead connection needs this.
-    It has no `id:`, so it never moves a client's Last-Event-ID."""
-    return b"event: heartbeat\ndata: {\"interval\": %s}\n\n" % (b"%g" % interval)
+    It has no `id:`, so it never moves a client's Last-Event-ID. Built once per interval."""
+    return Heartbeat.of(b"event: heartbeat\ndata: {\"interval\": %s}\n\n" % (b"%g" % interval))
 
 
 class Payload:
@@ -89,13 +101,13 @@ class Sink:
     """Common state: the hold used during catch-up, the last seq written, the overflow hook."""
 
     __slots__ = ("kind", "limit", "closed", "last_seq", "held", "held_count", "held_lost", "on_overflow", "_send",
-                 "heartbeat_record")
+                 "beat")
 
     def __init__(self, kind: Kind, send: Send, limit: int) -> None:
         self.kind: Kind = kind
         self.limit = limit
-        #: What `heartbeat()` writes (SSE only): the comment, or `heartbeat_event` bytes.
-        self.heartbeat_record = HEARTBEAT
+        #: What `heartbeat()` writes (SSE only): the comment, or a `heartbeat_event`.
+        self.beat = HEARTBEAT
         self.closed = False
         self.last_seq = 0
         self.held: list[Payload] | None = None
@@ -221,8 +233,7 @@ class TransportSink(Sink):
 
     def heartbeat(self) -> None:
         if self.held is None and not self.closed:
-            record = self.heartbeat_record
-            self.transport.write(HEARTBEAT_CHUNK if record is HEARTBEAT else wire.http_chunk(record))
+            self.transport.write(self.beat.chunk)
 
     def control(self, body: bytes) -> None:
         if not self.closed:
@@ -266,7 +277,7 @@ class QueueSink(Sink):
 
     def heartbeat(self) -> None:
         if self.held is None and not self.closed:
-            self._queue.append(self.heartbeat_record)
+            self._queue.append(self.beat.record)
             self._wake.set()
 
     def control(self, body: bytes) -> None:

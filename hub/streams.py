@@ -101,11 +101,11 @@ class SSEEndpoint:
         preamble = b"retry: %d\n: callhub stream, head seq %d\n\n" % (int(streams.sse_retry * 1000), hub.fanout.head)
         beat = heartbeat_event(streams.sse_heartbeat) if heartbeat == "event" else None
         if beat is not None:
-            preamble += beat  # the client learns the interval at once, not one interval later
+            preamble += beat.record  # the client learns the interval at once, not one interval later
         await raw_send({"type": "http.response.body", "body": preamble, "more_body": True})
         sink = make_sink("sse", raw_send, streams.buffer)
         if beat is not None:
-            sink.heartbeat_record = beat
+            sink.beat = beat
         subscriber = Subscriber(
             transport="sse", principal=principal.name, agent=principal.agent, filter=types, sink=sink, remote=_remote(scope)
         )

@@ -41,9 +41,11 @@ from hub.outbound import (
     RetryPolicy,
     VendorClient,
     VendorError,
+    json_or_none,
     retry_until,
     send_with_retry,
     stable_key,
+    vendor_text,
 )
 from hub.phone import InvalidPhoneNumber, Phone, parse_phone
 
@@ -71,8 +73,6 @@ TICKETS_PATH = "/tickets"
 CONTACTS_PATH = "/contacts"
 #: Default give-up time for ticket and lead creation, in seconds (`[antcrm] retry_for`).
 DEFAULT_RETRY_FOR = 60.0
-#: Longest vendor message kept in an exception (the body is not ours to trust).
-MAX_MESSAGE_CHARS = 200
 #: Optional ticket fields the vendor documents beyond the named parameters of `create_ticket`.
 TICKET_EXTRA_FIELDS = frozenset({"deal", "group", "category", "status", "resolutionTypeOb", "files"})
 #: Optional contact fields the vendor documents beyond the named parameters of `upsert_contact`.
@@ -344,7 +344,7 @@ class AntCRMClient(VendorClient):
             raise AntCRMUnavailable(f"AntCRM unreachable ({type(exc).__name__})", path=path) from exc
         status = response.status_code
         logger.debug("AntCRM %s %s -> %s", method, path, status)
-        body = _json_or_none(response)
+        body = json_or_none(response)
         message = _vendor_message(body)
         said = f": {message}" if message else ""
         if 200 <= status < 300:
@@ -374,15 +374,6 @@ def _found(contact: dict[str, Any], key: str) -> dict[str, Any]:
             "answer": contact}
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _vendor_message(body: Any) -> str | None:
     """The message of an error answer: `message` (as AntBuddy's other APIs), else `msg` or `error`."""
     if not isinstance(body, dict):
@@ -391,6 +382,7 @@ def _vendor_message(body: Any) -> str | None:
         value = body.get(key)
         if isinstance(value, dict):
             value = value.get("message")
-        if isinstance(value, str) and value:
-            return value[:MAX_MESSAGE_CHARS]
+        text = vendor_text(value)
+        if text:
+            return text
     return None

@@ -38,7 +38,15 @@ import httpx
 
 from handlers.antring.signing import app_hash, histories_hash, recording_hash
 from hub.exceptions import BadRequest, Unavailable
-from hub.outbound import NO_RETRY, RetryPolicy, VendorClient, VendorError, send_with_retry
+from hub.outbound import (
+    NO_RETRY,
+    RetryPolicy,
+    VendorClient,
+    VendorError,
+    json_or_none,
+    send_with_retry,
+    vendor_text,
+)
 
 __all__ = [
     "AntRingClient",
@@ -78,8 +86,6 @@ FALLBACK_TOKEN_TTL = 3600.0
 DEFAULT_RETRY = RetryPolicy()
 #: Vendor messages that mean our app credentials or signature are wrong.
 AUTH_MESSAGES = frozenset({"APPID_MISSING", "APPID_NOT_FOUND", "HASH_NOT_MATCH"})
-#: Longest vendor message kept in an exception (the body is not ours to trust).
-MAX_MESSAGE_CHARS = 200
 
 _NUMBER = re.compile(r"^\+?[0-9]{1,32}$")
 _ENVELOPE_KEYS = ("data", "records", "histories", "result", "results", "items", "docs")
@@ -334,7 +340,7 @@ class AntRingClient(VendorClient):
                 detail += "; the phone may or may not have rung"
             raise AntRingUnavailable(f"AntRing unreachable ({detail})", path=path) from exc
         logger.debug("AntRing %s %s -> %s", method, path, response.status_code)
-        body = _json_or_none(response)
+        body = json_or_none(response)
         message = _vendor_message(body)
         status = response.status_code
         if 200 <= status < 300 and not (isinstance(body, dict) and body.get("success") is False):
@@ -352,20 +358,9 @@ class AntRingClient(VendorClient):
                            status=status, vendor_message=message, path=path)
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _vendor_message(body: Any) -> str | None:
     if isinstance(body, dict):
-        message = body.get("message")
-        if isinstance(message, str) and message:
-            return message[:MAX_MESSAGE_CHARS]
+        return vendor_text(body.get("message"))
     return None
 
 

@@ -36,7 +36,15 @@ from typing import Any
 import httpx
 import jwt
 
-from hub.outbound import NO_RETRY, RetryPolicy, VendorClient, VendorError, send_with_retry
+from hub.outbound import (
+    NO_RETRY,
+    RetryPolicy,
+    VendorClient,
+    VendorError,
+    json_or_none,
+    send_with_retry,
+    vendor_text,
+)
 
 __all__ = [
     "VbeeClient",
@@ -58,8 +66,6 @@ CAMPAIGN_PATH = "/campaign"
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 #: Retries of connections that failed to open (nothing else is retried, see the module docstring).
 DEFAULT_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=2.0)
-#: Longest vendor message kept in an exception (the body is not ours to trust).
-MAX_MESSAGE_CHARS = 200
 #: Vendor error codes (the `code` of a `status: 0` answer).
 CODE_UNAUTHORIZED = 401
 CODE_SYSTEM_ERROR = 500
@@ -189,7 +195,7 @@ class VbeeClient(VendorClient):
                 raise VbeeUnavailable(f"Vbee unreachable ({type(exc).__name__}; the request may have reached Vbee)",
                                       path=path) from exc
         logger.debug("Vbee %s %s -> %s", method, path, response.status_code)
-        body = _json_or_none(response)
+        body = json_or_none(response)
         status = response.status_code
         if 200 <= status < 300 and isinstance(body, dict) and body.get("status") == 1:
             return body
@@ -204,15 +210,6 @@ class VbeeClient(VendorClient):
                     status=status, path=path)
 
 
-def _json_or_none(response: httpx.Response) -> Any:
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _vendor_error(body: Any) -> tuple[int | None, str | None]:
     """`(code, message)` of a `{"status": 0, "code", "message"}` answer (either may be missing)."""
     if not isinstance(body, dict):
@@ -222,4 +219,4 @@ def _vendor_error(body: Any) -> tuple[int | None, str | None]:
         code = int(code)
     message = body.get("message")
     return (code if isinstance(code, int) and not isinstance(code, bool) else None,
-            message[:MAX_MESSAGE_CHARS] if isinstance(message, str) and message else None)
+            vendor_text(message))

@@ -29,7 +29,6 @@ Misbehaviour on demand: `fail_next` (answer 5xx, creating nothing), `fail_after_
 
 from __future__ import annotations
 
-import asyncio
 import re
 import secrets
 import threading
@@ -42,6 +41,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from handlers.simulation import misbehave
 
 __all__ = ["SimState", "build_app", "phone_key", "DEFAULT_API_KEY", "MAX_PAGE_SIZE"]
 
@@ -350,12 +351,7 @@ def build_app(state: SimState) -> Starlette:
             "body": None if body is ... else body,
             "apikey": "missing" if not key else "ok" if key in state.api_keys else "wrong",
         })
-        if state.delay > 0:
-            await asyncio.sleep(state.delay)
-        if state.fail_skip > 0:
-            state.fail_skip -= 1
-        elif state.fail_next > 0:
-            state.fail_next -= 1
+        if await misbehave(state):
             return body, state.error(state.fail_status, "Service temporarily unavailable")
         if not key:
             return body, state.error(401, "apikey is required")

@@ -22,7 +22,6 @@ What the vendor leaves undocumented, and what this simulator does (each an assum
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
@@ -42,6 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from handlers.antring.signing import app_hash, hashes_equal, histories_hash, recording_hash
+from handlers.simulation import misbehave
 
 __all__ = ["Device", "SimState", "build_app"]
 
@@ -96,6 +96,8 @@ class SimState:
     #: Answer the next N API requests with `fail_status` and `Retry-After: 0`.
     fail_next: int = 0
     fail_status: int = 503
+    #: ...once this many more requests have been served normally.
+    fail_skip: int = 0
     #: Seconds to wait before answering each API request.
     delay: float = 0.0
     #: `auth_token` answers `refuse_status` with `TOKEN_REFUSED`.
@@ -204,10 +206,7 @@ def build_app(state: SimState) -> Starlette:
         async def endpoint(request: Request) -> Response:
             state.requests.append({"method": request.method, "path": request.url.path,
                                    "params": dict(request.query_params)})
-            if state.delay > 0:
-                await asyncio.sleep(state.delay)
-            if state.fail_next > 0:
-                state.fail_next -= 1
+            if await misbehave(state):
                 message = "RATE_LIMITED" if state.fail_status == 503 else "INTERNAL_ERROR"
                 return _error(message, state.fail_status, {"Retry-After": "0"})
             if request.method != method:

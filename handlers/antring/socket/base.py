@@ -24,6 +24,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
+log = logging.getLogger(__name__)
+
 #: Awaited once per call event with its name (``CHANNEL_CREATE``) and the bare KAZOO payload.
 OnSignal = Callable[[str, dict[str, Any]], Awaitable[None]]
 #: Called (and awaited if it returns an awaitable) once every binding is subscribed.
@@ -211,3 +213,26 @@ async def send_text(ws: ClientConnection, text: str, *, protocol: str, shown_url
         await ws.send(text)
     except ConnectionClosed as exc:
         raise ConnectionLost(f"server closed the connection ({exc})", protocol=protocol, url=shown_url) from exc
+
+
+async def subscribe_each(ws: ClientConnection, encode: Callable[..., str], *, account_id: str, auth_token: str,
+                         bindings: list[str], on_subscribed: OnSubscribed | None, protocol: str,
+                         shown_url: str) -> None:
+    """The hand-written Socket.IO transports' subscribe: one `subscribe` event per binding, then `on_subscribed`."""
+    for binding in bindings:
+        subscribe = {"account_id": account_id, "auth_token": auth_token, "binding": binding}
+        await send_text(ws, encode("subscribe", subscribe), protocol=protocol, shown_url=shown_url)
+    log.info("antring socket subscribed account=%s bindings=%s (%s)", account_id, bindings, protocol)
+    await notify(on_subscribed)
+
+
+async def deliver_socketio_event(name: str, args: list[Any], on_signal: OnSignal, *, protocol: str,
+                                 shown_url: str) -> None:
+    """A Socket.IO event the server emitted: a refusal (`ERROR_EVENT`) raises, a call event goes to `on_signal`."""
+    if name == ERROR_EVENT:
+        raise AuthRejected(f"server refused the subscription: {error_message(args)}", protocol=protocol, url=shown_url)
+    signal = socketio_signal(name, args)
+    if signal is None:
+        log.warning("antring socket: ignoring %s event without an object payload", name)
+    else:
+        await on_signal(*signal)

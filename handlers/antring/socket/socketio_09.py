@@ -34,17 +34,15 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .base import (
-    ERROR_EVENT,
     AuthRejected,
     ConnectionLost,
     OnSignal,
     OnSubscribed,
-    error_message,
-    notify,
+    deliver_socketio_event,
     open_websocket,
     recv_text,
     send_text,
-    socketio_signal,
+    subscribe_each,
     transport_url,
 )
 
@@ -131,11 +129,8 @@ async def stream(
             if text.startswith(CONNECT):
                 break
             await _handle(ws, text, url, on_signal)
-        for binding in bindings:
-            subscribe = {"account_id": account_id, "auth_token": auth_token, "binding": binding}
-            await send_text(ws, encode_event("subscribe", subscribe), protocol=PROTOCOL, shown_url=url)
-        log.info("antring socket subscribed account=%s bindings=%s (%s)", account_id, bindings, PROTOCOL)
-        await notify(on_subscribed)
+        await subscribe_each(ws, encode_event, account_id=account_id, auth_token=auth_token, bindings=bindings,
+                             on_subscribed=on_subscribed, protocol=PROTOCOL, shown_url=url)
         while True:
             text = await recv_text(ws, heartbeat_timeout, what="heartbeat", protocol=PROTOCOL, shown_url=url)
             await _handle(ws, text, url, on_signal)
@@ -167,12 +162,6 @@ async def _handle(ws: ClientConnection, text: str, url: str, on_signal: OnSignal
         if not isinstance(name, str):
             return
         args = event.get("args") or []
-        args = args if isinstance(args, list) else [args]
-        if name == ERROR_EVENT:
-            raise AuthRejected(f"server refused the subscription: {error_message(args)}", protocol=PROTOCOL, url=url)
-        signal = socketio_signal(name, args)
-        if signal is None:
-            log.warning("antring socket: ignoring %s event without an object payload", name)
-        else:
-            await on_signal(*signal)
+        await deliver_socketio_event(name, args if isinstance(args, list) else [args], on_signal,
+                                     protocol=PROTOCOL, shown_url=url)
     # CONNECT (again), MESSAGE, JSON_MESSAGE, ACK and NOOP carry nothing for a subscriber.

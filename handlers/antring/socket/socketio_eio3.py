@@ -30,17 +30,16 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .base import (
-    ERROR_EVENT,
     AuthRejected,
     ConnectionLost,
     OnSignal,
     OnSubscribed,
+    deliver_socketio_event,
     error_message,
-    notify,
     open_websocket,
     recv_text,
     send_text,
-    socketio_signal,
+    subscribe_each,
     transport_url,
 )
 
@@ -88,11 +87,8 @@ async def stream(
     try:
         interval, timeout = await _handshake(ws, url, open_timeout)
         pinger = asyncio.create_task(_ping(ws, interval), name="antring-eio3-ping")
-        for binding in bindings:
-            subscribe = {"account_id": account_id, "auth_token": auth_token, "binding": binding}
-            await send_text(ws, encode_event("subscribe", subscribe), protocol=PROTOCOL, shown_url=url)
-        log.info("antring socket subscribed account=%s bindings=%s (%s)", account_id, bindings, PROTOCOL)
-        await notify(on_subscribed)
+        await subscribe_each(ws, encode_event, account_id=account_id, auth_token=auth_token, bindings=bindings,
+                             on_subscribed=on_subscribed, protocol=PROTOCOL, shown_url=url)
         while True:
             text = await recv_text(ws, interval + timeout, what="pong", protocol=PROTOCOL, shown_url=url)
             await _handle(ws, text, url, on_signal)
@@ -148,14 +144,7 @@ async def _handle(ws: ClientConnection, text: str, url: str, on_signal: OnSignal
         if sio_kind == SIO_ERROR:
             raise AuthRejected(f"server refused the subscription: {error_message(data)}", protocol=PROTOCOL, url=url)
         if sio_kind == SIO_EVENT and isinstance(data, list) and data and isinstance(data[0], str):
-            name, args = data[0], data[1:]
-            if name == ERROR_EVENT:
-                raise AuthRejected(f"server refused the subscription: {error_message(args)}", protocol=PROTOCOL, url=url)
-            signal = socketio_signal(name, args)
-            if signal is None:
-                log.warning("antring socket: ignoring %s event without an object payload", name)
-            else:
-                await on_signal(*signal)
+            await deliver_socketio_event(data[0], data[1:], on_signal, protocol=PROTOCOL, shown_url=url)
     # PONG and NOOP only prove the connection alive; UPGRADE does not happen on a websocket.
 
 

@@ -37,6 +37,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from handlers.simulation import misbehave
+
 __all__ = ["SimState", "build_app", "API_PREFIX", "RunnerConfig", "CampaignRunner", "SentWebhook", "RunReport", "vbee_phone"]
 
 API_PREFIX = "/api/v1/public-api"
@@ -122,12 +124,7 @@ def build_app(state: SimState) -> Starlette:
         token = _bearer(request)
         claims = _unverified_claims(token)
         state.requests.append({"path": request.url.path, "claims": claims, "body": body})
-        if state.delay > 0:
-            await asyncio.sleep(state.delay)
-        if state.fail_skip > 0:
-            state.fail_skip -= 1
-        elif state.fail_next > 0:
-            state.fail_next -= 1
+        if await misbehave(state):
             return state.error(500)
         if token is None or claims is None:
             return state.error(401)
