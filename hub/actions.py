@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("callhub.actions")
 
-__all__ = ["ActionContext", "Executor", "ActionSpec", "ActionJournal", "ActionRunner", "Planned"]
+__all__ = ["ActionContext", "Executor", "ActionSpec", "ActionJournal", "ActionRunner", "Planned", "Describe",
+           "public_params"]
 
 JOURNAL_FILE = "actions.db"
 #: How often the rules cursor is written when no rule fired (a lagging cursor only means a few
@@ -77,6 +78,22 @@ class ActionSpec:
     group: str
     #: Parameters every rule using it must give (checked when rules load).
     required: tuple[str, ...] = ()
+    #: What `action.*` events may show of a request (`data.target`): every subscriber who sees
+    #: them reads it, so never a header, a credential or an `${ENV}` value. None: nothing.
+    describe: Describe | None = None
+
+
+#: An action's parameters -> the parts of them fit to publish.
+Describe = Callable[[Mapping[str, Any]], dict[str, Any]]
+
+
+def public_params(*names: str) -> Describe:
+    """A `describe` that shows these parameters (when they are scalars) and nothing else."""
+
+    def describe(params: Mapping[str, Any]) -> dict[str, Any]:
+        return {n: params[n] for n in names if isinstance(params.get(n), (str, int, float, bool))}
+
+    return describe
 
 
 @dataclass(frozen=True, slots=True)
@@ -405,8 +422,12 @@ class ActionRunner:
             "agent": (event.get("data") or {}).get("agent") if isinstance(event.get("data"), dict) else None,
             "chain": chain_depth(event) + 1,
         }
-        if request is not None:
-            data["request"] = dict(request)
+        spec = self.specs.get(type_)
+        if request is not None and spec is not None and spec.describe is not None:
+            try:
+                data["target"] = spec.describe(request)
+            except Exception:  # a describe bug must not lose the outcome
+                logger.exception("describing a %s request failed", type_)
         if result is not None:
             data["result"] = result
         if error is not None:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from hub.core import Hub
+from hub.events import check_depth
 from hub.exceptions import BadRequest, HubError, PayloadTooLarge, UnsupportedMediaType
-from hub.fanout import SCAN_FACTOR, gap_event
+from hub.fanout import GAP, SCAN_FACTOR, gap_event
 from hub.matcher import TypeFilter, parse_patterns
 from hub.metrics import CONTENT_TYPE_LATEST
 
@@ -58,8 +60,11 @@ def int_param(request: Request, name: str, *, default: int | None, low: int, hig
     return value
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it is known to exceed `limit` bytes."""
+async def read_body(request: Request, limit: int, *, on_chunk: Callable[[bytes], None] | None = None) -> bytes:
+    """The request body, refusing (413) as soon as it is known to exceed `limit` bytes.
+
+    `on_chunk` sees each chunk as it arrives (a webhook signature is computed that way).
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -69,12 +74,28 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BadRequest("invalid Content-Length header") from None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes", limit=limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body is larger than the limit of {limit} bytes", limit=limit)
+            if on_chunk is not None:
+                on_chunk(chunk)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Nobody is left to read the answer; this only keeps the log free of a traceback.
+        raise BadRequest("the client went away before sending the whole body", code="client_disconnected") from None
     return b"".join(chunks)
+
+
+def parse_json(body: bytes) -> Any:
+    """A request body as JSON: 400 if it is not JSON, 422 if it nests deeper than `MAX_JSON_DEPTH`."""
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
+    check_depth(value)
+    return value
 
 
 def require_json(request: Request) -> None:
@@ -93,12 +114,8 @@ async def publish_event(request: Request) -> Response:
         principal = hub.authenticate(request)
         principal.require("publisher", "admin")
         require_json(request)
-        body = await read_body(request, hub.config.server.max_body)
-        try:
-            obj = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise BadRequest(f"body is not valid JSON: {exc}", code="invalid_json") from None
-        result = await hub.publish(obj, received=received)
+        obj = parse_json(await read_body(request, hub.config.server.max_body))
+        result = await hub.publish_from(principal, obj, received=received)
     except HubError as exc:
         hub.metrics.events_rejected.labels(str(exc.status_code)).inc()
         raise
@@ -120,7 +137,7 @@ async def list_events(request: Request) -> Response:
         after, limit=limit, agent=principal.agent, types=types, scan_limit=max(limit, 100) * SCAN_FACTOR
     )
     bodies = [e.body for e in page.events]
-    if after < page.trimmed_through:
+    if after < page.trimmed_through and types.allows(GAP):
         bodies.insert(0, gap_event(after, page.trimmed_through).body)
     # The stored JSON goes out as it is: no decode, no re-encode.
     out = b'{"events":[' + b",".join(bodies) + b'],"next":%d}' % page.next

@@ -87,6 +87,8 @@ def create_app(config: Config) -> CallhubApp:
     registry = load_plugins(hub)
     hub.use_actions(registry.actions)
     hub.use_listeners(registry.listeners)
+    sources = webhook_sources(config, registry)
+    hub.reserve_sources([*sources, *registry.claimed_sources])
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -133,7 +135,7 @@ def create_app(config: Config) -> CallhubApp:
         exception_handlers={HubError: _hub_error, HTTPException: _http_error, Exception: _unexpected},
     )
     app.state.hub = hub
-    return CallhubApp(hub, app, WebhookEndpoint(hub, webhook_sources(config, registry)))
+    return CallhubApp(hub, app, WebhookEndpoint(hub, sources))
 
 
 def _watch_sighup(hub: Hub) -> None:

@@ -43,13 +43,16 @@ class Principal:
     types: tuple[str, ...] = ()
     #: Unix time after which the credential is no longer valid (JWTs).
     expires_at: float | None = None
+    #: Which credential this is, for limits per credential (`key:<digest>`, `sub:<subject>`);
+    #: never the credential itself.
+    id: str = ""
 
     def require(self, *roles: Role) -> None:
         if self.role not in roles:
             raise Forbidden(f"this needs the {' or '.join(roles)} role; the credential has {self.role}")
 
 
-ANONYMOUS_ADMIN = Principal(name="anonymous (auth off)", role="admin")
+ANONYMOUS_ADMIN = Principal(name="anonymous (auth off)", role="admin", id="anonymous")
 
 
 def _digest(value: str) -> bytes:
@@ -74,13 +77,15 @@ class Authenticator:
             return self._from_jwt(credential)
         presented = _digest(credential)
         found: ApiKey | None = None
+        found_digest = b""
         for digest, key in self._keys:
             # No early exit: every key is compared, in constant time.
             if hmac.compare_digest(digest, presented):
-                found = key
+                found, found_digest = key, digest
         if found is None:
             raise Unauthorized("unknown API key", code="bad_credentials")
-        return Principal(name=found.name or f"key:{found.role}", role=found.role, agent=found.agent)
+        return Principal(name=found.name or f"key:{found.role}", role=found.role, agent=found.agent,
+                         id="key:" + found_digest[:8].hex())
 
     def _from_jwt(self, token: str) -> Principal:
         try:
@@ -108,7 +113,8 @@ class Authenticator:
         sub = claims.get("sub")
         if not isinstance(sub, str):
             raise Unauthorized("token 'sub' claim must be a string", code="bad_token")
-        return Principal(name=sub, role="subscriber", agent=agent, types=types, expires_at=float(claims["exp"]))
+        return Principal(name=sub, role="subscriber", agent=agent, types=types, expires_at=float(claims["exp"]),
+                         id="sub:" + sub)
 
 
 def issue_token(

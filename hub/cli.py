@@ -17,6 +17,7 @@ from hub.app import CallhubApp, create_app
 from hub.auth import ensure_jwt_secret, issue_token
 from hub.config import Config, ConfigError, ServerConfig, load_config
 from hub.plugins import action_types, demo_overrides, handler_sections
+from hub.protocol import WebSocketProtocol, guarded_protocol
 from hub.rules import load_rules
 
 __all__ = ["main", "serve", "build_uvicorn_config"]
@@ -64,9 +65,10 @@ def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = No
         app,
         **kwargs,
         loop=_loop_impl(),
-        http="httptools",
+        # httptools, plus the request head and body timeouts uvicorn lacks (hub.protocol).
+        http=guarded_protocol(header_timeout=config.server.header_timeout, body_timeout=config.server.body_timeout),
         # The fan-out writes pre-built frames straight to the transport of this protocol (hub.sinks).
-        ws="websockets-sansio",
+        ws=WebSocketProtocol,
         ws_ping_interval=streams.ws_ping_interval or None,
         ws_ping_timeout=streams.ws_ping_timeout or None,
         ws_max_size=streams.ws_max_message,
@@ -79,6 +81,7 @@ def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = No
         access_log=config.server.access_log,
         timeout_graceful_shutdown=max(1, int(config.server.shutdown_grace * 2)),
         backlog=LISTEN_BACKLOG,
+        limit_concurrency=config.server.max_connections or None,
         proxy_headers=False,
         server_header=False,
     )
@@ -132,10 +135,14 @@ def _banner(app: CallhubApp, config: Config, *, demo: bool = False) -> None:
     elif hub.admin_key is not None:
         lines.append(f"admin key: in {hub.admin_key_path}")
     if demo:
-        admin = hub.admin_key or next((k for k in config.auth.keys if k.role == "admin"), None)
-        console = f"{url}/?token={admin.key}" if config.server.auth and admin is not None else f"{url}/"
+        # Only a key the hub generated (and keeps in its data directory) is printed: a key from the
+        # config file is the operator's secret, and terminals end up in logs and screenshots.
+        generated = hub.admin_key
+        console = f"{url}/?token={generated.key}" if config.server.auth and generated is not None else f"{url}/"
         lines += ["", "Demo: simulated AntRing, AntCRM and Vbee are playing calls. Open the console as admin:",
                   f"    {console}"]
+        if config.server.auth and generated is None:
+            lines.append("    (sign in there with the admin key from your config file)")
         if config.server.auth:
             agent = issue_token(hub.jwt_secret, sub="alice", agent="alice", ttl=DEMO_AGENT_TOKEN_TTL)
             lines += ["or as the agent alice (a token valid for 8 hours):", f"    {url}/?token={agent}"]

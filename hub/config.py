@@ -73,6 +73,13 @@ class ServerConfig(_Section):
     data_dir: str = DEFAULT_DATA_DIR
     #: Largest request body accepted by `POST /v1/events` and the webhook receivers.
     max_body: Size = 1024 * 1024
+    #: A request's head must arrive within this (slow-header clients are cut: 408, closed).
+    header_timeout: Duration = Field(10.0, ge=0)
+    #: A request's body must arrive within this of its head (a body declared and never sent: 408).
+    body_timeout: Duration = Field(10.0, ge=0)
+    #: Connections and requests in progress at once, streams included; past it new ones get 503.
+    #: 0: no limit but the process's file descriptors.
+    max_connections: int = Field(20_000, ge=0)
     #: How long shutdown waits for subscribers to be closed before giving up on them.
     shutdown_grace: Duration = 5.0
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -127,6 +134,12 @@ class StreamsConfig(_Section):
     close_timeout: Duration = 5.0
     #: Rows read from the store per page while a subscriber catches up.
     catchup_page: int = Field(500, ge=1, le=10_000)
+    #: Live connections (SSE and WebSocket together) one credential may hold; 0: no limit.
+    #: A JWT counts per subject (`sub`), an API key per key.
+    max_per_credential: int = Field(50, ge=0)
+    #: WebSocket client messages in a row that may be refused (bad JSON, unknown op) before the
+    #: connection is closed (1008): a client that keeps sending garbage is a broken or hostile one.
+    max_bad_messages: int = Field(10, ge=1)
 
 
 class ApiKey(_Section):
@@ -154,7 +167,13 @@ class SourceConfig(_Section):
     secret: str | None = None
     #: Header holding the HMAC (hmac-sha256).
     header: str = "X-Signature"
-    #: Standard Webhooks timestamp tolerance.
+    #: What the HMAC covers (hmac-sha256): the body, or the body behind the timestamp header's
+    #: value (`"{timestamp}.{body}"`, `"v0:{timestamp}:{body}"`); `{body}` comes last.
+    signed: str = "{body}"
+    #: A header holding the send time in unix seconds (token, hmac-sha256): deliveries outside
+    #: `tolerance` are refused, a replay window. Unset: no window (Standard Webhooks has its own).
+    timestamp_header: str | None = None
+    #: Timestamp tolerance (Standard Webhooks, and `timestamp_header`).
     tolerance: Duration = 300.0
     #: Idempotency key: `header:<Name>`, a dotted JSON path, or a list of paths joined; default: body hash.
     id: str | list[str] | None = None
@@ -171,6 +190,21 @@ class SourceConfig(_Section):
             raise ValueError(f"verify = {self.verify!r} needs a secret")
         if self.verify == "standard-webhooks" and self.secret:
             _check_whsec(self.secret)
+        return self
+
+    @model_validator(mode="after")
+    def _replay_safe(self) -> SourceConfig:
+        rest = self.signed.replace("{timestamp}", "")
+        if not self.signed.endswith("{body}") or "{" in rest[:-len("{body}")] or rest.count("{body}") != 1:
+            raise _LocatedError(("signed",), 'must end with {body} and may hold {timestamp}, e.g. "{timestamp}.{body}"')
+        if "{timestamp}" in self.signed and not self.timestamp_header:
+            raise _LocatedError(("timestamp_header",), "signed names {timestamp}: say which header holds it")
+        if self.verify == "hmac-sha256" and isinstance(self.id, str) and self.id.lower().startswith("header:"):
+            # The HMAC covers the body, not this header: a captured delivery with the header changed
+            # would pass verification and be stored again as a new event.
+            raise _LocatedError(("id",), "unsafe with hmac-sha256: the header is not signed, so a replayed delivery "
+                                         "with a changed header would be a new event; key on a body path "
+                                         "(or leave id unset for the body hash)")
         return self
 
 
@@ -389,7 +423,7 @@ def _problems(exc: ValidationError, prefix: tuple[str, ...], missing_env: set[st
     for err in exc.errors():
         ctx_error = err.get("ctx", {}).get("error")
         if isinstance(ctx_error, _LocatedError):
-            problems.append((_format_path(prefix + ctx_error.loc), str(ctx_error)))
+            problems.append((_format_path(prefix + tuple(err["loc"]) + ctx_error.loc), str(ctx_error)))
             continue
         path = _format_path(prefix + tuple(err["loc"]))
         if path in missing_env:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
@@ -21,8 +21,8 @@ from hub.backends import open_backend
 from hub.backends.base import Backend
 from hub.config import ApiKey, Config, ConfigError
 from hub.egress import EgressPolicy
-from hub.events import Event, agent_of, event_time, prepare_event
-from hub.exceptions import HubError, Unavailable
+from hub.events import HUB_SOURCE, Event, agent_of, event_time, prepare_event
+from hub.exceptions import Forbidden, HubError, Unavailable
 from hub.fanout import Fanout
 from hub.matcher import TypeFilter
 from hub.metrics import Metrics
@@ -43,6 +43,8 @@ class Published(NamedTuple):
     seq: int
     duplicate: bool
 
+#: The source of client events that name none.
+CLIENT_SOURCE = "api"
 #: How long `/readyz` waits for the store to start a write transaction.
 READY_TIMEOUT = 2.0
 #: Events read per page when rules catch up after a restart.
@@ -84,6 +86,9 @@ class Hub:
         self._m_duplicate = self.metrics.events_ingested.labels("duplicate")
         self._tasks: set[asyncio.Task[Any]] = set()
         self.started = False
+        #: Sources clients may not publish under (`publish_from`): the hub's own, then every
+        #: webhook source and vendor the handlers claim.
+        self.reserved_sources: frozenset[str] = frozenset({HUB_SOURCE})
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -254,12 +259,35 @@ class Hub:
             self.metrics.auth_failures.labels(exc.code).inc()
             raise
 
+    def reserve_sources(self, names: Iterable[str]) -> None:
+        """Sources only the hub and its handlers may publish under (webhook sources, vendors)."""
+        self.reserved_sources = self.reserved_sources | frozenset(names)
+
     async def publish(self, obj: Any, *, default_source: str = "api", received: float | None = None) -> Published:
         """Validate, store durably and fan out one event; the result says its seq and if it was a duplicate."""
+        return await self._store(prepare_event(obj, default_source=default_source), received)
+
+    async def publish_from(self, principal: Principal, obj: Any, *, received: float | None = None) -> Published:
+        """`publish` for an event a client sent: its source must not be one the hub reserves (its own,
+        a webhook source's, a vendor's), and an agent-scoped credential publishes only for its agent."""
+        event = prepare_event(obj, default_source=CLIENT_SOURCE)
+        source = event["source"]
+        if source in self.reserved_sources:
+            raise Forbidden(f"source {source[:64]!r} is reserved: only the hub and its own receivers publish under it",
+                            code="reserved_source")
+        if principal.agent is not None:
+            data = event["data"]
+            agent = data.get("agent")
+            if agent is None:
+                data["agent"] = principal.agent
+            elif agent != principal.agent:
+                raise Forbidden(f"this credential publishes only for agent {principal.agent!r}", code="agent_scope")
+        return await self._store(event, received)
+
+    async def _store(self, event: dict[str, Any], received: float | None) -> Published:
         if self.fanout.closing:
             raise Unavailable("the hub is shutting down")
         received = time.perf_counter() if received is None else received
-        event = prepare_event(obj, default_source=default_source)
         result = await self.backend.append(event, agent=agent_of(event), received=received)
         (self._m_duplicate if result.duplicate else self._m_stored).inc()
         return Published(event["id"], result.seq, result.duplicate)

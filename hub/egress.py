@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ import httpx
 
 from hub.exceptions import HubError
 
-__all__ = ["EgressPolicy", "EgressRefused", "Target", "IPAddress", "IPNetwork"]
+logger = logging.getLogger("callhub.egress")
+
+__all__ = ["EgressPolicy", "EgressRefused", "Target", "IPAddress", "IPNetwork", "is_public", "embedded_ipv4"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -71,10 +74,44 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+#: IPv6 ranges refused whatever Python's tables say: local-use NAT64 (RFC 8215), whose IPv4
+#: address sits at no fixed place; deprecated site-local (RFC 3879); documentation.
+_NEVER_PUBLIC_V6 = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b:1::/48", "fec0::/10", "2001:db8::/32"))
+#: Well-known NAT64 (RFC 6052): the IPv4 address is the last 32 bits.
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries, in each form that routes to them: IPv4-mapped
+    (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated), 6to4 (`2002:AABB:CCDD::/48`),
+    Teredo (server and client) and well-known NAT64 (`64:ff9b::a.b.c.d`)."""
+    found: list[ipaddress.IPv4Address] = []
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    value = int(address)
+    if 1 < value < 2**32:  # ::a.b.c.d (`::` and `::1` are unspecified and loopback as they are)
+        found.append(ipaddress.IPv4Address(value))
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if address in _NAT64:
+        found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    return found
+
+
 def is_public(address: IPAddress) -> bool:
-    """Globally routable unicast: what a customer's webhook receiver on the internet has."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is loopback, whatever its spelling
+    """Globally routable unicast: what a customer's webhook receiver on the internet has.
+
+    An IPv6 address that carries an IPv4 address is as public as every IPv4 address it carries:
+    `::ffff:127.0.0.1`, `::127.0.0.1`, `2002:7f00:1::` and `64:ff9b::7f00:1` all reach loopback.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        if any(address in network for network in _NEVER_PUBLIC_V6):
+            return False
+        embedded = embedded_ipv4(address)
+        if embedded:
+            return all(is_public(v4) for v4 in embedded)
     return address.is_global and not address.is_multicast
 
 
@@ -125,7 +162,10 @@ class EgressPolicy:
         addresses = await self._addresses(host, port)
         refused = [a for a in addresses if not self._allowed(host, a)]
         if refused:
-            raise EgressRefused(f"{host} resolves to an internal address ({refused[0]}); "
+            # The address goes to the log only: the message reaches subscribers (action.failed), and
+            # what an internal name resolves to is the operator's business, not theirs.
+            logger.warning("refused to call %s: it resolves to the internal address %s", host, refused[0])
+            raise EgressRefused(f"{host} resolves to an internal address; "
                                 "list it in [actions] allow_private to call it")
         return Target(url, host, addresses[0], port)
 

@@ -20,7 +20,7 @@ from hub import wire
 from hub.exceptions import InvalidEvent
 
 __all__ = ["Event", "prepare_event", "encode_event", "hub_event", "agent_of", "now_rfc3339", "event_time",
-           "EVENT_LIMITS"]
+           "EVENT_LIMITS", "MAX_JSON_DEPTH", "check_depth", "HUB_SOURCE"]
 
 SPECVERSION = "1.0"
 JSON = "application/json"
@@ -43,6 +43,15 @@ INT32 = (-(2**31), 2**31 - 1)
 _CORE = {"specversion", "id", "source", "type", "time", "subject", "datacontenttype", "data", "dataschema"}
 #: Attributes a client may not set: the hub assigns them.
 _RESERVED = {"seq"}
+#: How deeply a JSON document a client sends may nest (objects and arrays). orjson reads
+#: documents up to 1024 levels deep but writes at most 254, so without a limit of our own a
+#: small, deep body would be accepted and then fail to encode when stored.
+MAX_JSON_DEPTH = 64
+#: Levels a normaliser may wrap around a vendor's payload (`data.raw` and the like) on top of
+#: `MAX_JSON_DEPTH`: what `prepare_event` allows in `data`.
+_WRAP_DEPTH = 8
+#: The source of the events the hub itself emits (`hub.gap`, `action.*`, `hub.upstream.*`).
+HUB_SOURCE = "hub"
 
 
 _second: tuple[int, str] = (-1, "")
@@ -72,6 +81,32 @@ def event_time(event: dict[str, Any], *, default: float) -> float:
 def _parse_time(value: str) -> datetime:
     """An RFC 3339 timestamp (`Z` or `z` for UTC); ValueError if it is not a valid date and time."""
     return datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+
+
+def check_depth(obj: Any, limit: int = MAX_JSON_DEPTH, *, field: str | None = None) -> None:
+    """Raise `InvalidEvent` (422) if `obj` nests objects or arrays more than `limit` levels deep.
+
+    Iterative (a deep document must not exhaust the interpreter's stack either), linear in
+    the number of values, and stops at the first container past the limit.
+    """
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value, depth = pop()
+        kind = type(value)
+        if kind is dict:
+            children = value.values()
+        elif kind is list:
+            children = value
+        else:
+            continue
+        if depth > limit:
+            where = f"'{field}'" if field else "the document"
+            raise InvalidEvent(f"{where} nests deeper than {limit} levels", code="too_deep", limit=limit,
+                               **({"field": field} if field else {}))
+        for child in children:
+            if type(child) is dict or type(child) is list:
+                push((child, depth + 1))
 
 
 def _string(obj: dict[str, Any], name: str, *, default: str | None = None, required: bool = False) -> str | None:
@@ -129,6 +164,7 @@ def prepare_event(obj: Any, *, default_source: str = "api") -> dict[str, Any]:
         data = {}
     if not isinstance(data, dict):
         raise InvalidEvent(f"'data' must be a JSON object, not {type(data).__name__}", field="data")
+    check_depth(data, MAX_JSON_DEPTH + _WRAP_DEPTH, field="data")
     agent = data.get("agent")
     if agent is not None and (not isinstance(agent, str) or len(agent) > EVENT_LIMITS["agent"]):
         raise InvalidEvent("'data.agent' must be a string (or null)", field="data.agent")
@@ -176,7 +212,7 @@ def hub_event(type_: str, data: dict[str, Any], *, subject: str | None = None) -
     event: dict[str, Any] = {
         "specversion": SPECVERSION,
         "id": str(uuid.uuid4()),
-        "source": "hub",
+        "source": HUB_SOURCE,
         "type": type_,
         "time": now_rfc3339(),
     }

@@ -9,6 +9,7 @@
     ├── PayloadTooLarge           413
     ├── UnsupportedMediaType      415
     ├── InvalidEvent              422 (JSON is fine, the event is not)
+    ├── TooManyRequests           429 (a per-credential limit is reached)
     └── Unavailable               503 (store not writable, hub shutting down)
 
 Handlers raise these; `hub.app` turns them into `{"error": {"code", "message"}}` in one place.
@@ -74,6 +75,11 @@ class UnsupportedMediaType(HubError):
 class InvalidEvent(HubError):
     status_code = 422
     code = "invalid_event"
+
+
+class TooManyRequests(HubError):
+    status_code = 429
+    code = "too_many_requests"
 
 
 class Unavailable(HubError):

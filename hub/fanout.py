@@ -22,6 +22,7 @@ from typing import Any
 
 from hub.backends.base import Backend
 from hub.events import Event, encode_event, hub_event
+from hub.exceptions import TooManyRequests
 from hub.matcher import TypeFilter
 from hub.metrics import Metrics
 from hub.sinks import Payload, Sink, TransportSink
@@ -48,6 +49,7 @@ DROP_CODES = {
     "token_expired": (CloseCode.POLICY, "token expired"),
     "shutdown": (CloseCode.RESTART, "service restart"),
     "catchup_failed": (CloseCode.INTERNAL, "could not read history; resume from your last seq"),
+    "bad_messages": (CloseCode.POLICY, "too many bad messages in a row"),
 }
 #: Stored rows a catch-up examines per page, as a multiple of its page size (narrow filters).
 SCAN_FACTOR = 20
@@ -121,6 +123,8 @@ class Fanout:
         self.sse_heartbeat = sse_heartbeat
         self.head = 0
         self.subscribers: dict[int, Subscriber] = {}
+        #: Live connections per credential (`Principal.id`): `admit` / `release`.
+        self._per_credential: dict[str, int] = {}
         self.closing = False
         # agent (None = unscoped) -> filter key -> group
         self._groups: dict[str | None, dict[Any, Group]] = {}
@@ -207,6 +211,23 @@ class Fanout:
                 if not by_filter:
                     del self._groups[group.agent]
 
+    def admit(self, credential: str, limit: int) -> None:
+        """Count one more live connection for `credential` (a `Principal.id`), or raise
+        `TooManyRequests` if it holds `limit` already (0: no limit). Synchronous, so connections
+        opened at the same moment cannot all slip under the limit; `release` when it ends."""
+        held = self._per_credential.get(credential, 0)
+        if limit and held >= limit:
+            raise TooManyRequests(f"this credential already holds {limit} live connections ([streams] "
+                                  "max_per_credential); close one first", limit=limit)
+        self._per_credential[credential] = held + 1
+
+    def release(self, credential: str) -> None:
+        held = self._per_credential.get(credential, 0) - 1
+        if held > 0:
+            self._per_credential[credential] = held
+        else:
+            self._per_credential.pop(credential, None)
+
     def register(self, subscriber: Subscriber, *, expires_at: float | None) -> None:
         subscriber.id = next(self._ids)
         self.subscribers[subscriber.id] = subscriber
@@ -265,7 +286,8 @@ class Fanout:
                     return
                 if not gap_sent and cursor < page.trimmed_through:
                     gap_sent = True
-                    self._write_direct(sink, [gap_event(cursor, page.trimmed_through)])
+                    if subscriber.filter.allows(GAP):  # a token whose types claim excludes it never sees it
+                        self._write_direct(sink, [gap_event(cursor, page.trimmed_through)])
                 if page.events:
                     self._write_direct(sink, page.events)
                 cursor = max(cursor, page.next)
@@ -350,6 +372,9 @@ class Fanout:
         return [s.describe() for s in self.subscribers.values()]
 
 
+GAP = "hub.gap"
+
+
 def gap_event(after: int, trimmed_through: int) -> Event:
     """The `hub.gap` event: seqs `after+1 .. trimmed_through` were removed by retention.
 
@@ -358,7 +383,7 @@ def gap_event(after: int, trimmed_through: int) -> Event:
     """
     first = after + 1
     attrs = hub_event(
-        "hub.gap",
+        GAP,
         {"from": first, "to": trimmed_through, "missing": trimmed_through - first + 1, "reason": "retention"},
     )
-    return Event(trimmed_through, "hub.gap", None, encode_event(attrs, trimmed_through))
+    return Event(trimmed_through, GAP, None, encode_event(attrs, trimmed_through))

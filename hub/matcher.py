@@ -1,9 +1,17 @@
-"""Event-type patterns: the one matcher that subscription filters (and, later, rules) share.
+"""Event-type patterns and field conditions: the one matcher subscription filters and rules share.
 
 A pattern is an event type in which `*` stands for any run of characters (dots included)
 and `?` for exactly one: `call.*` matches `call.ringing` and `call.leg.bridged`; `*` matches
-everything. Patterns are compiled into one regular expression per filter, and every
-filter remembers its answer per type, so matching in the fan-out hot path is a dict hit.
+everything.
+
+Patterns come from clients (`?types=`, the WebSocket `subscribe` op, a token's `types` claim)
+and from rules, so matching must cost the same whatever a pattern holds: a backtracking
+regular expression for `*a*a*a*…b` takes exponential time on a long run of `a`s. `Glob`
+instead runs all the patterns of a filter as one nondeterministic automaton, its states kept
+as the bits of one integer (the Shift-And method): each character of a type costs a shift,
+two ANDs and an OR, so a match takes time linear in the type's length for any pattern.
+Every filter also remembers its answer per type, so matching in the fan-out hot path is a
+dict hit.
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ from collections.abc import Callable, Iterable, Sequence
 
 from hub.exceptions import BadRequest
 
-__all__ = ["TypeFilter", "parse_patterns", "lookup", "Condition", "ConditionError", "MATCH_ALL", "OPERATORS"]
+__all__ = ["TypeFilter", "Glob", "covers", "effective_patterns", "parse_patterns", "lookup", "Condition",
+           "ConditionError", "MATCH_ALL", "OPERATORS"]
 
 #: Patterns per filter, and characters per pattern: a filter is built per subscriber request.
 MAX_PATTERNS = 64
@@ -27,7 +36,7 @@ def parse_patterns(value: str | Iterable[str] | None, *, field: str = "types") -
     """Patterns from `"call.*,campaign.*"` or a list; empty or None means everything."""
     if value is None:
         return ()
-    items = value.split(",") if isinstance(value, str) else list(value)
+    items = value.split(",", MAX_PATTERNS * 4) if isinstance(value, str) else value
     patterns: list[str] = []
     for item in items:
         if not isinstance(item, str):
@@ -41,16 +50,94 @@ def parse_patterns(value: str | Iterable[str] | None, *, field: str = "types") -
                 code="invalid_filter",
             )
         patterns.append(item)
-    if len(patterns) > MAX_PATTERNS:
-        raise BadRequest(f"at most {MAX_PATTERNS} type patterns", code="invalid_filter")
+        if len(patterns) > MAX_PATTERNS:
+            raise BadRequest(f"at most {MAX_PATTERNS} type patterns", code="invalid_filter")
     return tuple(sorted(set(patterns)))
 
 
-def _compile(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+class Glob:
+    """Several glob patterns as one automaton, matched in time linear in the subject's length.
+
+    State bit `i` of a pattern means "its first `i` non-`*` characters are matched". Bits are
+    laid out pattern after pattern, each pattern's start bit right after the previous one's
+    accepting bit, so one integer holds every pattern's states and a shift never carries one
+    pattern's accepting state into the next one's start (start bits are in no character mask).
+    """
+
+    __slots__ = ("_step", "_any", "_loops", "_start", "_accept")
+
+    def __init__(self, patterns: Iterable[str], *, star_stand_in: str | None = None) -> None:
+        masks: dict[str, int] = {}
+        any_char = loops = start = accept = 0
+        bit = 0
+        for pattern in patterns:
+            start |= 1 << bit
+            for ch in pattern:
+                if ch == "*":
+                    loops |= 1 << bit  # stay in this state on any character
+                    continue
+                bit += 1
+                if ch == "?":
+                    any_char |= 1 << bit
+                else:
+                    masks[ch] = masks.get(ch, 0) | 1 << bit
+            accept |= 1 << bit
+            bit += 1
+        #: Per character: the states it may move into (its literal positions and every `?`).
+        self._step = {ch: mask | any_char for ch, mask in masks.items()}
+        if star_stand_in is not None:
+            self._step[star_stand_in] = 0  # only a `*` consumes it (see `covers`)
+        self._any = any_char
+        self._loops = loops
+        self._start = start
+        self._accept = accept
+
+    def matches(self, subject: str) -> bool:
+        step, any_char, loops = self._step, self._any, self._loops
+        states = self._start
+        for ch in subject:
+            states = ((states << 1) & step.get(ch, any_char)) | (states & loops)
+            if not states:
+                return False
+        return bool(states & self._accept)
+
+
+#: Stand-ins for a pattern's own wildcards when it is matched as a subject (`covers`): no pattern
+#: or type holds these characters.
+_STAR, _ONE = "\x00", "\x01"
+
+
+def _as_subject(pattern: str) -> str:
+    return pattern.replace("*", _STAR).replace("?", _ONE)
+
+
+def covers(general: str, specific: str) -> bool:
+    """Whether every type `specific` matches is also matched by `general` (sound, not complete:
+    False may also mean "cannot tell"). `call.*` covers `call.ended` and `call.leg.*`."""
+    return Glob((general,), star_stand_in=_STAR).matches(_as_subject(specific))
+
+
+def effective_patterns(requested: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """The patterns a subscriber effectively gets: what it asked for, narrowed by what its
+    credential may see (each side's patterns that the other side covers)."""
+    if not allowed:
+        return requested
+    if not requested:
+        return allowed
+    kept = set(_covered(allowed, requested)) | set(_covered(requested, allowed))
+    return tuple(sorted(kept))
+
+
+def _covered(generals: tuple[str, ...], specifics: tuple[str, ...]) -> list[str]:
+    """The `specifics` some pattern of `generals` covers (one automaton per general pattern)."""
+    globs = [Glob((g,), star_stand_in=_STAR) for g in generals]
+    return [s for s in specifics if any(glob.matches(_as_subject(s)) for glob in globs)]
+
+
+def _compile(patterns: tuple[str, ...]) -> Glob | None:
     if not patterns or "*" in patterns:
         return None
-    parts = [re.escape(p).replace(r"\*", ".*").replace(r"\?", ".") for p in patterns]
-    return re.compile("(?:" + "|".join(parts) + r")\Z")
+    return Glob(patterns)
 
 
 class TypeFilter:
@@ -79,13 +166,22 @@ class TypeFilter:
             return True
         hit = self._cache.get(type_)
         if hit is None:
-            hit = (self._want is None or self._want.match(type_) is not None) and (
-                self._may is None or self._may.match(type_) is not None
+            hit = (self._want is None or self._want.matches(type_)) and (
+                self._may is None or self._may.matches(type_)
             )
             if len(self._cache) >= MAX_CACHED_TYPES:
                 self._cache.clear()
             self._cache[type_] = hit
         return hit
+
+    def allows(self, type_: str) -> bool:
+        """Whether the credential's `allowed` patterns admit `type_` (what was requested aside)."""
+        return self._may is None or self._may.matches(type_)
+
+    @property
+    def effective(self) -> tuple[str, ...]:
+        """The requested patterns as narrowed by the allowed ones (`effective_patterns`)."""
+        return effective_patterns(self.patterns, self.allowed)
 
     def __repr__(self) -> str:
         return f"TypeFilter(patterns={self.patterns!r}, allowed={self.allowed!r})"

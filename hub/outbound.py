@@ -20,11 +20,22 @@ import httpx
 
 from hub.exceptions import HubError
 
-__all__ = ["RetryPolicy", "retry_until", "send_with_retry", "retry_after_seconds", "stable_key", "VendorClient",
-           "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE"]
+__all__ = ["RetryPolicy", "retry_until", "send_with_retry", "read_limited", "retry_after_seconds", "stable_key",
+           "VendorClient", "VendorError", "ResponseTooLarge", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE",
+           "MAX_RESPONSE_BYTES"]
 
 #: Longest vendor message kept in an exception (a vendor's body is not ours to trust).
 MAX_VENDOR_MESSAGE = 200
+#: Most bytes of an answer read (decoded): a vendor's answer, or a webhook receiver's, is never
+#: read whole into memory whatever it sends. Larger answers are an error (`ResponseTooLarge`)
+#: unless the caller only wants their beginning (`truncate`).
+MAX_RESPONSE_BYTES = 1024 * 1024
+#: Headers that describe the body as it came over the wire, not as it is kept (decoded, maybe cut).
+_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+class ResponseTooLarge(httpx.HTTPError):
+    """The answer's body is larger than the reader's limit; it was not read past the limit."""
 #: Statuses worth another try: the server failed, or asked us to slow down.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
@@ -80,25 +91,52 @@ def retry_after_seconds(response: httpx.Response, *, now: float | None = None) -
     return max(0.0, when - (time.time() if now is None else now))
 
 
+async def read_limited(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES, *,
+                       truncate: bool = False) -> httpx.Response:
+    """A streamed response with its body read, up to `limit` bytes, and closed.
+
+    Past `limit`: `ResponseTooLarge`, or with `truncate` the first `limit` bytes. The answer is a
+    complete `httpx.Response` (`.content`, `.text`, `.json()` work).
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in response.aiter_bytes():
+            if size + len(chunk) > limit:
+                if not truncate:
+                    raise ResponseTooLarge(f"the answer is larger than {limit} bytes")
+                chunks.append(chunk[: limit - size])
+                break
+            size += len(chunk)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
+                          request=response.request, extensions=response.extensions)
+
+
 async def send_with_retry(
     client: httpx.AsyncClient,
     build: Callable[[], httpx.Request],
     policy: RetryPolicy,
     *,
     sleep: Callable[[float], object] = asyncio.sleep,
+    max_response: int = MAX_RESPONSE_BYTES,
+    truncate: bool = False,
 ) -> httpx.Response:
     """Send `build()` and retry on connection errors, timeouts and `policy.statuses`.
 
-    Returns the last response (a retryable status included, once tries run out); re-raises the
-    last transport error if no response ever came. `Retry-After` is honoured, capped by
-    `policy.max_delay`.
+    Returns the last response (a retryable status included, once tries run out), its body read
+    up to `max_response` bytes (`read_limited`); re-raises the last transport error if no
+    response ever came. `Retry-After` is honoured, capped by `policy.max_delay`.
     """
     started = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
         try:
-            response = await client.send(build())
+            response = await read_limited(await client.send(build(), stream=True), max_response, truncate=truncate)
         except (httpx.TransportError, httpx.TimeoutException):
             if attempt >= policy.attempts or _past(policy, started):
                 raise
@@ -106,7 +144,6 @@ async def send_with_retry(
             continue
         if response.status_code not in policy.statuses or attempt >= policy.attempts or _past(policy, started):
             return response
-        await response.aclose()
         hinted = retry_after_seconds(response)
         delay = policy.backoff(attempt) if hinted is None else min(hinted, policy.max_delay)
         await _sleep(sleep, delay)

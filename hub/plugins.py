@@ -36,6 +36,8 @@ class Registry:
     services: list[tuple[str, Service]] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
+    #: Event sources the handlers publish under (`claim_source`).
+    claimed_sources: list[str] = field(default_factory=list)
     #: Rule action executors, by action type.
     actions: dict[str, ActionSpec] = field(default_factory=dict)
     #: (type patterns, callback) run for every committed event of those types, after the fan-out.
@@ -70,8 +72,13 @@ class Registry:
         self.provided[name] = thing
 
     def add_source(self, source: Source) -> None:
-        """A built-in webhook source (`POST /v1/webhooks/{source.name}`)."""
+        """A built-in webhook source (`POST /v1/webhooks/{source.name}`); clients may not publish under its name."""
         self.sources.append(source)
+
+    def claim_source(self, name: str) -> None:
+        """An event source the handler publishes under (its vendor's name): clients may not use it,
+        so nobody can forge the vendor's events or pre-empt their ids."""
+        self.claimed_sources.append(name)
 
     def add_cleanup(self, cleanup: Callable[[], Awaitable[None]]) -> None:
         """Run when the hub stops, after its services were cancelled (close HTTP clients here)."""

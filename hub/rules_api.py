@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hub.api import JSONResponse, hub_of, read_body, require_json
+from hub.api import JSONResponse, hub_of, parse_json, read_body, require_json
 from hub.events import prepare_event
-from hub.exceptions import BadRequest, HubError
+from hub.exceptions import HubError
 
 __all__ = ["routes"]
 
@@ -45,11 +44,7 @@ async def test_rules(request: Request) -> Response:
     hub = hub_of(request)
     hub.authenticate(request).require("admin")
     require_json(request)
-    try:
-        obj = orjson.loads(await read_body(request, hub.config.server.max_body))
-    except orjson.JSONDecodeError:
-        raise BadRequest("body is not valid JSON", code="invalid_json") from None
-    event = prepare_event(obj)
+    event = prepare_event(parse_json(await read_body(request, hub.config.server.max_body)))
     firings = hub.rules.evaluate(event, dry_run=True) if hub.rules else []
     fired: list[dict[str, Any]] = [
         {"rule": f.rule.name, "actions": f.requests, "errors": f.errors} for f in firings

@@ -28,6 +28,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
 from hub import wire
 from hub.events import Event
 
@@ -152,7 +154,8 @@ class Sink:
         raise NotImplementedError
 
     def control(self, body: bytes) -> None:
-        """A WebSocket control message (`{"op": ...}`), outside the event stream and its hold."""
+        """A WebSocket control message (`{"op": ...}`), outside the event stream and its hold; it
+        counts as one event against `limit`, so answers a client never reads overflow it too."""
         raise NotImplementedError
 
     @property
@@ -210,21 +213,24 @@ class TransportSink(Sink):
         if self.closed:
             return
         data: bytes = getattr(payload, self._form)
-        transport = self.transport
-        transport.write(data)
+        self.transport.write(data)
         self.last_seq = payload.last_seq
-        pending = transport.get_write_buffer_size()
+        self._account(len(data), len(payload))
+
+    def _account(self, size: int, events: int) -> None:
+        """Count `events` written as `size` bytes against the limit until the kernel has taken them."""
+        pending = self.transport.get_write_buffer_size()
         if pending == 0:
             if self._queued:
                 self._written, self._queued = 0, 0
                 self._marks = None
             return
-        self._written += len(data)
+        self._written += size
         marks = self._marks
         if marks is None:
             marks = self._marks = deque()
-        marks.append((self._written, len(payload)))
-        self._queued += len(payload)
+        marks.append((self._written, events))
+        self._queued += events
         flushed = self._written - pending
         while marks and marks[0][0] <= flushed:
             self._queued -= marks.popleft()[1]
@@ -237,7 +243,9 @@ class TransportSink(Sink):
 
     def control(self, body: bytes) -> None:
         if not self.closed:
-            self.transport.write(wire.ws_text_frame(body))
+            frame = wire.ws_text_frame(body)
+            self.transport.write(frame)
+            self._account(len(frame), 1)  # a client that asks and never reads fills its buffer too
 
     @property
     def backlog(self) -> int:
@@ -283,7 +291,10 @@ class QueueSink(Sink):
     def control(self, body: bytes) -> None:
         if not self.closed:
             self._queue.append(body.decode())
+            self._queued += 1
             self._wake.set()
+            if self._queued > self.limit:
+                self.on_overflow()
 
     @property
     def backlog(self) -> int:
@@ -300,6 +311,7 @@ class QueueSink(Sink):
                     await send({"type": "http.response.body", "body": item, "more_body": True})
                     continue
                 if isinstance(item, str):
+                    self._queued -= 1
                     await send({"type": "websocket.send", "text": item})
                     continue
                 self._queued -= len(item)
@@ -337,7 +349,7 @@ def transport_of(send: Send, kind: Kind) -> asyncio.WriteTransport | None:
     transport: asyncio.WriteTransport | None = getattr(owner, "transport", None)
     if transport is None or not hasattr(transport, "get_write_buffer_size"):
         return None
-    if kind == "ws" and name == "WebSocketsSansIOProtocol":
+    if kind == "ws" and isinstance(owner, WebSocketsSansIOProtocol):
         return transport
     if kind == "sse" and name == "RequestResponseCycle" and getattr(owner, "chunked_encoding", None) is True:
         return transport

@@ -50,6 +50,12 @@ def _open(hub: Hub, conn: HTTPConnection) -> tuple[Principal, TypeFilter]:
     return principal, types
 
 
+def _clip(value: object, limit: int = 64) -> str:
+    """A client's value as it may appear in an error message: short (never its whole input echoed)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def cors_headers(allowed: list[str], origin: str | None) -> list[tuple[bytes, bytes]]:
     """CORS headers for a cross-origin EventSource (the stream bypasses Starlette's middleware)."""
     if not origin or not allowed or ("*" not in allowed and origin not in allowed):
@@ -74,7 +80,6 @@ class SSEEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hub = self.hub
-        raw_send = send
         conn = HTTPConnection(scope)
         try:
             if scope["method"] not in ("GET", "HEAD"):
@@ -87,9 +92,19 @@ class SSEEndpoint:
             heartbeat = conn.query_params.get("heartbeat", "comment")
             if heartbeat not in ("comment", "event"):
                 raise BadRequest("heartbeat must be comment (the default) or event")
+            hub.fanout.admit(principal.id, hub.config.streams.max_per_credential)  # last: released below
         except HubError as exc:
             await error_response(exc)(scope, receive, send)
             return
+        try:
+            await self._stream(scope, receive, send, principal, types, after, heartbeat)
+        finally:
+            hub.fanout.release(principal.id)
+
+    async def _stream(self, scope: Scope, receive: Receive, raw_send: Send, principal: Principal, types: TypeFilter,
+                      after: int | None, heartbeat: str) -> None:
+        hub = self.hub
+        conn = HTTPConnection(scope)
         streams = hub.config.streams
         headers = [
             (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -107,7 +122,8 @@ class SSEEndpoint:
         if beat is not None:
             sink.beat = beat
         subscriber = Subscriber(
-            transport="sse", principal=principal.name, agent=principal.agent, filter=types, sink=sink, remote=_remote(scope)
+            transport="sse", principal=principal.name, agent=principal.agent, filter=types, sink=sink,
+            remote=_remote(scope),
         )
         hub.fanout.register(subscriber, expires_at=principal.expires_at)
         try:
@@ -134,12 +150,21 @@ async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
     try:
         principal, types = _open(hub, websocket)
         after = _parse_after(websocket.query_params.get("after"), "after")
+        hub.fanout.admit(principal.id, hub.config.streams.max_per_credential)  # last: released below
     except HubError as exc:
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
             await websocket.send_denial_response(error_response(exc))
         else:
             await websocket.close(code=1008, reason=exc.message[:120])
         return
+    try:
+        await _serve_websocket(hub, websocket, raw_send, principal, types, after)
+    finally:
+        hub.fanout.release(principal.id)
+
+
+async def _serve_websocket(hub: Hub, websocket: WebSocket, raw_send: Send, principal: Principal, types: TypeFilter,
+                           after: int | None) -> None:
     await websocket.accept()
     sink = make_sink("ws", raw_send, hub.config.streams.buffer)
     subscriber = Subscriber(
@@ -147,6 +172,7 @@ async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
         remote=_remote(websocket.scope),
     )
     hub.fanout.register(subscriber, expires_at=principal.expires_at)
+    bad_in_a_row, max_bad = 0, hub.config.streams.max_bad_messages
     try:
         hub.fanout.subscribe(subscriber, after)
         while True:
@@ -157,7 +183,12 @@ async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
             if text is None:
                 raw = message.get("bytes") or b""
                 text = raw.decode("utf-8", "replace")
-            _client_message(hub, subscriber, principal, text)
+            if _client_message(hub, subscriber, principal, text):
+                bad_in_a_row = 0
+                continue
+            bad_in_a_row += 1
+            if bad_in_a_row >= max_bad:
+                hub.fanout.drop(subscriber, "bad_messages")
     finally:
         hub.fanout.unregister(subscriber)
 
@@ -166,10 +197,11 @@ def _control(subscriber: Subscriber, content: dict[str, Any]) -> None:
     subscriber.sink.control(orjson.dumps(content))
 
 
-def _client_message(hub: Hub, subscriber: Subscriber, principal: Principal, text: str) -> None:
-    """Handle `{"op": "subscribe", "types": [...], "after": SEQ}` and `{"op": "ping"}`.
+def _client_message(hub: Hub, subscriber: Subscriber, principal: Principal, text: str) -> bool:
+    """Handle `{"op": "subscribe", "types": [...], "after": SEQ}` and `{"op": "ping"}`; False if refused.
 
-    A bad message gets an error frame; the connection stays open.
+    A bad message gets an error frame (which never echoes the client's input whole); the
+    connection stays open, until `[streams] max_bad_messages` in a row.
     """
     try:
         try:
@@ -181,21 +213,25 @@ def _client_message(hub: Hub, subscriber: Subscriber, principal: Principal, text
         op = message.get("op")
         if op == "ping":
             _control(subscriber, {"op": "pong", "head": hub.fanout.head})
-            return
+            return True
         if op != "subscribe":
-            raise BadRequest(f"unknown op {op!r}; known: subscribe, ping", code="invalid_message")
+            raise BadRequest(f"unknown op {_clip(op)}; known: subscribe, ping", code="invalid_message")
         unknown = set(message) - {"op", "types", "after"}
         if unknown:
-            raise BadRequest(f"unknown field(s) {sorted(unknown)} in subscribe", code="invalid_message")
+            raise BadRequest(f"unknown field(s) {_clip(sorted(unknown))} in subscribe; known: op, types, after",
+                             code="invalid_message")
         if "types" in message:
             if not isinstance(message["types"], (list, str)) and message["types"] is not None:
                 raise BadRequest("'types' must be a list of patterns", code="invalid_filter")
             subscriber.filter = TypeFilter(parse_patterns(message["types"]), principal.types)
         after = _parse_after(message.get("after"), "after")
         hub.fanout.subscribe(subscriber, after)
+        # What it will get: the request narrowed by the credential's `types` claim, not the request.
         _control(
             subscriber,
-            {"op": "subscribed", "types": list(subscriber.filter.patterns), "after": after, "head": hub.fanout.head},
+            {"op": "subscribed", "types": list(subscriber.filter.effective), "after": after, "head": hub.fanout.head},
         )
     except HubError as exc:
         _control(subscriber, {"op": "error", **exc.to_dict()})
+        return False
+    return True

@@ -4,17 +4,23 @@
 is exactly one placeholder keeps the value's type (a number stays a number). Templates are
 parsed once, at load time, so a malformed one or one naming something no event has is an
 error then, not when the rule first fires.
+
+Values going into a URL (parameters named `url` or `*_url`) are percent-encoded: an event can
+fill in a path segment or a query value, but cannot change the host, the path's shape or the
+query's other parameters. A URL that is one placeholder is therefore never a working URL:
+where a rule calls is written in the rule, not chosen by the events it reacts to.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 from hub.matcher import lookup
 
-__all__ = ["Template", "TemplateError", "MissingField", "render_params", "compile_params"]
+__all__ = ["Template", "TemplateError", "MissingField", "render_params", "compile_params", "is_url_param"]
 
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")
@@ -66,8 +72,9 @@ class Template:
     def paths(self) -> list[str]:
         return [p[0] for p in self._parts if isinstance(p, tuple)]
 
-    def render(self, event: Mapping[str, Any]) -> Any:
-        if self._single is not None:
+    def render(self, event: Mapping[str, Any], *, escape: Callable[[str], str] | None = None) -> Any:
+        """The template with the event's values in; `escape` (if given) is applied to each value."""
+        if self._single is not None and escape is None:
             value = lookup(event, self._single)
             if value is None:
                 raise MissingField(self._single)
@@ -78,7 +85,7 @@ class Template:
                 value = lookup(event, part[0])
                 if value is None:
                     raise MissingField(part[0])
-                out.append(str(value))
+                out.append(str(value) if escape is None else escape(str(value)))
             else:
                 out.append(part)
         return "".join(out)
@@ -98,11 +105,22 @@ def compile_params(value: Any, path: str = "") -> Any:
     return value
 
 
-def render_params(value: Any, event: Mapping[str, Any]) -> Any:
+def is_url_param(key: str) -> bool:
+    """Parameters that hold a URL (`url`, `callback_url`): their placeholders are percent-encoded."""
+    return key == "url" or key.endswith("_url")
+
+
+def _url_component(value: str) -> str:
+    # Every reserved character encoded: an event's value can fill a path segment or a query
+    # value, never add one, nor change the host (`evil.com/` becomes `evil.com%2F`).
+    return quote(value, safe="")
+
+
+def render_params(value: Any, event: Mapping[str, Any], key: str = "") -> Any:
     if isinstance(value, Template):
-        return value.render(event)
+        return value.render(event, escape=_url_component if is_url_param(key) else None)
     if isinstance(value, dict):
-        return {k: render_params(v, event) for k, v in value.items()}
+        return {k: render_params(v, event, k) for k, v in value.items()}
     if isinstance(value, list):
-        return [render_params(v, event) for v in value]
+        return [render_params(v, event, key) for v in value]
     return value

@@ -4,12 +4,16 @@ A `Source` says how to check a delivery (`Verifier`) and how to turn it into an 
 (`Normalize`). Sources come from the config (`[[sources]]`, mapped by `mapped_source`) or from
 vendor handlers (`Registry.add_source`, e.g. Vbee). For every delivery, in this order:
 
-    unknown source 404 -> body over server.max_body 413 -> verification 401 (counted per source)
-    -> JSON 400 (unless format = "raw") -> normalise 422 -> commit -> 200 {"id", "seq", "duplicate"}
+    unknown source 404 -> credentials 401 (before the body is read; counted per source)
+    -> body over server.max_body 413 (declared, or as it streams) -> signature over the body 401
+    -> JSON 400 / nesting over MAX_JSON_DEPTH 422 (unless format = "raw") -> normalise 422
+    -> commit -> 200 {"id", "seq", "duplicate"}
 
-The event's `id` is the delivery's idempotency key, so a redelivery answers the same 200 with
-the original seq and stores nothing new. The endpoint is a plain ASGI app, called straight from
-`hub.app`: senders burst, and Starlette's middleware would cost each request for nothing.
+The signature is computed as the body streams in, and a sender without valid credentials is
+refused before its body is read at all. The event's `id` is the delivery's idempotency key, so
+a redelivery answers the same 200 with the original seq and stores nothing new. The endpoint is
+a plain ASGI app, called straight from `hub.app`: senders burst, and Starlette's middleware
+would cost each request for nothing.
 """
 
 from __future__ import annotations
@@ -25,22 +29,26 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from hub.api import error_response, read_body
+from hub.api import error_response, parse_json, read_body
 from hub.config import SourceConfig
 from hub.core import Hub
-from hub.exceptions import BadRequest, HubError, InvalidEvent, MethodNotAllowed, NotFound
+from hub.exceptions import HubError, InvalidEvent, MethodNotAllowed, NotFound
 from hub.matcher import lookup
 from hub.signatures import (
+    NO_BODY_CHECK,
+    BodyCheck,
     SignatureError,
-    check_hmac_sha256,
-    check_standard_webhook,
-    check_token,
+    begin_hmac_sha256,
+    begin_standard_webhook,
+    begin_token,
+    check_timestamp,
     decode_whsec,
 )
 
 logger = logging.getLogger("callhub.webhooks")
 
-__all__ = ["Delivery", "Source", "Verifier", "Normalize", "WebhookEndpoint", "mapped_source", "verifier_for", "PREFIX"]
+__all__ = ["Delivery", "Source", "Verifier", "BodyCheck", "Normalize", "WebhookEndpoint", "mapped_source",
+           "verifier_for", "token_verifier", "PREFIX"]
 
 PREFIX = "/v1/webhooks/"
 
@@ -61,8 +69,9 @@ class Delivery:
 
 
 class Verifier(Protocol):
-    def __call__(self, delivery: Delivery) -> None:
-        """Return if the delivery is authentic; raise `SignatureError` (401) otherwise."""
+    def __call__(self, headers: Headers, query: QueryParams) -> BodyCheck:
+        """Check what can be checked before the body is read, raising `SignatureError` (401);
+        return what checks the body as it streams in (`signatures.NO_BODY_CHECK` if nothing)."""
 
 
 Normalize = Callable[[Delivery], dict[str, Any]]
@@ -84,36 +93,42 @@ def _bearer(headers: Headers) -> str | None:
     return value.strip() if scheme.lower() == "bearer" and value else None
 
 
-def token_verifier(secret: str) -> Verifier:
-    def verify(delivery: Delivery) -> None:
-        check_token(_bearer(delivery.headers) or delivery.query.get("token"), secret)
+def token_verifier(secret: str, *, timestamp_header: str | None = None, tolerance: float = 300.0) -> Verifier:
+    def verify(headers: Headers, query: QueryParams) -> BodyCheck:
+        check = begin_token(_bearer(headers) or query.get("token"), secret)
+        if timestamp_header:
+            check_timestamp(headers.get(timestamp_header), tolerance, header=timestamp_header)
+        return check
 
     return verify
 
 
 def verifier_for(config: SourceConfig) -> Verifier:
     if config.verify == "none":
-        return lambda delivery: None
+        return lambda headers, query: NO_BODY_CHECK
     secret = config.secret or ""
     if config.verify == "token":
-        return token_verifier(secret)
+        return token_verifier(secret, timestamp_header=config.timestamp_header, tolerance=config.tolerance)
     if config.verify == "hmac-sha256":
-        header = config.header
+        header, stamp_header, tolerance = config.header, config.timestamp_header, config.tolerance
+        template = config.signed.removesuffix("{body}")
 
-        def verify_hmac(delivery: Delivery) -> None:
-            check_hmac_sha256(delivery.body, delivery.headers.get(header), secret)
+        def verify_hmac(headers: Headers, query: QueryParams) -> BodyCheck:
+            prefix = template
+            if stamp_header:
+                stamp = check_timestamp(headers.get(stamp_header), tolerance, header=stamp_header)
+                prefix = template.replace("{timestamp}", stamp)
+            return begin_hmac_sha256(headers.get(header), secret, prefix=prefix.encode())
 
         return verify_hmac
     key = decode_whsec(secret)
     tolerance = config.tolerance
 
-    def verify_standard(delivery: Delivery) -> None:
-        h = delivery.headers
-        check_standard_webhook(
-            delivery.body,
-            msg_id=h.get("webhook-id"),
-            timestamp=h.get("webhook-timestamp"),
-            signature=h.get("webhook-signature"),
+    def verify_standard(headers: Headers, query: QueryParams) -> BodyCheck:
+        return begin_standard_webhook(
+            msg_id=headers.get("webhook-id"),
+            timestamp=headers.get("webhook-timestamp"),
+            signature=headers.get("webhook-signature"),
             key=key,
             tolerance=tolerance,
         )
@@ -179,18 +194,16 @@ class WebhookEndpoint:
                 raise NotFound(f"no webhook source named {name[:64]!r}")
             if scope["method"] != "POST":
                 raise MethodNotAllowed("webhooks are POSTed")
-            body = await read_body(request, self.hub.config.server.max_body)
-            delivery = Delivery(name, body, request.headers, request.query_params)
             try:
-                source.verify(delivery)
+                check = source.verify(request.headers, request.query_params)
+                body = await read_body(request, self.hub.config.server.max_body, on_chunk=check.update)
+                check.finish()
             except SignatureError as exc:
                 self._rejected.labels(label, exc.reason).inc()
                 raise
+            delivery = Delivery(name, body, request.headers, request.query_params)
             if source.format == "json":
-                try:
-                    delivery.payload = orjson.loads(body)
-                except orjson.JSONDecodeError:
-                    raise BadRequest("the body is not valid JSON", code="invalid_json") from None
+                delivery.payload = parse_json(body)
             event = source.normalize(delivery)
             result = await self.hub.publish(event, default_source=name)
         except HubError as exc:

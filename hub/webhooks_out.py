@@ -19,7 +19,9 @@ until `retry_for`). Targets pass the SSRF guard in `hub.egress`.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -107,7 +109,8 @@ def webhook_post_action(policy: EgressPolicy, signer: WebhookSigner, http: httpx
                                          content=content)
 
         try:
-            response = await send_with_retry(http, build, retry)
+            # Only the answer's beginning is kept (MAX_ANSWER_CHARS): read no more than that.
+            response = await send_with_retry(http, build, retry, max_response=4 * MAX_ANSWER_CHARS, truncate=True)
         except httpx.HTTPError as exc:
             raise WebhookFailed(f"{target.host} could not be reached: {type(exc).__name__}",
                                 webhook_id=msg_id) from None
@@ -124,4 +127,14 @@ def webhook_post_spec(config: WebhookActionConfig, policy: EgressPolicy, secret:
                       http: httpx.AsyncClient) -> ActionSpec:
     retry = retry_until(config.retry_for) if config.retry_for > 0 else NO_RETRY
     return ActionSpec(WEBHOOK_POST, webhook_post_action(policy, WebhookSigner(secret), http, retry),
-                      idempotent=True, group="webhook", required=CORE_ACTIONS[WEBHOOK_POST])
+                      idempotent=True, group="webhook", required=CORE_ACTIONS[WEBHOOK_POST], describe=_target_host)
+
+
+def _target_host(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Only the host: a webhook's URL may carry a token in its path or query, its headers a key."""
+    url = params.get("url")
+    try:
+        host = urlsplit(url).hostname if isinstance(url, str) else None
+    except ValueError:
+        host = None
+    return {"host": host}

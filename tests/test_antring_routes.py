@@ -90,3 +90,24 @@ def test_recording_redirects_to_a_fresh_signed_url_for_its_agent_only(world: Ant
     assert httpx.get(url, headers=bearer("bob"), timeout=WAIT).status_code == 404
     assert httpx.get(url, headers=ADMIN, timeout=WAIT).status_code == 307
     assert httpx.get(url, timeout=WAIT).status_code == 401
+
+
+def test_a_client_cannot_claim_a_recording_or_reach_one_its_types_claim_excludes(world: AntRingWorld) -> None:
+    """An event a client publishes naming alice's recording for chi does not open it to chi (only AntRing's
+    own calls count), and alice's own token without `call.*` in its types claim gets 404 as well."""
+    call = inbound_answered(ALICE, "0912345679", account_id=ACCOUNT)
+    media = call.record["recording"]
+    world.state.recordings.add(media)
+    world.play(call)
+    wait_until(lambda: any(e["data"].get("recording") == media for e in world.history("call.ended")),
+               what="the call with its recording")
+    claim = {"type": "call.ended", "id": "claim-1", "data": {"agent": "chi", "recording": media}}
+    forged = httpx.post(f"{world.hub.url}/v1/events", json={**claim, "source": "antring"}, headers=PUBLISHER,
+                        timeout=WAIT)
+    assert forged.status_code == 403
+    assert httpx.post(f"{world.hub.url}/v1/events", json=claim, headers=PUBLISHER, timeout=WAIT).status_code == 202
+    url = f"{world.hub.url}/v1/recordings/{media}"
+    assert httpx.get(url, headers=bearer("chi"), timeout=WAIT).status_code == 404
+    no_calls = issue_token(JWT_SECRET, sub="alice-ui", ttl=600, agent="alice", types=("action.*",))
+    assert httpx.get(url, headers={"Authorization": f"Bearer {no_calls}"}, timeout=WAIT).status_code == 404
+    assert httpx.get(url, headers=bearer("alice"), timeout=WAIT).status_code == 307

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +36,8 @@ class Receiver:
 
     statuses: list[int] = field(default_factory=list)
     received: list[dict[str, Any]] = field(default_factory=list)
+    #: The raw path and query of each request, as sent.
+    paths: list[str] = field(default_factory=list)
     #: Seconds to wait before answering (after recording the request).
     delay: float = 0.0
 
@@ -43,10 +47,13 @@ class Receiver:
             if self.delay:
                 await asyncio.sleep(self.delay)
             self.received.append({"headers": dict(request.headers), "body": body})
+            raw = request.scope["raw_path"].decode() + ("?" + request.scope["query_string"].decode()
+                                                         if request.scope["query_string"] else "")
+            self.paths.append(raw)
             status = self.statuses.pop(0) if self.statuses else 200
             return JSONResponse({"ok": status < 300}, status_code=status)
 
-        return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+        return Starlette(routes=[Route("/hook{rest:path}", hook, methods=["POST"])])
 
 
 @pytest.fixture
@@ -161,6 +168,76 @@ def test_an_internal_address_is_refused_unless_allowed(data_dir: Path, receiver:
     assert {r["type"] for r in reports} == {"action.failed"}
     assert all("internal address" in r["data"]["error"] for r in reports), reports
     assert state.received == []
+    # What `localhost` resolves to is the operator's business: it goes to the log, not to subscribers.
+    (by_name,) = [r for r in reports if r["data"]["rule"] == "by-name"]
+    assert "127.0.0.1" not in by_name["data"]["error"] and "::1" not in by_name["data"]["error"]
+
+
+def test_outcome_events_show_the_target_host_never_headers_or_url_secrets(
+    data_dir: Path, receiver: tuple[Receiver, AppServer]
+) -> None:
+    """A rule's `Authorization` header and a key in its URL never reach the action.* event subscribers see."""
+    state, server = receiver
+    state.statuses = [200, 404]
+    secret_header, secret_query = "Bearer s3cr3t-header-value", "s3cr3t-query-value"
+    rules = [rule(f"{server.url}/hook?key={secret_query}", headers={"Authorization": secret_header}),
+             {**rule(f"{server.url}/hook?key={secret_query}", headers={"Authorization": secret_header}),
+              "name": "second"}]
+    with ServerThread(hub_config(data_dir, rules, retry_for="0s")) as hub:
+        hub.publish(missed())
+        wait_until(lambda: len(outcomes(hub)) == 2, what="both outcomes")
+        raw = httpx.get(f"{hub.url}/v1/events?types=action.*", headers=ADMIN, timeout=WAIT).text
+        reports = outcomes(hub)
+    assert {r["type"] for r in reports} == {"action.succeeded", "action.failed"}
+    assert secret_header not in raw and "s3cr3t" not in raw
+    assert all(r["data"]["target"] == {"host": "127.0.0.1"} for r in reports), reports
+    assert all(r["headers"]["authorization"] == secret_header for r in state.received)  # it was sent, only not shown
+
+
+def test_an_event_value_in_a_url_cannot_change_the_host_or_the_path(
+    data_dir: Path, receiver: tuple[Receiver, AppServer]
+) -> None:
+    """`{data.tenant}` placeholders in a URL are percent-encoded: `evil.com/` stays one path segment."""
+    state, server = receiver
+    with ServerThread(hub_config(data_dir, [rule(f"{server.url}/hook/{{data.tenant}}?t={{data.tenant}}")])) as hub:
+        hub.publish({**missed(), "data": {**missed()["data"], "tenant": "evil.com/../x?y=1&z"}})
+        one_outcome(hub)
+    assert state.paths == ["/hook/evil.com%2F..%2Fx%3Fy%3D1%26z?t=evil.com%2F..%2Fx%3Fy%3D1%26z"]
+
+
+def test_a_huge_answer_is_read_no_further_than_what_the_action_keeps(data_dir: Path) -> None:
+    """A receiver answering an endless body costs the hub a few kilobytes, not its memory: the hub
+    stops reading and hangs up, so the receiver cannot push more than the sockets' buffers hold."""
+    sent = [0]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def endless_receiver() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(WAIT)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+            try:
+                for _ in range(100_000):  # 6.4 GB if it were all read
+                    conn.sendall(chunk)
+                    sent[0] += len(chunk)
+            except OSError:
+                pass  # the hub hung up
+
+    thread = threading.Thread(target=endless_receiver, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/hook"
+    with ServerThread(hub_config(data_dir, [rule(url)])) as hub:
+        hub.publish(missed())
+        report = one_outcome(hub)
+        thread.join(WAIT)
+    listener.close()
+    assert report["type"] == "action.succeeded"
+    assert len(report["data"]["result"]["answer"]) <= 1000
+    assert not thread.is_alive() and sent[0] < 64 * 2**20, f"the receiver pushed {sent[0]} bytes"
 
 
 def test_a_host_name_keeps_its_host_header_while_the_checked_address_is_called(
@@ -199,14 +276,18 @@ def test_a_rule_without_url_is_refused_at_load_time() -> None:
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
                                      "100.64.0.1", "0.0.0.0", "224.0.0.1", "::1", "fe80::1", "fc00::1",
-                                     "::ffff:127.0.0.1", "::ffff:10.0.0.1"])
+                                     "::ffff:127.0.0.1", "::ffff:10.0.0.1",
+                                     # IPv4 inside IPv6: compatible, NAT64, local NAT64, 6to4; and site-local
+                                     "::127.0.0.1", "::169.254.169.254", "64:ff9b::7f00:1", "64:ff9b::a9fe:a9fe",
+                                     "64:ff9b:1::808:808", "2002:7f00:1::1", "2002:a00:1::", "fec0::1"])
 def test_internal_addresses_are_not_public(address: str) -> None:
     assert not is_public(ipaddress.ip_address(address))
     with pytest.raises(EgressRefused):
         EgressPolicy().check_literal(f"http://[{address}]/x" if ":" in address else f"http://{address}/x")
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "203.113.1.1", "2001:4860:4860::8888"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "203.113.1.1", "2001:4860:4860::8888", "64:ff9b::808:808",
+                                     "2002:808:808::1"])
 def test_public_addresses_pass(address: str) -> None:
     assert is_public(ipaddress.ip_address(address))
     target = asyncio.run(EgressPolicy().resolve(f"https://[{address}]/x" if ":" in address else f"https://{address}/x"))

@@ -273,3 +273,59 @@ def test_kill_9_right_after_a_2xx_loses_nothing(tmp_path: Path) -> None:
         hub.stop()
     assert len(acked) == 50 and set(acked) <= kept
     assert TOKEN not in (tmp_path / "hub.log").read_text()
+
+
+# -- replay windows and replay-safe keys ---------------------------------------------------------------
+
+
+def _window_client(data_dir: Path) -> TestClient:
+    raw = raw_config(data_dir)
+    raw["sources"] = [
+        {"name": "slack", "verify": "hmac-sha256", "secret": HMAC_SECRET, "header": "X-Slack-Signature",
+         "timestamp_header": "X-Slack-Request-Timestamp", "signed": "v0:{timestamp}:{body}", "type": "slack.event"},
+        {"name": "tokts", "verify": "token", "secret": TOKEN, "timestamp_header": "X-Timestamp", "type": "t.event",
+         "tolerance": "60s"},
+    ]
+    return TestClient(create_app(config_from_dict(raw, env={})))
+
+
+def test_an_hmac_source_with_a_timestamp_header_signs_it_and_refuses_stale_deliveries(data_dir: Path) -> None:
+    """`signed = "v0:{timestamp}:{body}"`: the timestamp is signed, and one outside `tolerance` is 401 (stale)."""
+    body = orjson.dumps({"event": "x"})
+
+    def headers(at: float, stamp: str | None = None) -> dict[str, str]:
+        sent = str(int(at))
+        digest = hmac.new(HMAC_SECRET.encode(), f"v0:{sent}:".encode() + body, hashlib.sha256).hexdigest()
+        return {"X-Slack-Signature": "v0=" + digest, "X-Slack-Request-Timestamp": stamp or sent}
+
+    now = datetime.now(UTC).timestamp()
+    with _window_client(data_dir) as client:
+        assert post(client, "slack", body, headers=headers(now)).status_code == 200
+        stale = post(client, "slack", body, headers=headers(now - 600))
+        assert stale.status_code == 401 and "tolerance" in stale.json()["error"]["message"]
+        moved = post(client, "slack", body, headers=headers(now - 600, stamp=str(int(now))))  # re-dated replay
+        assert moved.status_code == 401
+        assert post(client, "slack", body, headers={"X-Slack-Signature": headers(now)["X-Slack-Signature"]}).status_code == 401
+        metrics = client.get("/metrics").text
+    assert 'callhub_webhooks_rejected_total{reason="stale",source="slack"} 1.0' in metrics
+
+
+def test_a_token_source_with_a_timestamp_header_refuses_old_deliveries(data_dir: Path) -> None:
+    now = int(datetime.now(UTC).timestamp())
+    with _window_client(data_dir) as client:
+        auth = {"Authorization": f"Bearer {TOKEN}"}
+        assert post(client, "tokts", {"a": 1}, headers={**auth, "X-Timestamp": str(now)}).status_code == 200
+        assert post(client, "tokts", {"a": 2}, headers={**auth, "X-Timestamp": str(now - 120)}).status_code == 401
+        assert post(client, "tokts", {"a": 3}, headers=auth).status_code == 401
+
+
+def test_an_hmac_source_keyed_on_an_unsigned_header_is_refused_as_unsafe() -> None:
+    """`id = "header:X"` with an HMAC over the body: a replay with the header changed would be a new event."""
+    raw = {"sources": [{"name": "x", "verify": "hmac-sha256", "secret": HMAC_SECRET, "type": "t", "id": "header:X-Id"}]}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw, env={})
+    ((where, message),) = info.value.problems
+    assert where == "sources[0].id" and "unsafe" in message
+    standard = {"sources": [{"name": "s", "verify": "standard-webhooks", "secret": WHSEC, "type": "t",
+                             "id": "header:webhook-id"}]}
+    config_from_dict(standard, env={})  # webhook-id is signed: fine

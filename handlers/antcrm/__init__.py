@@ -23,7 +23,7 @@ from handlers.antcrm.client import (
 from handlers.antcrm.config import AntCRMConfig
 from handlers.antcrm.lookup import CustomerLookup
 from handlers.antcrm.screenpop import screen_pop
-from hub.actions import ActionContext, ActionSpec, Executor
+from hub.actions import ActionContext, ActionSpec, Executor, public_params
 from hub.exceptions import InvalidEvent
 from hub.plugins import Registry
 
@@ -115,13 +115,16 @@ def register(registry: Registry) -> AntCRM | None:
         return None
     antcrm = build(config)
     registry.add_cleanup(antcrm.aclose)
+    registry.claim_source("antcrm")  # the screen-pop's call.enriched
     registry.provide(PROVIDED_AS, antcrm)
     if config.screen_pop_types:
         registry.add_listener(tuple(config.screen_pop_types), screen_pop(registry.hub, antcrm.lookup))
     registry.add_action(ActionSpec(CREATE_TICKET, create_ticket_action(antcrm.client),
-                                   idempotent=True, group="antcrm", required=ACTIONS[CREATE_TICKET]))
+                                   idempotent=True, group="antcrm", required=ACTIONS[CREATE_TICKET],
+                                   describe=public_params("title", "SLA", "priority")))
     registry.add_action(ActionSpec(UPSERT_CONTACT, upsert_contact_action(antcrm.client),
-                                   idempotent=True, group="antcrm", required=ACTIONS[UPSERT_CONTACT]))
+                                   idempotent=True, group="antcrm", required=ACTIONS[UPSERT_CONTACT],
+                                   describe=public_params("phone", "name")))
     return antcrm
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 from handlers.antring.client import AntRingClient, TokenManager
 from handlers.antring.config import AntRingConfig
-from handlers.antring.consumer import SignalConsumer
+from handlers.antring.consumer import UPSTREAM, SignalConsumer
 from handlers.antring.normalize import AgentIndex, Normalizer
 from handlers.antring.reconcile import Reconciler
 from handlers.antring.routes import routes
-from hub.actions import ActionContext, ActionSpec, Executor
+from hub.actions import ActionContext, ActionSpec, Executor, public_params
 from hub.core import Hub
 from hub.exceptions import HubError, NotFound
 from hub.phone import parse_phone
@@ -89,11 +89,13 @@ def register(registry: Registry) -> None:
             if consumer.connected:
                 await reconciler.periodic()
 
+    registry.claim_source(UPSTREAM)
     registry.add_service("antring-signals", consume)
     registry.add_service("antring-reconcile", reconcile_periodically)
     registry.add_service("antring-token", keep_token_fresh)
     registry.add_cleanup(client.aclose)
     registry.add_action(ActionSpec(CLICK_TO_CALL, click_to_call_action(config, client),
-                                   idempotent=False, group="antring", required=ACTIONS[CLICK_TO_CALL]))
+                                   idempotent=False, group="antring", required=ACTIONS[CLICK_TO_CALL],
+                                   describe=public_params("agent", "number")))
     for route in routes(config, client):
         registry.add_route(route)

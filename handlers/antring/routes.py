@@ -23,6 +23,7 @@ from handlers.antring.config import AntRingConfig
 from hub.api import JSONResponse, hub_of, read_body, require_json
 from hub.events import hub_event
 from hub.exceptions import BadRequest, Forbidden, HubError, InvalidEvent, NotFound
+from hub.matcher import TypeFilter
 from hub.phone import parse_phone
 
 logger = logging.getLogger("callhub.antring")
@@ -31,8 +32,10 @@ __all__ = ["routes"]
 
 #: Largest click-to-call request body.
 MAX_BODY = 4096
+#: The source of the calls whose recordings may be fetched.
+SOURCE = "antring"
 #: Recordings are looked up among this many newest events that name them.
-RECORDING_LOOKUP_LIMIT = 1
+RECORDING_LOOKUP_LIMIT = 8
 
 
 class DeviceOfflineConflict(HubError):
@@ -91,10 +94,13 @@ def routes(config: AntRingConfig, client: AntRingClient) -> list[Route]:
         principal = hub.authenticate(request, allow_query=True)
         media = request.path_params["media"]
         if principal.role != "admin":
+            # Only calls AntRing itself reported (clients cannot publish as `antring`), that the
+            # credential may see: its agent's, of types its `types` claim allows.
+            visible = TypeFilter((), principal.types)
             found = await hub.backend.find(
-                path="recording", value=media, agent=principal.agent, limit=RECORDING_LOOKUP_LIMIT
+                path="recording", value=media, agent=principal.agent, limit=RECORDING_LOOKUP_LIMIT, source=SOURCE
             )
-            if not found:
+            if not any(visible.matches(event.type) for event in found):
                 # Same answer whether it exists or belongs to someone else: no probing.
                 raise NotFound("no such recording among your calls")
         try:

@@ -13,7 +13,7 @@ from handlers.vbee.client import VbeeClient
 from handlers.vbee.config import VbeeConfig
 from handlers.vbee.normalize import SOURCE, Normalizer
 from handlers.vbee.routes import routes
-from hub.actions import ActionContext, ActionSpec, Executor
+from hub.actions import ActionContext, ActionSpec, Executor, public_params
 from hub.exceptions import InvalidEvent
 from hub.phone import parse_phone
 from hub.plugins import Registry
@@ -57,6 +57,6 @@ def register(registry: Registry) -> None:
         client = VbeeClient(config.base_url, config.api_key, config.api_secret, timeout=config.request_timeout)
         registry.add_cleanup(client.aclose)
         registry.add_action(ActionSpec(ADD_CONTACTS, add_contacts_action(client), idempotent=False, group="vbee",
-                                       required=ACTIONS[ADD_CONTACTS]))
+                                       required=ACTIONS[ADD_CONTACTS], describe=public_params("campaign_id", "phone_number")))
     for route in routes(client, batch_size=config.batch_size):
         registry.add_route(route)

@@ -62,11 +62,12 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def find(self, *, path: str, value: str, agent: str | None, limit: int) -> list[Event]:
+    async def find(self, *, path: str, value: str, agent: str | None, limit: int,
+                   source: str | None = None) -> list[Event]:
         """Newest first, stored events whose `data.<path>` (dotted) equals `value`.
 
-        `agent` set: only that agent's events. For look-ups such as "which call has this
-        recording"; not for the hot path.
+        `agent` set: only that agent's events; `source` set: only events from that source. For
+        look-ups such as "which call has this recording"; not for the hot path.
         """
 
     @abstractmethod

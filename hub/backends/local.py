@@ -28,7 +28,7 @@ from typing import Any
 from hub.backends.base import AppendResult, Backend, CommitListener, Page
 from hub.config import Config
 from hub.events import Event, encode_event
-from hub.exceptions import Unavailable
+from hub.exceptions import InvalidEvent, Unavailable
 from hub.matcher import TypeFilter
 
 logger = logging.getLogger("callhub.store")
@@ -159,7 +159,12 @@ class LocalBackend(Backend):
                 if item is _STOP:
                     return
                 if isinstance(item, tuple):
-                    self._control(conn, item)
+                    try:
+                        self._control(conn, item)
+                    except Exception:
+                        # Whatever one control item does, the writer goes on: it is every publisher's.
+                        logger.exception("event store control %r failed", item[0])
+                        self._recover(conn)
                     continue
                 batch = [item]
                 stop = False
@@ -176,7 +181,13 @@ class LocalBackend(Backend):
                         self._queue.put(more)
                         break
                     batch.append(more)
-                next_seq = self._commit(conn, batch, next_seq)
+                try:
+                    next_seq = self._commit(conn, batch, next_seq)
+                except Exception:
+                    logger.exception("event store write failed unexpectedly; %d event(s) not stored", len(batch))
+                    self._recover(conn)
+                    error = Unavailable("the event store could not commit the event; nothing was stored, retry later")
+                    self._hand_back([(item.future, error) for item in batch], [])
                 if stop:
                     return
         finally:
@@ -195,7 +206,14 @@ class LocalBackend(Backend):
             conn.execute("BEGIN IMMEDIATE")
             for item in batch:
                 event = item.event
-                body = encode_event(event, seq)
+                try:
+                    body = encode_event(event, seq)
+                except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
+                    # One event that cannot be encoded fails alone; the rest of the batch commits.
+                    logger.warning("event %r not stored: it cannot be encoded as JSON (%s)", event.get("id"), exc)
+                    results.append((item.future, InvalidEvent(f"the event cannot be encoded as JSON: {exc}",
+                                                              code="unencodable")))
+                    continue
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO events (seq, source, id, type, agent, ts, body) VALUES (?,?,?,?,?,?,?)",
                     (seq, event["source"], event["id"], event["type"], item.agent, now_ms, body),
@@ -221,6 +239,15 @@ class LocalBackend(Backend):
             return next_seq
         self._hand_back(results, committed)
         return seq
+
+    @staticmethod
+    def _recover(conn: sqlite3.Connection) -> None:
+        """Leave no transaction open after an unexpected error, so the next batch starts clean."""
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                logger.exception("rollback after a failed write failed")
 
     def _control(self, conn: sqlite3.Connection, item: tuple[Any, ...]) -> None:
         kind = item[0]
@@ -313,20 +340,25 @@ class LocalBackend(Backend):
             raise Unavailable("the event store is closed")
         return await self._loop.run_in_executor(self._readers, self._read, after, limit, agent, types, scan_limit)
 
-    async def find(self, *, path: str, value: str, agent: str | None, limit: int) -> list[Event]:
+    async def find(self, *, path: str, value: str, agent: str | None, limit: int,
+                   source: str | None = None) -> list[Event]:
         if self._closed or self._loop is None:
             raise Unavailable("the event store is closed")
         if not _DOTTED.fullmatch(path):
             raise ValueError(f"not a dotted path: {path!r}")
-        return await self._loop.run_in_executor(self._readers, self._find, "$.data." + path, value, agent, limit)
+        return await self._loop.run_in_executor(self._readers, self._find, "$.data." + path, value, agent, limit,
+                                                source)
 
-    def _find(self, json_path: str, value: str, agent: str | None, limit: int) -> list[Event]:
+    def _find(self, json_path: str, value: str, agent: str | None, limit: int, source: str | None) -> list[Event]:
         # SQLite's JSON functions read the stored body; the agent index narrows the scan.
         sql = "SELECT seq, type, agent, body FROM events WHERE json_extract(body, ?) = ?"
         args: list[Any] = [json_path, value]
         if agent is not None:
             sql += " AND agent = ?"
             args.append(agent)
+        if source is not None:
+            sql += " AND source = ?"
+            args.append(source)
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
         rows = self._reader().execute(sql, args).fetchall()

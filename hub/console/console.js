@@ -391,7 +391,7 @@
 
   // ---- activity: rule actions, click-to-call attempts, upstreams ----
   function activityText(ev) {
-    const d = ev.data || {}, r = d.result || {}, req = d.request || {};
+    const d = ev.data || {}, r = d.result || {}, req = d.target || {};
     const rule = d.rule ? ` (${t("byRule", { r: d.rule })})` : "";
     switch (ev.type) {
       case "action.succeeded":
