@@ -1,12 +1,18 @@
 """Run the standard fan-out and webhook-ingest scenarios side by side and report medians.
 
     python -m bench.run_all [--repeat 3] [--pin] [--only ws-100,idle-5000|fanout|ingest] [--out bench/results]
+                            [--variant before=/path/to/old/checkout --variant after=.]
 
 Each run starts a fresh hub (SQLite in a temporary directory, the config below) through
 `bench.fanout --spawn-cmd` or `bench.ingest --spawn-cmd`, so every RSS figure starts from a new
 process and every ingest run from an empty store. With `--pin` (and
 `taskset` present) the hub runs on core 0 and the load client on the other cores, so the two
 compete less for the same core; the report says which was used.
+
+With `--variant NAME=DIR` (twice or more), every scenario runs once per variant in each round,
+the hub's code imported from DIR (a checkout, e.g. `git worktree add /tmp/before <commit>`), and
+the report shows each variant's medians side by side with the ratio of each to the first:
+before/after comparisons in one interleaved run, so the machine's drift touches both alike.
 """
 
 from __future__ import annotations
@@ -107,24 +113,28 @@ url = "https://hooks.example.com/bench"
     return "".join(rules)
 
 
-def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str) -> dict[str, Any]:
-    data = workdir / f"{name}-{index}"
-    config = workdir / f"{name}-{index}.toml"
+def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str,
+             source: Path | None = None, label: str = "") -> dict[str, Any]:
+    tag = f"{name}-{label}-{index}" if label else f"{name}-{index}"
+    data = workdir / tag
+    config = workdir / f"{tag}.toml"
     text = CONFIG.format(data=data, key=KEY, synchronous=synchronous, source=WEBHOOK_SOURCE, secret=WEBHOOK_SECRET)
     if name.endswith("-rules"):
         text += rules_toml(RULE_COUNT)
     config.write_text(text)
     hub_prefix = "taskset -c 0 " if pin else ""
     client_prefix = ["taskset", "-c", "1-1024"] if pin else []
-    out = workdir / f"{name}-{index}.json"
+    out = workdir / f"{tag}.json"
     module, scenario_args = SCENARIOS[name]
+    # -P: the hub's code comes from PYTHONPATH (the variant's checkout), not from the working directory.
+    python = f"env PYTHONPATH={source.resolve()} {{python}} -P" if source is not None else "{python}"
     if module == "ingest":
         credentials = ["--source", WEBHOOK_SOURCE, "--token", WEBHOOK_SECRET]
     else:
         credentials = ["--key", KEY]
     cmd = [
         *client_prefix, sys.executable, "-m", f"bench.{module}", *credentials, *scenario_args,
-        "--spawn-cmd", f"{hub_prefix}{{python}} -m hub serve --config {config} --port {{port}}",
+        "--spawn-cmd", f"{hub_prefix}{python} -m hub serve --config {config} --port {{port}}",
         "--json", str(out),
     ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -167,29 +177,72 @@ def main(argv: list[str] | None = None) -> int:
         help="the hub's backend.synchronous (full: fsync per commit, the default)",
     )
     parser.add_argument("--out", type=Path, help="directory for the raw JSON of every run and the summary")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
+                        help="run the hub from this checkout too (repeatable; compared with the first)")
     args = parser.parse_args(argv)
     pin = args.pin and shutil.which("taskset") is not None
     names = select(args.only, parser)
+    variants = parse_variants(args.variant, parser)
     summary: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="callhub-bench-") as tmp:
         workdir = Path(tmp)
         # Interleaved (A, B, A, B, ...), so slow drift of a noisy machine touches every scenario alike.
-        all_runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        keys = [(name, label) for name in names for label in variants]
+        all_runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in keys}
         for i in range(args.repeat):
-            for name in names:
-                all_runs[name].append(run_once(name, workdir, pin, i, args.synchronous))
-        for name, runs in all_runs.items():
-            summary[name] = {f: median([r.get(f) for r in runs]) for f in FIGURES if any(f in r for r in runs)}
-            summary[name]["runs"] = len(runs)
-            print(f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary[name].items()), flush=True)
+            for name, label in keys:
+                all_runs[(name, label)].append(run_once(name, workdir, pin, i, args.synchronous, variants[label], label))
+        for (name, label), runs in all_runs.items():
+            key = f"{name}@{label}" if label else name
+            summary[key] = {f: median([r.get(f) for r in runs]) for f in FIGURES if any(f in r for r in runs)}
+            summary[key]["runs"] = len(runs)
+            print(f"{key}: " + ", ".join(f"{k}={v}" for k, v in summary[key].items()), flush=True)
             if args.out:
                 args.out.mkdir(parents=True, exist_ok=True)
-                (args.out / f"{name}.runs.json").write_text(json.dumps(runs, indent=1))
+                (args.out / f"{key}.runs.json").write_text(json.dumps(runs, indent=1))
+    if len(variants) > 1:
+        print("\n" + compare(summary, names, list(variants)))
     print(f"\nmedians of {args.repeat} run(s) each; pinned: {pin}; synchronous: {args.synchronous}")
     if args.out:
-        meta = {"pinned": pin, "synchronous": args.synchronous, "repeat": args.repeat}
+        meta = {"pinned": pin, "synchronous": args.synchronous, "repeat": args.repeat,
+                "variants": {k: str(v) for k, v in variants.items() if v is not None}}
         (args.out / "summary.json").write_text(json.dumps({**meta, "scenarios": summary}, indent=1))
     return 0
+
+
+def parse_variants(specs: list[str], parser: argparse.ArgumentParser) -> dict[str, Path | None]:
+    """`NAME=DIR` specs in order; none means the one hub of this checkout (label "")."""
+    if not specs:
+        return {"": None}
+    variants: dict[str, Path | None] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if not sep or not label or not (Path(path) / "hub" / "__init__.py").is_file():
+            parser.error(f"--variant {spec!r}: expected NAME=DIR with DIR a checkout holding hub/")
+        variants[label] = Path(path)
+    return variants
+
+
+#: Figures compared between variants, and which way is better.
+COMPARED = (("deliveries_per_s", "higher"), ("webhooks_per_s", "higher"), ("latency_p50_ms", "lower"),
+            ("latency_p99_ms", "lower"), ("ack_p50_ms", "lower"), ("ack_p99_ms", "lower"),
+            ("hub_cpu_us_per_delivery", "lower"), ("hub_cpu_us_per_webhook", "lower"),
+            ("hub_rss_per_conn_kib", "lower"), ("lost", "lower"))
+
+
+def compare(summary: dict[str, dict[str, Any]], names: list[str], labels: list[str]) -> str:
+    """A table per scenario: each variant's medians, and each one's ratio to the first variant."""
+    first = labels[0]
+    lines = ["| scenario | figure | " + " | ".join(labels) + " | " + " | ".join(f"{v}/{first}" for v in labels[1:]) + " |",
+             "|---|---|" + "---|" * (2 * len(labels) - 1)]
+    for name in names:
+        for figure, _ in COMPARED:
+            values = [summary[f"{name}@{label}"].get(figure) for label in labels]
+            if values[0] is None:
+                continue
+            ratios = [f"{v / values[0]:.3f}" if v is not None and values[0] else "" for v in values[1:]]
+            lines.append(f"| {name} | {figure} | " + " | ".join(str(v) for v in values) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

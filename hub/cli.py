@@ -17,7 +17,7 @@ from hub.app import CallhubApp, create_app
 from hub.auth import ensure_jwt_secret, issue_token
 from hub.config import Config, ConfigError, ServerConfig, load_config
 from hub.plugins import action_types, demo_overrides, handler_sections
-from hub.protocol import WebSocketProtocol, guarded_protocol
+from hub.protocol import Limits, protocols
 from hub.rules import load_rules
 
 __all__ = ["main", "serve", "build_uvicorn_config"]
@@ -52,23 +52,29 @@ def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = No
     streams = config.streams
     log_config: dict[str, Any] = {
         **LOGGING_CONFIG,
-        "filters": {"redact": {"()": "hub.logs.RedactSecrets"}},
+        "filters": {"redact": {"()": "hub.logs.RedactSecrets"}, "frames": {"()": "hub.logs.QuietFrames"}},
         # Every handler redacts: uvicorn logs request paths, and `?token=` is in them.
-        "handlers": {name: {**handler, "filters": ["redact"]} for name, handler in LOGGING_CONFIG["handlers"].items()},
+        "handlers": {name: {**handler, "filters": ["frames", "redact"]}
+                     for name, handler in LOGGING_CONFIG["handlers"].items()},
         "loggers": dict(LOGGING_CONFIG["loggers"]),
     }
     log_config["loggers"]["callhub"] = {"handlers": ["default"], "level": config.server.log_level.upper(), "propagate": False}
     # httpx logs every outbound request at INFO, signed query strings included.
     log_config["loggers"]["httpx"] = {"handlers": ["default"], "level": "WARNING", "propagate": False}
     kwargs: dict[str, Any] = {"fd": fd} if fd is not None else {"host": config.server.host, "port": config.server.port}
+    server = config.server
+    http_protocol, ws_protocol = protocols(Limits(
+        header_timeout=server.header_timeout, body_timeout=server.body_timeout, send_timeout=server.send_timeout,
+        max_head=server.max_head, max_unread=streams.buffer_bytes, max_control_per_s=streams.max_control_per_s,
+    ))
     return uvicorn.Config(
         app,
         **kwargs,
         loop=_loop_impl(),
-        # httptools, plus the request head and body timeouts uvicorn lacks (hub.protocol).
-        http=guarded_protocol(header_timeout=config.server.header_timeout, body_timeout=config.server.body_timeout),
+        # httptools and websockets-sansio, with the limits uvicorn lacks (hub.protocol).
+        http=http_protocol,
         # The fan-out writes pre-built frames straight to the transport of this protocol (hub.sinks).
-        ws=WebSocketProtocol,
+        ws=ws_protocol,
         ws_ping_interval=streams.ws_ping_interval or None,
         ws_ping_timeout=streams.ws_ping_timeout or None,
         ws_max_size=streams.ws_max_message,

@@ -77,6 +77,11 @@ class ServerConfig(_Section):
     header_timeout: Duration = Field(10.0, ge=0)
     #: A request's body must arrive within this of its head (a body declared and never sent: 408).
     body_timeout: Duration = Field(10.0, ge=0)
+    #: An answer the client does not read may keep the connection's send buffer full this long;
+    #: then the connection is cut (a client that asks and never reads would hold it forever).
+    send_timeout: Duration = Field(30.0, ge=0)
+    #: Largest request head (request line and headers); 431 past it.
+    max_head: Size = Field(64 * 1024, ge=1024)
     #: Connections and requests in progress at once, streams included; past it new ones get 503.
     #: 0: no limit but the process's file descriptors.
     max_connections: int = Field(20_000, ge=0)
@@ -123,6 +128,11 @@ class RetentionConfig(_Section):
 class StreamsConfig(_Section):
     #: Events one subscriber may have queued in the hub before it is disconnected as too slow.
     buffer: int = Field(1000, ge=1, le=1_000_000)
+    #: Bytes one subscriber may have queued (events and answers to its own messages) before it
+    #: is disconnected: `buffer` counts events, and events may be large.
+    buffer_bytes: Size = Field(16 * 1024 * 1024, ge=64 * 1024)
+    #: WebSocket pings and pongs one client may send per second; past it the socket is closed (1008).
+    max_control_per_s: int = Field(20, ge=1)
     sse_heartbeat: Duration = 15.0
     #: The `retry:` hint sent to EventSource clients.
     sse_retry: Duration = 3.0

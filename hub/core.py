@@ -45,6 +45,8 @@ class Published(NamedTuple):
 
 #: The source of client events that name none.
 CLIENT_SOURCE = "api"
+#: Agent-scoped publishers publish under `agents/<agent>`, and only they do.
+AGENT_SOURCE_PREFIX = "agents/"
 #: How long `/readyz` waits for the store to start a write transaction.
 READY_TIMEOUT = 2.0
 #: Events read per page when rules catch up after a restart.
@@ -269,13 +271,17 @@ class Hub:
 
     async def publish_from(self, principal: Principal, obj: Any, *, received: float | None = None) -> Published:
         """`publish` for an event a client sent: its source must not be one the hub reserves (its own,
-        a webhook source's, a vendor's), and an agent-scoped credential publishes only for its agent."""
-        event = prepare_event(obj, default_source=CLIENT_SOURCE)
+        a webhook source's, a vendor's), and an agent-scoped credential publishes only for its agent,
+        under a source of its own (`agents/<agent>`), so it cannot pre-empt another publisher's ids."""
+        own = None if principal.agent is None else f"{AGENT_SOURCE_PREFIX}{principal.agent}"
+        event = prepare_event(obj, default_source=own or CLIENT_SOURCE)
         source = event["source"]
-        if source in self.reserved_sources:
+        if source in self.reserved_sources or (own is None and source.startswith(AGENT_SOURCE_PREFIX)):
             raise Forbidden(f"source {source[:64]!r} is reserved: only the hub and its own receivers publish under it",
                             code="reserved_source")
-        if principal.agent is not None:
+        if own is not None:
+            if source != own:
+                raise Forbidden(f"this credential publishes only under source {own!r}", code="agent_scope")
             data = event["data"]
             agent = data.get("agent")
             if agent is None:

@@ -77,14 +77,20 @@ def _bracketed(host: str) -> str:
 #: IPv6 ranges refused whatever Python's tables say: local-use NAT64 (RFC 8215), whose IPv4
 #: address sits at no fixed place; deprecated site-local (RFC 3879); documentation.
 _NEVER_PUBLIC_V6 = tuple(ipaddress.IPv6Network(n) for n in ("64:ff9b:1::/48", "fec0::/10", "2001:db8::/32"))
+#: IETF protocol assignments (192.0.0.0/24): anycast services, never a customer's receiver,
+#: though Python counts some of them global.
+_NEVER_PUBLIC_V4 = (ipaddress.IPv4Network("192.0.0.0/24"),)
+#: IPv4-translated addresses (RFC 2765, SIIT): the IPv4 address is the last 32 bits.
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
 #: Well-known NAT64 (RFC 6052): the IPv4 address is the last 32 bits.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
     """The IPv4 addresses an IPv6 address carries, in each form that routes to them: IPv4-mapped
-    (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated), 6to4 (`2002:AABB:CCDD::/48`),
-    Teredo (server and client) and well-known NAT64 (`64:ff9b::a.b.c.d`)."""
+    (`::ffff:a.b.c.d`), IPv4-compatible (`::a.b.c.d`, deprecated), IPv4-translated
+    (`::ffff:0:a.b.c.d`), 6to4 (`2002:AABB:CCDD::/48`), Teredo (server and client) and well-known
+    NAT64 (`64:ff9b::a.b.c.d`)."""
     found: list[ipaddress.IPv4Address] = []
     if address.ipv4_mapped is not None:
         found.append(address.ipv4_mapped)
@@ -95,7 +101,7 @@ def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]
         found.append(address.sixtofour)
     if address.teredo is not None:
         found.extend(address.teredo)
-    if address in _NAT64:
+    if address in _NAT64 or address in _TRANSLATED:
         found.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
     return found
 
@@ -112,6 +118,8 @@ def is_public(address: IPAddress) -> bool:
         embedded = embedded_ipv4(address)
         if embedded:
             return all(is_public(v4) for v4 in embedded)
+    elif any(address in network for network in _NEVER_PUBLIC_V4):
+        return False
     return address.is_global and not address.is_multicast
 
 

@@ -16,20 +16,23 @@ import re
 from typing import Any
 from urllib.parse import unquote_plus
 
-__all__ = ["RedactSecrets", "redact", "SECRET_PARAMS"]
+__all__ = ["RedactSecrets", "QuietFrames", "redact", "SECRET_PARAMS"]
 
 #: Query and form parameter names whose values are credentials (compared lower-case, decoded).
 SECRET_PARAMS = frozenset({"token", "access_token", "api_key", "apikey", "key", "secret", "hash", "signature", "sig",
                            "password", "auth_token"})
-#: `name=value` after a start, `?`, `&`, a space or a quote; the name may be percent-encoded.
-_PARAM = re.compile(r"(?P<lead>^|[?&;\s\"'])(?P<name>[^=&?;\s\"']{1,64})=(?P<value>[^&;\s\"']+)")
+#: `name=value` after a start, `?`, `&`, `;`, a space or a quote; the name may be percent-encoded.
+#: The value runs to the next `&` or space: a credential holding `;` or a quote is hidden whole.
+_PARAM = re.compile(r"(?P<lead>^|[?&;\s\"'])(?P<name>[^=&?;\s\"']{1,64})=(?P<value>[^&\s]+)")
+#: What is left of a decoded name to compare: `token[]`, `token%00` and `Token ` are all `token`.
+_NAME_NOISE = re.compile(r"[^a-z0-9_]")
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
 REDACTED = "REDACTED"
 
 
 def _param(match: re.Match[str]) -> str:
     name = match.group("name")
-    if unquote_plus(name).strip().lower() not in SECRET_PARAMS:
+    if _NAME_NOISE.sub("", unquote_plus(name).lower()) not in SECRET_PARAMS:
         return match.group(0)
     return f"{match.group('lead')}{name}={REDACTED}"
 
@@ -48,6 +51,14 @@ def _redact_arg(value: Any) -> Any:
     text = str(value)  # an httpx.URL, say, renders its query string
     cleaned = redact(text)
     return value if cleaned == text else cleaned
+
+
+class QuietFrames(logging.Filter):
+    """Drops the websockets library's per-frame debug lines (`< PING …`, `> TEXT …`): at debug
+    level a client's ping flood would otherwise write a line per frame."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.DEBUG and record.msg in ("< %s", "> %s"))
 
 
 class RedactSecrets(logging.Filter):

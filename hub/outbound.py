@@ -11,6 +11,7 @@ import email.utils
 import hashlib
 import random
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
@@ -30,6 +31,8 @@ MAX_VENDOR_MESSAGE = 200
 #: read whole into memory whatever it sends. Larger answers are an error (`ResponseTooLarge`)
 #: unless the caller only wants their beginning (`truncate`).
 MAX_RESPONSE_BYTES = 1024 * 1024
+#: What answers may be encoded with: what `read_limited` can decode within its limit.
+ACCEPT_ENCODING = "gzip, deflate"
 #: Headers that describe the body as it came over the wire, not as it is kept (decoded, maybe cut).
 _WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 
@@ -91,29 +94,62 @@ def retry_after_seconds(response: httpx.Response, *, now: float | None = None) -
     return max(0.0, when - (time.time() if now is None else now))
 
 
+class _Inflate:
+    """gzip or deflate, decoded at most `room` bytes at a time: a small compressed answer cannot
+    expand into memory (httpx's own decoders inflate each network chunk whole)."""
+
+    def __init__(self, encoding: str) -> None:
+        # 16 + MAX_WBITS: gzip framing; 32 + MAX_WBITS: zlib or gzip, whichever the header says.
+        self._z = zlib.decompressobj(16 + zlib.MAX_WBITS if "gzip" in encoding else 32 + zlib.MAX_WBITS)
+
+    def feed(self, data: bytes, room: int) -> tuple[bytes, bool]:
+        """Up to `room` decoded bytes of `data`; True if more output was left undecoded."""
+        out = self._z.decompress(data, room)
+        return out, bool(self._z.unconsumed_tail)
+
+
 async def read_limited(response: httpx.Response, limit: int = MAX_RESPONSE_BYTES, *,
                        truncate: bool = False) -> httpx.Response:
-    """A streamed response with its body read, up to `limit` bytes, and closed.
+    """A streamed response with its body read, up to `limit` bytes (decoded), and closed.
 
     Past `limit`: `ResponseTooLarge`, or with `truncate` the first `limit` bytes. The answer is a
-    complete `httpx.Response` (`.content`, `.text`, `.json()` work).
+    complete `httpx.Response` (`.content`, `.text`, `.json()` work). Only identity, gzip and
+    deflate are read (what `send_with_retry` asks for), and decoding stops at the limit.
     """
+    if response.is_stream_consumed:  # read already (a transport that answers from memory): only cut it
+        body = response.content
+        await response.aclose()
+        if len(body) > limit and not truncate:
+            raise ResponseTooLarge(f"the answer is larger than {limit} bytes")
+        return _complete(response, body[:limit])
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity", "gzip", "x-gzip", "deflate"):
+        await response.aclose()
+        raise ResponseTooLarge(f"the answer is in an encoding the hub did not ask for ({encoding[:32]})")
+    inflate = _Inflate(encoding) if encoding not in ("", "identity") else None
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_bytes():
-            if size + len(chunk) > limit:
+        async for raw in response.aiter_raw():
+            chunk, more = inflate.feed(raw, limit - size + 1) if inflate is not None else (raw, False)
+            if more or size + len(chunk) > limit:
                 if not truncate:
                     raise ResponseTooLarge(f"the answer is larger than {limit} bytes")
                 chunks.append(chunk[: limit - size])
                 break
             size += len(chunk)
             chunks.append(chunk)
+    except zlib.error as exc:
+        raise ResponseTooLarge(f"the answer's {encoding} encoding is broken: {exc}") from None
     finally:
         await response.aclose()
+    return _complete(response, b"".join(chunks))
+
+
+def _complete(response: httpx.Response, body: bytes) -> httpx.Response:
     headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
-    return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks),
-                          request=response.request, extensions=response.extensions)
+    return httpx.Response(response.status_code, headers=headers, content=body, request=response.request,
+                          extensions=response.extensions)
 
 
 async def send_with_retry(
@@ -135,8 +171,10 @@ async def send_with_retry(
     attempt = 0
     while True:
         attempt += 1
+        request = build()
+        request.headers["Accept-Encoding"] = ACCEPT_ENCODING
         try:
-            response = await read_limited(await client.send(build(), stream=True), max_response, truncate=truncate)
+            response = await read_limited(await client.send(request, stream=True), max_response, truncate=truncate)
         except (httpx.TransportError, httpx.TimeoutException):
             if attempt >= policy.attempts or _past(policy, started):
                 raise

@@ -43,6 +43,10 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 #: An action's outcome (`action.*`) may trigger rules whose outcomes may trigger rules...: the
 #: chain stops at this depth, so two rules reacting to each other's failures cannot loop forever.
 MAX_ACTION_CHAIN = 3
+#: Event types whose candidate rules are remembered (as `hub.matcher` bounds its filters' caches).
+MAX_CACHED_TYPES = 4096
+#: Cooldowns held before expired ones are swept out.
+COOLDOWN_SWEEP_MIN = 1024
 
 
 def chain_depth(event: Mapping[str, Any]) -> int:
@@ -272,6 +276,7 @@ class RuleSet:
                 self._wild.append(rule)
         self._by_type: dict[str, list[Rule]] = {}
         self._cooldowns: dict[tuple[str, str], float] = {}
+        self._cooldown_sweep_at = COOLDOWN_SWEEP_MIN
 
     def carry_counters(self, old: RuleSet | None) -> None:
         """Keep the counters and running cooldowns of rules that survive a reload (by name)."""
@@ -290,10 +295,22 @@ class RuleSet:
             if name in names:
                 self._cooldowns[(name, key)] = max(until, self._cooldowns.get((name, key), 0.0))
 
+    def _remember_cooldown(self, key: tuple[str, str], until: float, now: float) -> None:
+        cooldowns = self._cooldowns
+        if len(cooldowns) >= self._cooldown_sweep_at:
+            # One cooldown per rule and key (a caller's number): expired ones are forgotten, in one
+            # sweep each time the map doubles, so keeping them bounded costs O(1) per firing.
+            for stale in [k for k, t in cooldowns.items() if t <= now]:
+                del cooldowns[stale]
+            self._cooldown_sweep_at = max(COOLDOWN_SWEEP_MIN, 2 * len(cooldowns))
+        cooldowns[key] = until
+
     def candidates(self, type_: str) -> list[Rule]:
         found = self._by_type.get(type_)
         if found is None:
             found = self._exact.get(type_, []) + [r for r in self._wild if r.types.matches(type_)]
+            if len(self._by_type) >= MAX_CACHED_TYPES:
+                self._by_type.clear()  # types are few in practice; a client inventing types must not grow it
             self._by_type[type_] = found
         return found
 
@@ -322,7 +339,7 @@ class RuleSet:
                     continue
                 cooldown = (rule.name, key[1], now + rule.spec.cooldown.for_)
                 if not dry_run:
-                    self._cooldowns[key] = cooldown[2]
+                    self._remember_cooldown(key, cooldown[2], now)
             requests, errors = [], []
             for action in rule.actions:
                 try:

@@ -102,12 +102,14 @@ class Payload:
 class Sink:
     """Common state: the hold used during catch-up, the last seq written, the overflow hook."""
 
-    __slots__ = ("kind", "limit", "closed", "last_seq", "held", "held_count", "held_lost", "on_overflow", "_send",
-                 "beat")
+    __slots__ = ("kind", "limit", "byte_limit", "closed", "last_seq", "held", "held_count", "held_lost", "on_overflow",
+                 "_send", "beat")
 
-    def __init__(self, kind: Kind, send: Send, limit: int) -> None:
+    def __init__(self, kind: Kind, send: Send, limit: int, byte_limit: int = 0) -> None:
         self.kind: Kind = kind
         self.limit = limit
+        #: Bytes waiting in the transport's buffer past which the subscriber is dropped too (0: none).
+        self.byte_limit = byte_limit
         #: What `heartbeat()` writes (SSE only): the comment, or a `heartbeat_event`.
         self.beat = HEARTBEAT
         self.closed = False
@@ -195,8 +197,9 @@ class Sink:
 class TransportSink(Sink):
     __slots__ = ("transport", "_form", "_written", "_marks", "_queued")
 
-    def __init__(self, kind: Kind, send: Send, limit: int, transport: asyncio.WriteTransport) -> None:
-        super().__init__(kind, send, limit)
+    def __init__(self, kind: Kind, send: Send, limit: int, transport: asyncio.WriteTransport,
+                 byte_limit: int = 0) -> None:
+        super().__init__(kind, send, limit, byte_limit)
         self.transport = transport
         self._form = "ws" if kind == "ws" else "sse_chunk"
         # Bytes written since the buffer was last seen empty, and (end offset, events) per write
@@ -234,7 +237,7 @@ class TransportSink(Sink):
         flushed = self._written - pending
         while marks and marks[0][0] <= flushed:
             self._queued -= marks.popleft()[1]
-        if self._queued > self.limit:
+        if self._queued > self.limit or (self.byte_limit and pending > self.byte_limit):
             self.on_overflow()
 
     def heartbeat(self) -> None:
@@ -356,8 +359,9 @@ def transport_of(send: Send, kind: Kind) -> asyncio.WriteTransport | None:
     return None
 
 
-def make_sink(kind: Kind, send: Send, limit: int) -> Sink:
+def make_sink(kind: Kind, send: Send, limit: int, byte_limit: int = 0) -> Sink:
+    """A sink for `send`: at most `limit` events (and, under uvicorn, `byte_limit` bytes) unsent."""
     transport = transport_of(send, kind)
     if transport is not None:
-        return TransportSink(kind, send, limit, transport)
+        return TransportSink(kind, send, limit, transport, byte_limit)
     return QueueSink(kind, send, limit)

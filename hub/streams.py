@@ -118,7 +118,7 @@ class SSEEndpoint:
         if beat is not None:
             preamble += beat.record  # the client learns the interval at once, not one interval later
         await raw_send({"type": "http.response.body", "body": preamble, "more_body": True})
-        sink = make_sink("sse", raw_send, streams.buffer)
+        sink = make_sink("sse", raw_send, streams.buffer, streams.buffer_bytes)
         if beat is not None:
             sink.beat = beat
         subscriber = Subscriber(
@@ -166,7 +166,7 @@ async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
 async def _serve_websocket(hub: Hub, websocket: WebSocket, raw_send: Send, principal: Principal, types: TypeFilter,
                            after: int | None) -> None:
     await websocket.accept()
-    sink = make_sink("ws", raw_send, hub.config.streams.buffer)
+    sink = make_sink("ws", raw_send, hub.config.streams.buffer, hub.config.streams.buffer_bytes)
     subscriber = Subscriber(
         transport="ws", principal=principal.name, agent=principal.agent, filter=types, sink=sink,
         remote=_remote(websocket.scope),

@@ -112,8 +112,9 @@ def is_url_param(key: str) -> bool:
 
 def _url_component(value: str) -> str:
     # Every reserved character encoded: an event's value can fill a path segment or a query
-    # value, never add one, nor change the host (`evil.com/` becomes `evil.com%2F`).
-    return quote(value, safe="")
+    # value, never add one, nor change the host (`evil.com/` becomes `evil.com%2F`). Dots too:
+    # a value of `..` would otherwise be a dot segment, which clients resolve (RFC 3986 5.2.4).
+    return quote(value, safe="").replace(".", "%2E")
 
 
 def render_params(value: Any, event: Mapping[str, Any], key: str = "") -> Any:

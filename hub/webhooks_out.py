@@ -40,8 +40,8 @@ WEBHOOK_POST = "webhook.post"
 CORE_ACTIONS: dict[str, tuple[str, ...]] = {WEBHOOK_POST: ("url",)}
 #: Largest body the action sends (a rendered template or the event).
 MAX_BODY = 1024 * 1024
-#: How much of the receiver's answer the action's result keeps.
-MAX_ANSWER_CHARS = 1000
+#: How much of the receiver's answer is read (then the connection is let go).
+MAX_ANSWER_BYTES = 4096
 #: Headers a rule may not set: they are the signature's, or the transport's.
 RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
                               "webhook-id", "webhook-timestamp", "webhook-signature"})
@@ -109,16 +109,17 @@ def webhook_post_action(policy: EgressPolicy, signer: WebhookSigner, http: httpx
                                          content=content)
 
         try:
-            # Only the answer's beginning is kept (MAX_ANSWER_CHARS): read no more than that.
-            response = await send_with_retry(http, build, retry, max_response=4 * MAX_ANSWER_CHARS, truncate=True)
+            # Only the status is kept: read no more of the answer than a few kilobytes.
+            response = await send_with_retry(http, build, retry, max_response=MAX_ANSWER_BYTES, truncate=True)
         except httpx.HTTPError as exc:
             raise WebhookFailed(f"{target.host} could not be reached: {type(exc).__name__}",
                                 webhook_id=msg_id) from None
-        answer = response.text[:MAX_ANSWER_CHARS]
+        # The receiver's answer is not kept: action.* events go to every subscriber that sees them,
+        # and a receiver may echo what it was sent (headers and their credentials included).
         if not response.is_success:
             raise WebhookFailed(f"{target.host} answered {response.status_code}", status=response.status_code,
-                                answer=answer, webhook_id=msg_id)
-        return {"status": response.status_code, "webhook_id": msg_id, "answer": answer}
+                                webhook_id=msg_id)
+        return {"status": response.status_code, "webhook_id": msg_id}
 
     return run
 

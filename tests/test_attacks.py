@@ -179,7 +179,7 @@ def test_a_clients_event_cannot_pre_empt_a_webhooks_id(client: TestClient) -> No
 
 
 def test_an_agent_scoped_publisher_publishes_only_for_its_agent(client: TestClient) -> None:
-    """alice's publisher key: `data.agent = "bob"` is 403; no agent means alice's."""
+    """alice's publisher key: `data.agent = "bob"` is 403; no agent means alice's; its source is its own."""
     key = {"Authorization": f"Bearer {ALICE_PUBLISHER}"}
     r = client.post("/v1/events", json=event("call.ringing", agent="bob"), headers=key)
     assert r.status_code == 403 and r.json()["error"]["code"] == "agent_scope"
@@ -187,6 +187,20 @@ def test_an_agent_scoped_publisher_publishes_only_for_its_agent(client: TestClie
     assert client.post("/v1/events", json=event("agent.status", state="ready"), headers=key).status_code == 202
     stored = client.get("/v1/events", headers=ADMIN).json()["events"]
     assert [e["data"]["agent"] for e in stored] == ["alice", "alice"]
+    assert {e["source"] for e in stored} == {"agents/alice"}
+
+
+def test_an_agent_scoped_publisher_cannot_pre_empt_another_publishers_ids(client: TestClient) -> None:
+    """alice's key posting `{"source": "crm", "id": "crm-evt-1001"}` first used to make the CRM's own event a
+    duplicate, lost to bob; now its events live under `agents/alice`, and nobody else may use that source."""
+    key = {"Authorization": f"Bearer {ALICE_PUBLISHER}"}
+    pre_empt = {"type": "crm.update", "source": "crm", "id": "crm-evt-1001", "data": {"agent": "alice"}}
+    assert client.post("/v1/events", json=pre_empt, headers=key).json()["error"]["code"] == "agent_scope"
+    genuine = {**pre_empt, "data": {"agent": "bob"}}
+    r = client.post("/v1/events", json=genuine, headers=PUBLISHER)
+    assert r.status_code == 202 and "duplicate" not in r.json()
+    posing = {"type": "x", "source": "agents/alice", "id": "a-1"}
+    assert client.post("/v1/events", json=posing, headers=PUBLISHER).json()["error"]["code"] == "reserved_source"
 
 
 # -- WebSocket clients that misbehave -------------------------------------------------------------
@@ -195,7 +209,7 @@ def test_an_agent_scoped_publisher_publishes_only_for_its_agent(client: TestClie
 @pytest.fixture
 def tight_server(data_dir: Path) -> Iterator[ServerThread]:
     config = _config(data_dir, streams={"buffer": 20, "max_per_credential": 3},
-                     server={"header_timeout": 10 * TICK, "body_timeout": 10 * TICK})
+                     server={"header_timeout": 10 * TICK, "body_timeout": 10 * TICK, "send_timeout": 10 * TICK})
     with ServerThread(config) as s:
         yield s
 
@@ -285,6 +299,17 @@ def test_connections_opened_at_the_same_moment_cannot_slip_under_the_limit(tight
     assert sorted(statuses) == [200] * 3 + [429] * 7, statuses
 
 
+def test_a_ping_flood_is_cut_before_it_costs_the_hub(tight_server: ServerThread) -> None:
+    """WebSocket pings, each answered by a pong the client never reads: past 20 a second the socket is cut
+    (uvicorn would answer every one, and its pongs would pile up in the hub's memory)."""
+    with connect(f"{tight_server.ws_url}/v1/ws?token={ADMIN_KEY}") as ws:
+        with pytest.raises(ConnectionClosed):
+            for i in range(2000):
+                ws.ping(f"{i:0125d}")
+        assert ws.protocol.close_code in (1008, 1006, None)
+    assert httpx.get(f"{tight_server.url}/healthz", timeout=WAIT).status_code == 200
+
+
 # -- slow clients ---------------------------------------------------------------------------------
 
 
@@ -329,6 +354,36 @@ def test_a_webhook_without_credentials_is_refused_before_its_body_is_read(tight_
             b"X-Signature: zz\r\nContent-Length: 1000000\r\n\r\n")
     answer, took = _raw_request(tight_server.port, head, 5 * TICK)
     assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+
+
+def test_a_request_head_past_the_limit_is_431(tight_server: ServerThread) -> None:
+    """One 100 KB header: 431 at once, instead of httptools buffering a header of any size."""
+    answer, _ = _raw_request(tight_server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000
+                             + b"\r\n\r\n", WAIT)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:100]
+
+
+def test_requests_pipelined_past_the_limit_close_the_connection(tight_server: ServerThread) -> None:
+    """Twenty requests sent in one write, answers never read in between: the connection is closed
+    rather than twenty answers queued for a client that may never read them."""
+    answer, took = _raw_request(tight_server.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 20, WAIT)
+    assert answer.count(b"HTTP/1.1 200") <= 10 and took < WAIT / 2
+
+
+def test_an_answer_the_client_never_reads_does_not_hold_the_connection(tight_server: ServerThread) -> None:
+    """A large history page to a client that does not read: its connection slot is freed after
+    `send_timeout` (the hub lets go of the rest of the answer), not held for as long as the client likes."""
+    big = "x" * 50_000
+    with httpx.Client(base_url=tight_server.url, headers=PUBLISHER, timeout=WAIT) as http:
+        for i in range(160):  # 8 MB of history: more than the sockets' buffers hold
+            assert http.post("/v1/events", json=event("t.big", i=i, pad=big)).status_code == 202
+    connections = tight_server.server.server_state.connections
+    with socket.create_connection(("127.0.0.1", tight_server.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"GET /v1/events?limit=1000 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     + ADMIN_KEY.encode() + b"\r\n\r\n")
+        wait_until(lambda: len(connections) == 1, what="the request to be under way")
+        wait_until(lambda: not connections, what="the stalled connection to be let go")
 
 
 # -- leaks ------------------------------------------------------------------------------------------

@@ -48,6 +48,9 @@ def test_a_parameter_name_spelled_with_percent_escapes_is_redacted_too() -> None
         "GET /v1/stream?%74oken=REDACTED&types=call.* HTTP/1.1"
     assert redact("GET /x?T%4fKEN=abc") == "GET /x?T%4fKEN=REDACTED"
     assert redact("GET /x?tokens=abc&a=1") == "GET /x?tokens=abc&a=1"  # a different name is left alone
+    # Names the hub refuses but whose value may still be the real key, and values holding quotes.
+    assert redact("GET /x?token%00=k1&token[]=k2 HTTP/1.1") == "GET /x?token%00=REDACTED&token[]=REDACTED HTTP/1.1"
+    assert redact("GET /x?token=abc'def;ghi\"jkl HTTP/1.1") == "GET /x?token=REDACTED HTTP/1.1"
 
 
 def test_the_access_log_stays_readable_and_nothing_ordinary_logs_an_error(tmp_path: Path) -> None:
@@ -67,6 +70,11 @@ def test_the_access_log_stays_readable_and_nothing_ordinary_logs_an_error(tmp_pa
             sock.sendall(b"POST /v1/webhooks/tok?token=hook-token-0123456789 HTTP/1.1\r\nHost: x\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"a\":1")
             time.sleep(5 * TICK)
+        for _ in range(3):  # pipelined requests for a large file, never read, then the client hangs up
+            with socket.create_connection(("127.0.0.1", port)) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+                sock.sendall(b"GET /console/console.js HTTP/1.1\r\nHost: x\r\n\r\n" * 6)
+                time.sleep(2 * TICK)
         time.sleep(5 * TICK)
         assert httpx.get(f"{hub.url}/healthz", timeout=WAIT).status_code == 200
     finally:

@@ -190,6 +190,27 @@ def test_evaluation_renders_requests_and_honours_cooldown() -> None:
     assert rules.evaluate(call_ended(duration_s=2), now=6000.0) == []
 
 
+def test_what_rules_remember_stays_bounded_however_many_types_and_callers_come() -> None:
+    """A client inventing event types, or calls from ever new numbers, cannot grow the rules' memory:
+    candidates are remembered for at most MAX_CACHED_TYPES types, and expired cooldowns are swept."""
+    import tracemalloc
+
+    from hub.rules import MAX_CACHED_TYPES
+
+    rules, _ = load_rules([MISSED, {**MISSED, "name": "any", "on": ["*.x*"], "cooldown": {"key": "{data.n}", "for": "1s"}}],
+                          None, KNOWN)
+    assert rules is not None
+    for i in range(MAX_CACHED_TYPES):  # fill what may be remembered, then measure what more events add
+        rules.evaluate({"type": f"t{i}.x", "id": str(i), "data": {"n": i}}, now=float(i))
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(MAX_CACHED_TYPES, 6 * MAX_CACHED_TYPES):
+        rules.evaluate({"type": f"t{i}.x", "id": str(i), "data": {"n": i}}, now=float(i))
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 2_000_000, f"{grown} bytes held after 20,000 new types and callers"
+
+
 def test_missing_field_at_run_time_is_reported_not_raised() -> None:
     """An event lacking a templated field still fires; the action carries the error instead of a request."""
     rules, _ = load_rules([{**MISSED, "cooldown": None}], None, KNOWN)
