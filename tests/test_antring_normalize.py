@@ -85,7 +85,19 @@ def test_direction_from_who_called_whom(caller: str, callee: str, direction: str
     """Phone number to extension is inbound, extension to phone number outbound, extension to extension internal."""
     event = normalizer().event("CHANNEL_CREATE", leg("a1", **{"Caller-ID-Number": caller, "Callee-ID-Number": callee}))
     assert event and event["data"]["direction"] == direction
-    assert event["data"]["from"]["number"] == caller and event["data"]["to"]["number"] == callee
+    assert event["data"]["from"]["as_sent"] == caller and event["data"]["to"]["as_sent"] == callee
+
+
+@pytest.mark.parametrize(
+    ("caller", "number"),
+    [("84912345678", "+84912345678"), ("0912345678", "+84912345678"), ("01693608879", "+84393608879"),
+     ("anonymous", "anonymous"), ("101", "101")],
+)
+def test_parties_carry_the_normal_form_beside_what_the_trunk_sent(caller: str, number: str) -> None:
+    """A caller id in any number form becomes E.164 in `number`, exactly as sent in `as_sent`; anonymous stays."""
+    event = normalizer().event("CHANNEL_CREATE", leg("a1", **{"Caller-ID-Number": caller}))
+    assert event is not None
+    assert event["data"]["from"] == {"number": number, "as_sent": caller, "name": "Nguyen Van A"}
 
 
 def test_ended_call_carries_outcome_cause_and_durations() -> None:

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from hub.events import now_rfc3339
+from hub.phone import call_party, normal_number
 
 __all__ = ["EVENT_TYPES", "AgentIndex", "CallCorrelator", "Normalizer", "outcome_of"]
 
@@ -178,10 +179,10 @@ class Normalizer:
             "call_id": call_id,
             "leg_id": leg,
             "direction": self.direction(caller, callee),
-            "from": {"number": caller, "name": _str(payload.get("Caller-ID-Name"))},
-            "to": {"number": callee, "name": _str(payload.get("Callee-ID-Name"))},
+            "from": call_party(caller, _str(payload.get("Caller-ID-Name"))),
+            "to": call_party(callee, _str(payload.get("Callee-ID-Name"))),
             "agent": agent,
-            "did_number": _str(ccv.get("DID-Number")) if isinstance(ccv, Mapping) else None,
+            "did_number": did_number(ccv.get("DID-Number") if isinstance(ccv, Mapping) else None),
         }
         if type_ == "call.answered":
             self.correlator.answered(leg)
@@ -224,6 +225,12 @@ def event_id(name: str, leg: str, payload: Mapping[str, Any]) -> str:
     if name in _ONCE_PER_LEG:
         return f"{leg}:{name}"
     return f"{leg}:{name}:{payload.get('Other-Leg-Call-ID', '')}:{payload.get('Timestamp', '')}"
+
+
+def did_number(value: Any) -> str | None:
+    """The company number a call came in on, in the normal form when it is a phone number."""
+    text = _str(value)
+    return normal_number(text) or text if text else None
 
 
 def _request_user(value: Any) -> str | None:

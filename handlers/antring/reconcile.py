@@ -28,8 +28,10 @@ from typing import Any
 
 from handlers.antring.client import AntRingClient
 from handlers.antring.config import AntRingConfig
+from handlers.antring.normalize import did_number
 from hub.core import Hub
 from hub.exceptions import HubError
+from hub.phone import call_party
 
 logger = logging.getLogger("callhub.antring")
 
@@ -47,8 +49,8 @@ _OUTCOMES = {"SUCCESS": "answered", "BUSY": "busy", "CANCELLED": "cancelled", "I
 
 def _party(side: Any) -> dict[str, Any]:
     if not isinstance(side, dict):
-        return {"number": None, "name": None}
-    return {"number": side.get("number"), "name": side.get("username")}
+        return call_party(None)
+    return call_party(side.get("number"), side.get("username"))
 
 
 def _user(side: Any) -> str | None:
@@ -69,7 +71,7 @@ def record_call_id(record: dict[str, Any], id_field: str) -> str:
     if isinstance(value, (str, int)) and str(value):
         return str(value)
     caller, callee = _party(record.get("caller")), _party(record.get("callee"))
-    fingerprint = f"{record.get('direction')}|{caller['number']}|{callee['number']}|{record.get('unix_timestamp')}"
+    fingerprint = f"{record.get('direction')}|{caller['as_sent']}|{callee['as_sent']}|{record.get('unix_timestamp')}"
     return "hist-" + hashlib.sha256(fingerprint.encode()).hexdigest()[:20]
 
 
@@ -99,7 +101,7 @@ def history_event(record: dict[str, Any], *, id_field: str) -> dict[str, Any]:
             "from": _party(caller),
             "to": _party(callee),
             "agent": user,
-            "did_number": record.get("did_number") or None,
+            "did_number": did_number(record.get("did_number")),
             "outcome": _OUTCOMES.get(status, "unknown"),
             "hangup_cause": None,
             "duration_s": duration,
