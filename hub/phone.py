@@ -9,9 +9,8 @@
     01693608879      a pre-2018 11-digit mobile number (AntRing's own history example), also as
                      +841693608879 or 841693608879: read as today's number, 0393608879
 
-and answers a `Phone` holding the number in E.164 (the normal form: one spelling per number,
-whatever the source) and in national format, and `formatted()` writes it the way a vendor wants
-it (`e164`, `84`, `national`). Anything else is a clear `InvalidPhoneNumber` (422). Validation is
+and answers a `Phone` holding the number in E.164 and in national format, and `formatted()`
+writes it the way a vendor wants it (`e164`, `84`, `national`). Anything else is a clear `InvalidPhoneNumber` (422). Validation is
 structural (length, prefix), not a carrier lookup: a number that parses may still not exist.
 
 **The 2018 renumbering.** On 15 September 2018 Vietnam's Ministry of Information and
@@ -20,6 +19,11 @@ became three digits and the last seven digits stayed (`RENUMBERED_2018`). Old nu
 parallel until 14 November 2018 and were announced as changed until 30 June 2019; since then only
 the new ones work, but old numbers live on in CRMs, call histories and caller ids.
 
+**The normal form** (`Phone.normal`, `normal_number`) is one spelling per number, whatever the
+source: national format for Vietnamese numbers (`0912345678`), E.164 for any other country's
+(`+14155550123`). The two cannot collide (a national number starts with 0, E.164 with +), and
+national is how Vietnamese contact centres, AntCRM's examples and AntRing's click-to-call write
+numbers, so rules and ticket titles read naturally and rules written before read the same.
 Call events carry each party as `call_party()` builds it: the normal form beside exactly what the
 vendor sent, never dropping what cannot be parsed (`anonymous`, an extension). docs/EVENTS.md
 describes the shape; `number_key` is how two numbers are compared.
@@ -87,10 +91,15 @@ class InvalidPhoneNumber(InvalidEvent):
 
 @dataclass(frozen=True, slots=True)
 class Phone:
-    #: The normal form: `+84912345678`.
+    #: `+84912345678`.
     e164: str
     #: National format for Vietnamese numbers (`0912345678`); the E.164 form for others.
     national: str
+
+    @property
+    def normal(self) -> str:
+        """The normal form: national for Vietnamese numbers, E.164 for others (the module docstring)."""
+        return self.national
 
     @property
     def is_vietnamese(self) -> bool:
@@ -141,9 +150,9 @@ def parse_phone(value: object, *, field: str = "number") -> Phone:
 
 
 def normal_number(value: object) -> str | None:
-    """The normal form (E.164) of `value` if it is a phone number in any accepted form, else None."""
+    """The normal form of `value` if it is a phone number in any accepted form, else None."""
     try:
-        return parse_phone(value).e164
+        return parse_phone(value).normal
     except InvalidPhoneNumber:
         return None
 
@@ -169,7 +178,7 @@ def parse_extension(value: object, *, max_digits: int) -> str | None:
 def call_party(number: object, name: object = None) -> dict[str, Any]:
     """One side of a call as call events carry it: `{"number", "as_sent", "name"}`.
 
-    `number` is the normal form (E.164) when what the vendor sent is a phone number, else exactly
+    `number` is the normal form (`0912345678`) when what the vendor sent is a phone number, else exactly
     what it sent (an extension stays `101`, `anonymous` stays `anonymous`); `as_sent` is always
     exactly what it sent (None when it sent nothing).
     """

@@ -90,11 +90,11 @@ def test_direction_from_who_called_whom(caller: str, callee: str, direction: str
 
 @pytest.mark.parametrize(
     ("caller", "number"),
-    [("84912345678", "+84912345678"), ("0912345678", "+84912345678"), ("01693608879", "+84393608879"),
+    [("84912345678", "0912345678"), ("+84912345678", "0912345678"), ("01693608879", "0393608879"),
      ("anonymous", "anonymous"), ("101", "101")],
 )
 def test_parties_carry_the_normal_form_beside_what_the_trunk_sent(caller: str, number: str) -> None:
-    """A caller id in any number form becomes E.164 in `number`, exactly as sent in `as_sent`; anonymous stays."""
+    """A caller id in any number form is the normal form in `number`, exactly as sent in `as_sent`; anonymous stays."""
     event = normalizer().event("CHANNEL_CREATE", leg("a1", **{"Caller-ID-Number": caller}))
     assert event is not None
     assert event["data"]["from"] == {"number": number, "as_sent": caller, "name": "Nguyen Van A"}
