@@ -158,7 +158,7 @@ def register(registry: Registry) -> None:
                         responsibleStaff=owner)
     registry.add_route(Mount(CRM_MOUNT, app=build_crm_app(crm)))
 
-    vbee = VbeeState(apps={VBEE_API_KEY: VBEE_API_SECRET})
+    vbee = VbeeState(apps={VBEE_API_KEY: VBEE_API_SECRET}, campaigns_known={CALLBACK_CAMPAIGN})
     registry.add_route(Mount(VBEE_MOUNT, app=build_vbee_app(vbee)))
     runner = CampaignRunner(vbee, RunnerConfig(
         webhook_url=f"{demo.hub_url}/v1/webhooks/vbee?token={VBEE_WEBHOOK_TOKEN}"))
