@@ -25,6 +25,7 @@ from handlers.antring.client import (
     history_windows,
     parse_expire,
 )
+from handlers.antring.config import AntRingConfig
 from handlers.antring.signing import app_hash, histories_hash
 from handlers.antring.simulator import Device, SimState, build_app
 from hub.outbound import RetryPolicy
@@ -572,3 +573,19 @@ async def test_token_manager_short_lived_token_is_not_refetched_every_call(state
         clock.now += 15
         assert await tokens.get() != first
     assert len(api_requests(state, "/oapi/v1/voice/auth_token")) == 2
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+def test_config_defaults_follow_the_document_and_refuse_unknown_time_zones() -> None:
+    """No history id field, 30 s tolerance, `auto` expiry in Asia/Ho_Chi_Minh by default; a bad zone is refused."""
+    required = {"app_id": "a", "app_secret": "s", "account_id": "acc", "sip_user": "u", "sip_password": "p"}
+    config = AntRingConfig.model_validate(required)
+    assert config.history_id_field is None and config.reconcile_tolerance == 30.0
+    assert (config.expire_format, str(config.time_zone)) == ("auto", "Asia/Ho_Chi_Minh")
+    assert str(AntRingConfig.model_validate({**required, "time_zone": "Europe/Paris"}).time_zone) == "Europe/Paris"
+    with pytest.raises(ValueError, match="time_zone"):
+        AntRingConfig.model_validate({**required, "time_zone": "Mars/Olympus"})
+    with pytest.raises(ValueError, match="expire_format"):
+        AntRingConfig.model_validate({**required, "expire_format": "hex"})

@@ -64,7 +64,7 @@ def register(registry: Registry) -> None:
     if config is None or not config.enabled:
         return
     client = AntRingClient(config.base_url, config.app_id, config.app_secret, timeout=config.request_timeout,
-                           expire_format=config.expire_format, time_zone=config.zone)
+                           expire_format=config.expire_format, time_zone=config.time_zone)
     tokens = TokenManager(client, config.sip_user, config.sip_password, refresh_margin=config.token_refresh_margin)
     normalizer = Normalizer(agents=agent_index(config), internal_max_digits=config.internal_max_digits)
     reconciler = Reconciler(registry.hub, client, config, agents=normalizer.agents, is_extension=normalizer.is_extension)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from hub._units import parse_duration
 from hub.config import HttpUrl, SocketUrl
@@ -73,20 +73,7 @@ class AntRingConfig(BaseModel):
     history_id_field: str | None = None
     #: How `expire` in the voice-token answer is written (undocumented): guessed (`auto`) or fixed.
     expire_format: ExpireFormat = "auto"
-    #: The account's time zone: AntRing times written without an offset are read in it.
-    time_zone: str = "Asia/Ho_Chi_Minh"
+    #: The account's time zone (an IANA name): AntRing times written without an offset are read in it.
+    time_zone: ZoneInfo = ZoneInfo("Asia/Ho_Chi_Minh")
     #: Numbers with at most this many digits are extensions (internal), longer ones phone numbers.
     internal_max_digits: int = Field(6, ge=1, le=15)
-
-    @field_validator("time_zone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Ho_Chi_Minh)") from None
-        return value
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.time_zone)
