@@ -194,9 +194,10 @@ def matches(record: dict[str, Any], *calls: ScriptedCall) -> str | None:
     return found[0].call_id if 0 in found else None
 
 
-def test_the_vendors_example_record_maps_to_a_call_ended_event() -> None:
+@pytest.mark.parametrize("record", [RECORD, {"call_id": "c-9", **RECORD}], ids=["documented-record", "record-with-id"])
+def test_the_vendors_example_record_maps_to_a_call_ended_event(record: dict[str, Any]) -> None:
     """The document's record becomes call.ended with direction, parties in normal form, agent, outcome, durations."""
-    event = history_event(history(RECORD), call_id="c-9")
+    event = history_event(history(record), call_id="c-9")
     data = event["data"]
     assert event["id"] == "history:c-9" and event["type"] == "call.ended" and event["subject"] == "c-9"
     assert event["time"] == "2018-02-26T10:12:47.000Z"  # 1519639917 + 50 s
@@ -204,7 +205,7 @@ def test_the_vendors_example_record_maps_to_a_call_ended_event() -> None:
     assert data["from"] == {"number": "0393608879", "as_sent": "01693608879", "name": None}
     assert data["to"] == {"number": "thutranhtkbee", "as_sent": "thutranhtkbee", "name": "thutran"}
     assert (data["duration_s"], data["billing_s"], data["did_number"]) == (50, 43, "02873019555")
-    assert data["reconciled"] is True and data["raw"] == RECORD
+    assert data["reconciled"] is True and data["raw"] == record
 
 
 def test_a_record_read_again_has_the_same_fingerprint_and_another_record_another() -> None:
@@ -241,6 +242,12 @@ def test_call_never_seen_answered_spans_the_records_own_ringing_time(offset: int
     record = record_of(call, unix_timestamp=T0 + offset, duration_seconds=60, billing_seconds=15)
     found_call = match_records([history(record)], list(stored.values()), TOLERANCE)
     assert (0 in found_call) is found
+
+
+def test_a_start_in_milliseconds_is_read_as_seconds() -> None:
+    """`unix_timestamp` in milliseconds (not what the document shows) still places the record in time."""
+    call = inbound_answered(ALICE, "0912345678", account_id=ACCOUNT, started=T0)
+    assert matches(record_of(call, unix_timestamp=T0 * 1000), call) == call.call_id
 
 
 def test_numbers_match_in_any_form() -> None:

@@ -15,9 +15,9 @@ import pytest
 from handlers.antcrm.simulator.app import DEFAULT_API_KEY
 from handlers.antcrm.simulator.app import SimState as CrmState
 from handlers.antcrm.simulator.app import build_app as build_crm_app
-from handlers.antring.simulator.calls import inbound_missed
+from handlers.antring.simulator.calls import inbound_missed, internal_call
 from handlers.vbee.simulator.app import build_app as build_vbee_app
-from tests.antring_env import ACCOUNT, BOB, AntRingWorld, antring_world
+from tests.antring_env import ACCOUNT, ALICE, BOB, AntRingWorld, antring_world
 from tests.helpers import AppServer, wait_until
 from tests.vbee_env import sim_state as vbee_sim_state
 from tests.vbee_env import vbee_section
@@ -61,3 +61,15 @@ def test_a_caller_id_in_any_form_reaches_every_vendor_as_it_wants_it(setup: tupl
     assert ticket["contact"]["phones"] == [{"type": "Work", "value": "0903555777"}]
     assert [c["number"] for c in world.state.clicks] == ["0903555777"]
     assert [c["phone_number"] for c in vbee.contacts] == ["+84903555777"]
+
+
+def test_an_internal_callers_extension_is_called_back_as_an_extension(data_dir: Path) -> None:
+    """A rule's click-to-call to `{data.from.number}` of an internal call rings the colleague's extension."""
+    rule = {"name": "call-colleague-back", "on": ["call.ended"], "when": {"data.direction": "internal"},
+            "cooldown": {"key": "{data.call_id}", "for": "10m"},  # both legs end: one call-back
+            "actions": [{"type": "antring.click_to_call", "agent": "alice", "number": "{data.from.number}"}]}
+    with antring_world(data_dir, "blackhole", extra_config={"rules": [rule]}) as world:
+        world.wait_connected()
+        world.play(internal_call(BOB, ALICE, account_id=ACCOUNT))
+        wait_until(lambda: world.history("action.succeeded"), what="the call-back")
+        assert [c["number"] for c in world.state.clicks] == ["102"]

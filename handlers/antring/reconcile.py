@@ -39,7 +39,8 @@ one call. With `history_id_field` set (accounts whose records carry the socket's
 holding that field is matched by it instead.
 
 Assumptions where the vendor is silent: `unix_timestamp` is when the call started (ring or
-answer) and it ended `duration_seconds` later; `billing_seconds` is the talk time.
+answer), in seconds (a value above 10^12 is read as milliseconds), and it ended
+`duration_seconds` later; `billing_seconds` is the talk time.
 """
 
 from __future__ import annotations
@@ -151,8 +152,11 @@ class HistoryCall:
         duration = max(0, _int(record.get("duration_seconds")))
         parts = [record.get("direction"), _sent(caller), _sent(callee), record.get("unix_timestamp"), duration]
         fingerprint = hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:20]
+        start = float(_int(record.get("unix_timestamp")))
+        if start > 1e12:  # milliseconds, though the document shows seconds
+            start /= 1000.0
         return cls(record, index, direction, frozenset(external), frozenset(identities), frozenset(named), agent,
-                   float(_int(record.get("unix_timestamp"))), duration,
+                   start, duration,
                    max(0, duration - _int(record.get("billing_seconds"))), fingerprint)
 
 
