@@ -71,12 +71,16 @@ CALLBACK_CAMPAIGN = "demo-callback"
 #: Seconds between two runs of the simulated Vbee call-back campaign.
 CAMPAIGN_INTERVAL = 6.0
 AGENTS = (Party("alice", "101", "u-alice"), Party("bob", "102", "u-bob"), Party("chi", "103", "u-chi"))
-CUSTOMERS = ("0912345678", "0987654321", "0903123456", "02873019555", "0868111222", "0356789012")
-#: The customers AntCRM knows (the others ring without a screen-pop): number, name, type, tags, stage, owner.
+#: Caller ids as Vietnamese trunks send them: national, E.164 without its plus, and a pre-2018
+#: 11-digit mobile number (the hub normalises them all, docs/EVENTS.md).
+CUSTOMERS = ("0912345678", "84987654321", "0903123456", "02873019555", "0868111222", "01693608879")
+#: The customers AntCRM knows (the others ring without a screen-pop): number as saved, name, type,
+#: tags, stage, owner. One is saved in E.164, which the screen-pop finds by trying each form.
 KNOWN_CUSTOMERS: tuple[tuple[str, str, str, tuple[str, ...], str, str], ...] = (
     ("0912345678", "Nguyễn Văn An", "customer", ("VIP",), "Khách hàng", "alice"),
-    ("0987654321", "Trần Thị Bình", "lead", ("Quan tâm",), "Tiềm năng", "bob"),
+    ("+84987654321", "Trần Thị Bình", "lead", ("Quan tâm",), "Tiềm năng", "bob"),
     ("02873019555", "Công ty Minh Phát", "customer", ("Doanh nghiệp",), "Hợp đồng", "chi"),
+    ("0393608879", "Phạm Văn Dũng", "customer", ("Khách quen",), "Khách hàng", "alice"),
 )
 #: The demo's rules (docs/RULES.md): what a contact centre would write for its missed calls.
 DEMO_RULES: list[dict[str, Any]] = [
@@ -158,7 +162,7 @@ def register(registry: Registry) -> None:
                         responsibleStaff=owner)
     registry.add_route(Mount(CRM_MOUNT, app=build_crm_app(crm)))
 
-    vbee = VbeeState(apps={VBEE_API_KEY: VBEE_API_SECRET})
+    vbee = VbeeState(apps={VBEE_API_KEY: VBEE_API_SECRET}, campaigns_known={CALLBACK_CAMPAIGN})
     registry.add_route(Mount(VBEE_MOUNT, app=build_vbee_app(vbee)))
     runner = CampaignRunner(vbee, RunnerConfig(
         webhook_url=f"{demo.hub_url}/v1/webhooks/vbee?token={VBEE_WEBHOOK_TOKEN}"))
@@ -202,7 +206,7 @@ async def _play(state: SimState, signals: SignalServer, call: ScriptedCall, spee
         await signals.emit(signal.name, {**signal.payload, "Timestamp": int(time.time()) + GREGORIAN_OFFSET})
     if call.record.get("recording"):
         state.recordings.add(call.record["recording"])
-    state.history.append(call.record)
+    state.add_history(call.record, call_id=call.call_id)
 
 
 async def run_demo(state: SimState, signals: SignalServer, *, speed: float = 1.0) -> None:

@@ -32,6 +32,16 @@ class AntRingWorld:
     signal_server: AppServer
     hub: ServerThread
 
+    def restart_hub(self) -> None:
+        """Stop the hub and start a new one on the same config and data directory (a restart)."""
+        self.hub.stop()
+        self.hub = ServerThread(self.hub.config).start()
+
+    def record(self, *calls: ScriptedCall) -> None:
+        """Put the calls' history records where `/histories` finds them (with an id, if the simulator adds one)."""
+        for call in calls:
+            self.state.add_history(call.record, call_id=call.call_id)
+
     def play(self, call: ScriptedCall, *, speed: float = 0.0) -> None:
         """Emit a scripted call's signals; `speed` scales the script's delays (0 = back to back)."""
         for signal in call.signals:
@@ -86,12 +96,16 @@ def antring_section(state: SimState, api: AppServer, signal_server: AppServer, p
 
 @contextmanager
 def antring_world(data_dir: Path, protocol: str = "socketio", *, extra_config: dict[str, Any] | None = None,
-                  **antring: Any) -> Iterator[AntRingWorld]:
+                  id_field: str | None = None, **antring: Any) -> Iterator[AntRingWorld]:
+    """A hub wired to simulated AntRing; `id_field` makes history records carry the call id under that
+    name and the hub read it (`history_id_field`); without it, records are as documented (no id)."""
     state = SimState(devices={
         "hub-device": Device("hub-pass"),
         "alice-101": Device("alice-pass", username="alice"),
         "bob-102": Device("bob-pass", online=False, username="bob"),
-    })
+    }, id_field=id_field)
+    if id_field is not None:
+        antring.setdefault("history_id_field", id_field)
     signals = SignalServer(protocol, token_valid=state.is_token_valid, account_id=ACCOUNT,
                            ping_interval=20 * TICK, ping_timeout=20 * TICK)
     with ExitStack() as stack:
@@ -102,5 +116,8 @@ def antring_world(data_dir: Path, protocol: str = "socketio", *, extra_config: d
         raw.update(extra_config or {})
         config = config_from_dict(raw, env={}, handler_sections=handler_sections())
         assert isinstance(config.handlers["antring"], AntRingConfig)
-        hub = stack.enter_context(ServerThread(config))
-        yield AntRingWorld(state, api, signals, signal_server, hub)
+        world = AntRingWorld(state, api, signals, signal_server, ServerThread(config).start())
+        try:
+            yield world
+        finally:
+            world.hub.stop()

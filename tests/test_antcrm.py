@@ -23,7 +23,7 @@ from handlers.antcrm.client import (
 from handlers.antcrm.lookup import CustomerLookup
 from handlers.antcrm.simulator import DEFAULT_API_KEY, SimState, build_app
 from hub.config import config_from_dict
-from hub.phone import InvalidPhoneNumber
+from hub.phone import InvalidPhoneNumber, parse_phone
 from hub.plugins import Registry, handler_sections
 from tests.helpers import TICK, WAIT, AppServer, SwappableApp, raw_config
 
@@ -209,27 +209,64 @@ async def test_ticket_needs_an_idempotency_key(base_url: str) -> None:
 # -- contacts -----------------------------------------------------------------------------------------
 
 
-async def test_contacts_are_found_by_phone_in_either_format(state: SimState, base_url: str) -> None:
-    """A number stored as 0912… is found as +84912…, and one stored as +84… as 09…."""
-    an = state.add_contact("Nguyễn Văn An", phones=["0912 345 678"], contact_type="customer")
-    binh = state.add_contact("Trần Bình", phones=["+84987654321"])
+async def test_find_contacts_asks_in_the_configured_form_and_antcrm_matches_it_exactly(
+        state: SimState, base_url: str) -> None:
+    """`find_contacts` sends `phone_format` (national by default); the simulator, like a database, matches as saved."""
+    an = state.add_contact("Nguyễn Văn An", phones=["0912345678"], contact_type="customer")
+    state.add_contact("Trần Bình", phones=["+84987654321"])
     async with client_for(base_url) as client:
         assert [c["id"] for c in await client.find_contacts("+84912345678")] == [an["id"]]
-        assert [c["id"] for c in await client.find_contacts("0987654321")] == [binh["id"]]
-        assert await client.find_contacts("0903123456") == []
-    assert state.requests[0]["query"] == {"phone": "0912345678"}
-    async with httpx.AsyncClient() as http:
-        response = await http.get(base_url + "/contacts", headers={"apikey": DEFAULT_API_KEY},
-                                  params={"phone": "+84912345678", "contactType": "customer"})
-    assert [c["name"] for c in response.json()] == ["Nguyễn Văn An"]
+        assert await client.find_contacts("0987654321") == []
+    assert [r["query"] for r in state.requests] == [{"phone": "0912345678"}, {"phone": "0987654321"}]
 
 
-async def test_contacts_can_be_asked_in_e164(state: SimState, base_url: str) -> None:
-    """phone_format e164 sends +84…, which the simulator matches as well."""
-    state.add_contact("Nguyễn Văn An", phones=["0912345678"])
+@pytest.mark.parametrize(("phone_format", "sent"), [("e164", "+84912345678"), ("84", "84912345678"),
+                                                    ("national", "0912345678")])
+async def test_contacts_can_be_asked_in_each_form(state: SimState, base_url: str, phone_format: str, sent: str) -> None:
+    """phone_format e164, 84 or national writes the number that way."""
+    state.add_contact("Nguyễn Văn An", phones=[sent])
+    async with client_for(base_url, phone_format=phone_format) as client:
+        assert len(await client.find_contacts("0912 345 678")) == 1
+    assert state.requests[0]["query"] == {"phone": sent}
+
+
+@pytest.mark.parametrize("saved", ["0912345678", "84912345678", "+84912345678"])
+async def test_find_contact_tries_every_stored_form_before_giving_up(state: SimState, base_url: str, saved: str) -> None:
+    """A contact saved as 09…, 84… or +84… is found, asking national, then 84…, then +84…, and no further."""
+    an = state.add_contact("Nguyễn Văn An", phones=[saved])
+    async with client_for(base_url) as client:
+        found = await client.find_contact(parse_phone("84 912 345 678"))
+        unknown = await client.find_contact(parse_phone("0903123456"))
+    asked = [r["query"]["phone"] for r in state.requests]
+    order = ["0912345678", "84912345678", "+84912345678"]
+    assert found is not None and found["id"] == an["id"] and unknown is None
+    assert asked == order[: order.index(saved) + 1] + ["0903123456", "84903123456", "+84903123456"]
+
+
+async def test_contact_types_are_asked_in_the_configured_order(state: SimState, base_url: str) -> None:
+    """`lookup_contact_types` adds contactType to each request, customers first when so configured."""
+    state.add_contact("Lead An", phones=["0912345678"])
+    async with client_for(base_url, lookup_contact_types=["customer", "lead"]) as client:
+        found = await client.find_contact(parse_phone("0912345678"))
+    assert found is not None and found["name"] == "Lead An"
+    assert [r["query"] for r in state.requests] == [{"phone": "0912345678", "contactType": "customer"},
+                                                    {"phone": "0912345678", "contactType": "lead"}]
+
+
+async def test_a_foreign_number_is_asked_once_per_distinct_form(state: SimState, base_url: str) -> None:
+    """+1… reads the same nationally and in E.164: it is asked as +1… and as 1…, not three times."""
+    async with client_for(base_url) as client:
+        assert await client.find_contact(parse_phone("+14155550123")) is None
+    assert [r["query"]["phone"] for r in state.requests] == ["+14155550123", "14155550123"]
+
+
+async def test_ticket_contact_phones_are_written_in_phone_format(state: SimState, base_url: str) -> None:
+    """A rule's `{data.from.number}` in a ticket's contact phones reaches AntCRM as `phone_format` writes it."""
+    contact = {"name": "Caller", "phones": [{"type": "Work", "value": "84912345678"}, {"type": "Ext", "value": "101"}]}
     async with client_for(base_url, phone_format="e164") as client:
-        assert len(await client.find_contacts("0912345678")) == 1
-    assert state.requests[0]["query"] == {"phone": "+84912345678"}
+        await client.create_ticket("t", "SLA-4H", contact, ticket_id_apiring="k-phones")
+    assert state.tickets[0]["contact"]["phones"] == [{"type": "Work", "value": "+84912345678"},
+                                                     {"type": "Ext", "value": "101"}]
 
 
 async def test_find_contacts_refuses_a_non_number_without_asking(state: SimState, base_url: str) -> None:
@@ -292,7 +329,7 @@ async def test_lookup_hit_is_compact_and_cached_for_ttl(state: SimState, base_ur
         assert await lookup.lookup("0912345678") == customer
     assert customer == {"name": "Nguyễn Văn An", "contactType": "customer", "leadId": None,
                         "customerId": an["customerId"], "tags": ["VIP"], "stage": "Customer",
-                        "responsibleStaff": "alice@example.com", "id": an["id"]}
+                        "responsibleStaff": "alice@example.com", "scoreRank": 0, "rankName": None, "id": an["id"]}
     assert len(state.requests) == 2
 
 
@@ -303,11 +340,11 @@ async def test_lookup_miss_is_negatively_cached(state: SimState, base_url: str) 
         lookup = lookup_for(client, clock)
         assert await lookup.lookup("0903123456") is None
         assert await lookup.lookup("0903123456") is None
-        assert len(state.requests) == 1
+        assert len(state.requests) == 3  # each stored form asked once
         state.add_contact("Lê Chi", phones=["0903123456"])
         clock.now += 61
         customer = await lookup.lookup("0903123456")
-    assert customer is not None and customer["name"] == "Lê Chi" and len(state.requests) == 2
+    assert customer is not None and customer["name"] == "Lê Chi" and len(state.requests) == 4
 
 
 async def test_lookup_timeout_is_none_within_the_timeout(state: SimState, base_url: str) -> None:
@@ -346,10 +383,18 @@ async def test_lookup_errors_are_none_not_raised(state: SimState, base_url: str)
     assert len(state.requests) == 2
 
 
+async def test_lookup_shows_the_member_rank(state: SimState, base_url: str) -> None:
+    """scoreRank and rankName come with the screen-pop customer, so rules can route VIPs."""
+    state.add_contact("An", phones=["0912345678"], contact_type="customer", scoreRank=3, rankName="Kim cương")
+    async with client_for(base_url) as client:
+        customer = await lookup_for(client).lookup("0912345678")
+    assert customer is not None and (customer["scoreRank"], customer["rankName"]) == (3, "Kim cương")
+
+
 async def test_lookup_prefers_the_customer_holding_the_number(state: SimState, base_url: str) -> None:
     """A lead and a customer share the number: the customer is shown."""
     state.add_contact("Lead An", phones=["0912345678"])
-    state.add_contact("Customer An", phones=["+84912345678"], contact_type="customer")
+    state.add_contact("Customer An", phones=["0912345678"], contact_type="customer")
     async with client_for(base_url) as client:
         customer = await lookup_for(client).lookup("0912345678")
     assert customer is not None and customer["name"] == "Customer An"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -24,6 +25,7 @@ from handlers.antring.client import (
     history_windows,
     parse_expire,
 )
+from handlers.antring.config import AntRingConfig
 from handlers.antring.signing import app_hash, histories_hash
 from handlers.antring.simulator import Device, SimState, build_app
 from hub.outbound import RetryPolicy
@@ -132,7 +134,7 @@ async def test_expired_tokens_are_no_longer_valid(state: SimState, server: AppSe
         (1_900_000_000_500, 1_900_000_000.5),
         ("1900000000", 1_900_000_000.0),
         ("2030-03-17T17:46:40.000Z", 1_900_000_000.0),
-        ("2030-03-17T17:46:40", 1_900_000_000.0),
+        ("2030-03-18T00:46:40", 1_900_000_000.0),  # no offset: the account's time, Asia/Ho_Chi_Minh (UTC+7)
         ("2030-03-18T00:46:40+07:00", 1_900_000_000.0),
         (3600, 1_000_000_000.0 + 3600),
         (None, 1_000_000_000.0 + FALLBACK_TOKEN_TTL),
@@ -141,6 +143,44 @@ async def test_expired_tokens_are_no_longer_valid(state: SimState, server: AppSe
 def test_expire_formats_are_understood(raw: object, expected: float) -> None:
     """expire may be unix seconds, unix ms, ISO-8601, or seconds from now (with a fallback when absent)."""
     assert parse_expire(raw, now=1_000_000_000.0) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expire_format", "expected"),
+    [
+        (1_900_000_000_500, "unix_ms", 1_900_000_000.5),
+        (999_999_999_000, "unix_ms", 999_999_999.0),  # "auto" would read this as unix seconds
+        (1_900_000_000, "unix", 1_900_000_000.0),
+        (5, "unix", 5.0),  # "auto" would read this as a lifetime
+        ("1900000000", "ttl_s", 1_000_000_000.0 + 1_900_000_000),
+        ("2030-03-18T00:46:40", "iso", 1_900_000_000.0),
+    ],
+)
+def test_a_fixed_expire_format_is_read_as_configured(raw: object, expire_format: str, expected: float) -> None:
+    """With `expire_format` set, the value is read in that format whatever it looks like."""
+    assert parse_expire(raw, now=1_000_000_000.0, expire_format=expire_format) == pytest.approx(expected)  # type: ignore[arg-type]
+
+
+def test_iso_expire_without_offset_is_read_in_the_configured_time_zone() -> None:
+    """`time_zone` decides what an ISO time without an offset means."""
+    assert parse_expire("2030-03-17T17:46:40", now=0.0, time_zone=UTC) == pytest.approx(1_900_000_000.0)
+
+
+@pytest.mark.parametrize(("raw", "expire_format"), [(1_900_000_000, "iso"), ("soon", "unix"), ("x", "ttl_s")])
+def test_expire_of_the_wrong_kind_for_a_fixed_format_is_refused(raw: object, expire_format: str) -> None:
+    """A number where ISO is configured (or text where a number is) raises ValueError."""
+    with pytest.raises(ValueError):
+        parse_expire(raw, now=0.0, expire_format=expire_format)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("sim_format", ["unix", "unix_ms", "iso_utc", "iso_local", "ttl_s"])
+async def test_voice_token_expiry_is_read_in_every_format_the_vendor_may_use(
+        state: SimState, server: AppServer, sim_format: str) -> None:
+    """Whichever way AntRing writes `expire`, `auto` reads the token's real expiry (an hour from now)."""
+    state.expire_format = sim_format  # type: ignore[assignment]
+    async with make_client(server) as client:
+        token = await client.voice_token(SIP_USER, SIP_PASSWORD)
+    assert token.expires_at == pytest.approx(state.tokens[token.value], abs=1.0)
 
 
 @pytest.mark.parametrize("raw", ["next tuesday", True, [1], float("nan")])
@@ -217,8 +257,9 @@ async def test_click_to_call_with_a_bad_sip_password_is_refused(state: SimState,
 # -- histories ---------------------------------------------------------------------------------
 
 
-def test_history_windows_are_at_most_31_days_and_1_ms_apart() -> None:
-    """70 days become three inclusive windows of at most 31 days, each starting 1 ms after the last."""
+def test_history_windows_are_at_most_30_days_and_1_ms_apart() -> None:
+    """70 days become three inclusive windows of at most 30 days (a day inside the vendor's 31), 1 ms apart."""
+    assert HISTORY_MAX_WINDOW == timedelta(days=30)
     windows = history_windows(T0, T0 + timedelta(days=70))
     assert len(windows) == 3
     assert windows[0] == (T0, T0 + HISTORY_MAX_WINDOW)
@@ -238,7 +279,8 @@ def test_times_are_formatted_like_the_vendor_example() -> None:
 
 
 async def test_histories_over_70_days_reads_every_window_and_page_once(state: SimState, server: AppServer) -> None:
-    """70 days: 3 windows of <= 31 days, every page at limit=100, every record exactly once."""
+    """70 days: 3 windows of <= 30 days, every page at limit=100, every record exactly once."""
+    state.id_field = "call_id"  # to tell the records apart
     start, end = T0, T0 + timedelta(days=70)
     span = int((end - start).total_seconds())
     expected = set()
@@ -271,6 +313,7 @@ async def test_histories_over_70_days_reads_every_window_and_page_once(state: Si
 async def test_histories_accepts_the_possible_envelopes(state: SimState, server: AppServer, envelope: str) -> None:
     """Records arrive whether the answer is a bare list or an object holding them under a known key."""
     state.history_envelope = envelope
+    state.id_field = "call_id"  # to tell the records apart
     ids = {state.add_call(at=T0.timestamp() + i)["call_id"] for i in range(3)}
     async with make_client(server) as client:
         seen = {r["call_id"] async for r in client.histories(T0, T0 + timedelta(hours=1))}
@@ -363,6 +406,43 @@ async def test_simulator_history_checks(server: AppServer, params: dict[str, str
     async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as http:
         r = await http.get("/oapi/v1/call/histories", params=params)
     assert r.status_code == 400 and r.json() == {"success": False, "message": message}
+
+
+async def test_simulator_checks_the_hash_as_the_documents_worked_example_does(sim_server: tuple[AppServer, SwappableApp]) -> None:
+    """The document's example request and digest pass; the other language version's order does not."""
+    server, swappable = sim_server
+    swappable.app = build_app(SimState(app_id="6544646543674", app_secret="123456"))
+    example = {"appId": "6544646543674", "created_from": "2018-02-07T02:19:33.000Z",
+               "created_to": "2018-02-07T07:04:22.000Z",
+               "hash": "9b11b9ff77dbba70fe059acf84c02cfe6af90de9122e4d3bd6ec69c9d637f9ed"}
+    other_order = "2018-02-07T02:19:33.000Z2018-02-07T07:04:22.000Z6544646543674123456"
+    async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as http:
+        ok = await http.get("/oapi/v1/call/histories", params=example)
+        wrong = await http.get("/oapi/v1/call/histories",
+                               params={**example, "hash": hashlib.sha256(other_order.encode()).hexdigest()})
+    assert ok.status_code == 200 and ok.json() == {"success": True, "data": []}
+    assert wrong.json() == {"success": False, "message": "HASH_NOT_MATCH"}
+
+
+async def test_simulator_history_records_carry_exactly_the_documented_fields(state: SimState, server: AppServer) -> None:
+    """By default a record has the ten documented fields and no call id; the switch adds one."""
+    state.add_call(at=T0.timestamp())
+    state.id_field = "call_id"
+    state.add_call(at=T0.timestamp() + 1, call_id="c-2")
+    async with make_client(server) as client:
+        records = [r async for r in client.histories(T0, T0 + timedelta(hours=1))]
+    documented = {"caller", "callee", "class", "did_number", "direction", "status_detail", "duration_seconds",
+                  "unix_timestamp", "billing_seconds", "recording"}
+    assert [set(r) for r in records] == [documented | {"call_id"}, documented]
+    assert records[0]["call_id"] == "c-2"
+
+
+async def test_simulator_accepts_the_documents_31_day_maximum(server: AppServer) -> None:
+    """Exactly 31 days is allowed (the client asks for at most 30); a second more is TIME_RANGE_EXCEEDED."""
+    params = signed_history_params(format_time(T0), format_time(T0 + timedelta(days=31)))
+    async with httpx.AsyncClient(base_url=server.url, timeout=WAIT) as http:
+        r = await http.get("/oapi/v1/call/histories", params=params)
+    assert r.status_code == 200
 
 
 async def test_simulator_history_defaults_to_20_per_page(state: SimState, server: AppServer) -> None:
@@ -493,3 +573,19 @@ async def test_token_manager_short_lived_token_is_not_refetched_every_call(state
         clock.now += 15
         assert await tokens.get() != first
     assert len(api_requests(state, "/oapi/v1/voice/auth_token")) == 2
+
+
+# -- config --------------------------------------------------------------------------------
+
+
+def test_config_defaults_follow_the_document_and_refuse_unknown_time_zones() -> None:
+    """No history id field, 30 s tolerance, `auto` expiry in Asia/Ho_Chi_Minh by default; a bad zone is refused."""
+    required = {"app_id": "a", "app_secret": "s", "account_id": "acc", "sip_user": "u", "sip_password": "p"}
+    config = AntRingConfig.model_validate(required)
+    assert config.history_id_field is None and config.reconcile_tolerance == 30.0
+    assert (config.expire_format, str(config.time_zone)) == ("auto", "Asia/Ho_Chi_Minh")
+    assert str(AntRingConfig.model_validate({**required, "time_zone": "Europe/Paris"}).time_zone) == "Europe/Paris"
+    with pytest.raises(ValueError, match="time_zone"):
+        AntRingConfig.model_validate({**required, "time_zone": "Mars/Olympus"})
+    with pytest.raises(ValueError, match="expire_format"):
+        AntRingConfig.model_validate({**required, "expire_format": "hex"})

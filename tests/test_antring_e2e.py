@@ -110,3 +110,18 @@ def test_readyz_reports_the_upstream_but_stays_ready_while_it_is_down(data_dir: 
         wait_until(lambda: not world.upstream()["connected"], what="upstream down")
         r = httpx.get(f"{world.hub.url}/readyz", headers=ADMIN, timeout=WAIT)
         assert r.status_code == 200 and r.json()["upstreams"]["antring"]["connected"] is False
+
+
+def test_a_bound_signal_callhub_does_not_map_arrives_as_call_signal(data_dir: Path) -> None:
+    """An operator binds PARK_PARKED: the parked call's signal is stored as call.signal, nothing is dropped."""
+    bindings = ["call.CHANNEL_CREATE.*", "call.PARK_PARKED.*"]
+    with antring_world(data_dir, "blackhole", bindings=bindings) as world:
+        world.wait_connected()
+        call = inbound_answered(ALICE, "0912345678", account_id=ACCOUNT)
+        world.play_partly(call, upto=1)
+        park = {**call.signals[0].payload, "Msg-ID": "park-1", "Parking-Slot": "701"}
+        world.signals.emit_threadsafe("PARK_PARKED", park)
+        wait_until(lambda: world.history("call.signal"), what="the park signal")
+        (event,) = world.history("call.signal")
+        assert event["data"]["signal"] == "PARK_PARKED" and event["data"]["call_id"] == call.call_id
+        assert event["data"]["raw"]["Parking-Slot"] == "701" and event["subject"] == call.call_id

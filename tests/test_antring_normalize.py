@@ -36,8 +36,30 @@ def test_each_binding_maps_to_its_call_event_type() -> None:
     names = ["CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_BRIDGE", "CHANNEL_HOLD", "CHANNEL_UNHOLD", "CHANNEL_DESTROY"]
     types = [n.event(name, leg("a1"))["type"] for name in names]  # type: ignore[index]
     assert types == ["call.ringing", "call.answered", "call.bridged", "call.held", "call.resumed", "call.ended"]
-    assert n.event("CHANNEL_PARK", leg("a1")) is None
-    assert n.event("CHANNEL_CREATE", {"Caller-ID-Number": "1"}) is None
+
+
+def test_an_unmapped_signal_is_a_call_signal_with_its_name_call_and_payload() -> None:
+    """PARK_PARKED (or anything else bound) is call.signal: vendor name, the call it belongs to, raw payload."""
+    n = normalizer()
+    n.event("CHANNEL_CREATE", leg("cust-leg"))
+    payload = leg("agent-leg", other="cust-leg", **{"Custom-Channel-Vars": {"Owner-ID": "u-alice"}})
+    event = n.event("PARK_PARKED", payload)
+    assert event["type"] == "call.signal" and event["subject"] == "cust-leg"
+    assert event["data"] == {"signal": "PARK_PARKED", "call_id": "cust-leg", "leg_id": "agent-leg", "agent": "alice",
+                             "raw": payload}
+    assert prepare_event(event)["type"] == "call.signal"
+
+
+def test_signal_ids_tell_replays_from_new_signals() -> None:
+    """The same signal twice has one id; a different payload, or one without a leg, has its own."""
+    n = normalizer()
+    first = n.event("PARK_PARKED", leg("a1", Timestamp=63_900_000_000))
+    assert n.event("PARK_PARKED", leg("a1", Timestamp=63_900_000_000))["id"] == first["id"]
+    assert n.event("PARK_PARKED", leg("a1", Timestamp=63_900_000_001))["id"] != first["id"]
+    assert n.event("PARK_RETRIEVED", leg("a1", **{"Msg-ID": "m-1"}))["id"] == "a1:PARK_RETRIEVED:m-1"
+    no_leg = n.event("CHANNEL_CREATE", {"Caller-ID-Number": "1"})
+    assert no_leg["type"] == "call.signal" and no_leg["id"].startswith("signal:CHANNEL_CREATE:")
+    assert no_leg["data"]["call_id"] is None and "subject" not in no_leg
 
 
 def test_event_is_a_valid_hub_event_with_deterministic_id_and_raw_payload() -> None:
@@ -85,7 +107,19 @@ def test_direction_from_who_called_whom(caller: str, callee: str, direction: str
     """Phone number to extension is inbound, extension to phone number outbound, extension to extension internal."""
     event = normalizer().event("CHANNEL_CREATE", leg("a1", **{"Caller-ID-Number": caller, "Callee-ID-Number": callee}))
     assert event and event["data"]["direction"] == direction
-    assert event["data"]["from"]["number"] == caller and event["data"]["to"]["number"] == callee
+    assert event["data"]["from"]["as_sent"] == caller and event["data"]["to"]["as_sent"] == callee
+
+
+@pytest.mark.parametrize(
+    ("caller", "number"),
+    [("84912345678", "0912345678"), ("+84912345678", "0912345678"), ("01693608879", "0393608879"),
+     ("anonymous", "anonymous"), ("101", "101")],
+)
+def test_parties_carry_the_normal_form_beside_what_the_trunk_sent(caller: str, number: str) -> None:
+    """A caller id in any number form is the normal form in `number`, exactly as sent in `as_sent`; anonymous stays."""
+    event = normalizer().event("CHANNEL_CREATE", leg("a1", **{"Caller-ID-Number": caller}))
+    assert event is not None
+    assert event["data"]["from"] == {"number": number, "as_sent": caller, "name": "Nguyen Van A"}
 
 
 def test_ended_call_carries_outcome_cause_and_durations() -> None:

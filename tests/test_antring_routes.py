@@ -38,6 +38,16 @@ def test_click_to_call_rings_the_agents_own_device_once(world: AntRingWorld) -> 
     assert len(clicks) == 1 and clicks[0]["sip_user"] == "alice-101" and clicks[0]["number"] == "0912345678"
 
 
+@pytest.mark.parametrize(("number", "dialled"), [("101", "101"), ("123456", "123456"), ("84912345678", "0912345678"),
+                                                 ("01693608879", "0393608879")])
+def test_click_to_call_dials_an_extension_as_it_is_and_any_phone_form_nationally(
+        world: AntRingWorld, number: str, dialled: str) -> None:
+    """An internal extension (3 to 6 digits) is the vendor's `:number` as given; phone numbers in national format."""
+    r = click(world, {"number": number, "agent": "alice"})
+    assert r.status_code == 200 and r.json()["number"] == dialled
+    assert world.state.clicks[-1]["number"] == dialled
+
+
 def test_click_to_call_on_an_offline_device_is_409_with_the_vendors_message(world: AntRingWorld) -> None:
     """Bob's device is not registered: 409 `device_offline`, and nothing is retried."""
     before = len(world.state.requests)
@@ -47,9 +57,9 @@ def test_click_to_call_on_an_offline_device_is_409_with_the_vendors_message(worl
     assert len([q for q in world.state.requests[before:] if "click-to-call" in q["path"]]) == 1
 
 
-@pytest.mark.parametrize("number", ["12345", "hello", "0112345678", ""])
+@pytest.mark.parametrize("number", ["12", "1234567", "hello", "0112345678", ""])
 def test_click_to_call_refuses_an_invalid_number_before_calling_out(world: AntRingWorld, number: str) -> None:
-    """A number that is neither E.164 nor Vietnamese national format is a 422; AntRing is not called."""
+    """Neither a phone number nor a 3-6 digit extension is a 422; AntRing is not called."""
     before = len(world.state.clicks)
     r = click(world, {"number": number, "agent": "alice"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_phone_number"

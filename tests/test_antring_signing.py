@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from handlers.antring.signing import app_hash, hashes_equal, histories_hash, recording_hash
+from handlers.antring.signing import app_hash, histories_hash, recording_hash
 
 APP_ID = "6544646543674"
 SECRET = "123456"
@@ -48,11 +48,3 @@ def test_app_hash_is_app_id_then_secret() -> None:
     """x-auth-app-hash: sha256('6544646543674' + '123456')."""
     assert app_hash(APP_ID, SECRET) == "1de1c7a667297905f45373f982c0e182c6d5ba6391f2bf41dc053619182b351b"
 
-
-def test_hashes_equal_is_exact() -> None:
-    """Hash comparison accepts the same digest only (not a prefix, not another case, not garbage)."""
-    digest = app_hash(APP_ID, SECRET)
-    assert hashes_equal(digest, digest)
-    assert not hashes_equal(digest, digest[:-1])
-    assert not hashes_equal(digest, digest.upper())
-    assert not hashes_equal(digest, "é" * 64)

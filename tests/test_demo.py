@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from websockets.sync.client import connect
 
+from handlers.demo import KNOWN_CUSTOMERS
 from hub.config import config_from_dict
 from hub.plugins import demo_overrides, handler_sections
 from tests.helpers import ADMIN_KEY, WAIT, ServerThread, free_port, raw_config
@@ -67,6 +68,6 @@ def test_demo_shows_screen_pops_rule_actions_and_vbee_campaign_results(tmp_path:
             if kind is not None:
                 seen.setdefault(kind, event)
     assert needed <= set(seen), f"missing: {needed - set(seen)}"
-    assert seen["screen-pop"]["data"]["customer"]["name"] in {"Nguyễn Văn An", "Trần Thị Bình", "Công ty Minh Phát"}
+    assert seen["screen-pop"]["data"]["customer"]["name"] in {c[1] for c in KNOWN_CUSTOMERS}
     ring = seen.get("action.succeeded:antring.click_to_call") or seen.get("action.failed:antring.click_to_call")
     assert ring is not None, "the call-back ring was tried"

@@ -71,3 +71,17 @@ def test_unknown_caller_and_slow_crm_publish_nothing_and_never_delay_the_ring(wo
     assert time.monotonic() - started < 20 * TICK
     time.sleep(50 * TICK)  # past the CRM's delay: a late answer must still not be published
     assert enriched(world, unknown.call_id) == [] and enriched(world, slow.call_id) == []
+
+
+def test_a_contact_saved_in_another_form_pops_for_a_pre_2018_caller_id(world: AntRingWorld, crm: SimState) -> None:
+    """Saved as +84393608879, called from 01693608879: AntCRM matches exactly, the hub asks each form, it pops."""
+    crm.add_contact("Phạm Dũng", phones=["+84393608879"], contact_type="customer", scoreRank=5, rankName="VIP")
+    call = inbound_answered(ALICE, "01693608879", account_id=ACCOUNT)
+    world.play_partly(call, upto=1)
+    wait_until(lambda: enriched(world, call.call_id), what="the screen-pop")
+    (pop,) = enriched(world, call.call_id)
+    assert pop["data"]["number"] == "0393608879"
+    customer = pop["data"]["customer"]
+    assert (customer["name"], customer["scoreRank"], customer["rankName"]) == ("Phạm Dũng", 5, "VIP")
+    asked = [r["query"].get("phone") for r in crm.requests if r["path"] == "/contacts"]
+    assert asked[-3:] == ["0393608879", "84393608879", "+84393608879"]

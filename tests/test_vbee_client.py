@@ -64,7 +64,7 @@ async def test_add_contacts_answers_contact_ids(state: SimState, base_url: str) 
 async def test_token_is_hs256_jwt_with_api_key_and_iat(state: SimState, base_url: str) -> None:
     """The Bearer token is an HS256 JWT of apiKey and iat, signed with the API secret."""
     async with client_for(base_url) as client:
-        await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+        await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
     claims = state.requests[0]["claims"]
     assert claims["apiKey"] == API_KEY and isinstance(claims["iat"], int)
     token = access_token(API_KEY, API_SECRET, now=1_700_000_000)
@@ -75,7 +75,7 @@ async def test_token_is_hs256_jwt_with_api_key_and_iat(state: SimState, base_url
 async def test_invalid_numbers_are_dropped_by_the_vendor(state: SimState, base_url: str) -> None:
     """Vbee adds the valid contacts and silently drops the others."""
     async with client_for(base_url) as client:
-        added = await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}, {"phone_number": "12"}])
+        added = await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}, {"phone_number": "12"}])
     assert [a["so_dien_thoai"] for a in added] == ["+84912345678"]
 
 
@@ -83,7 +83,7 @@ async def test_wrong_secret_is_auth_error(base_url: str) -> None:
     """A token signed with the wrong secret is Vbee's 401: VbeeAuthError."""
     async with client_for(base_url, secret="not-the-secret-0123456789abcdef-0123") as client:
         with pytest.raises(VbeeAuthError) as info:
-            await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+            await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
     assert info.value.vendor_code == 401 and info.value.vendor_message == "Unauthorized"
     assert not isinstance(info.value, VbeeAppNotFound)
 
@@ -92,7 +92,7 @@ async def test_unknown_api_key_is_app_not_found(base_url: str) -> None:
     """An apiKey no app has is 1201: VbeeAppNotFound, telling to check api_key."""
     async with client_for(base_url, key="nobody") as client:
         with pytest.raises(VbeeAppNotFound) as info:
-            await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+            await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
     assert info.value.vendor_code == 1201 and "api_key" in info.value.message
 
 
@@ -101,7 +101,7 @@ async def test_unknown_campaign_is_import_failed(state: SimState, base_url: str)
     state.campaigns_known = {"other"}
     async with client_for(base_url) as client:
         with pytest.raises(VbeeImportFailed) as info:
-            await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+            await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
     assert info.value.vendor_code == 1402
 
 
@@ -118,7 +118,7 @@ async def test_errors_answered_with_http_200_are_still_errors(state: SimState, b
     state.errors_as_200 = True
     async with client_for(base_url, key="nobody") as client:
         with pytest.raises(VbeeAppNotFound):
-            await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+            await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
 
 
 async def test_system_error_is_unavailable_and_not_retried(state: SimState, base_url: str) -> None:
@@ -126,7 +126,7 @@ async def test_system_error_is_unavailable_and_not_retried(state: SimState, base
     state.fail_next = 1
     async with client_for(base_url) as client:
         with pytest.raises(VbeeUnavailable) as info:
-            await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+            await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
     assert info.value.vendor_code == 500 and info.value.maybe_sent
     assert len(state.requests) == 1 and state.contacts == []
 
@@ -136,7 +136,7 @@ async def test_lost_answer_is_not_retried(state: SimState, base_url: str) -> Non
     state.fail_after_adding = 1
     async with client_for(base_url) as client:
         with pytest.raises(VbeeUnavailable):
-            await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+            await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
     assert len(state.requests) == 1 and len(state.contacts) == 1
 
 
@@ -145,7 +145,7 @@ async def test_timeout_is_unavailable_maybe_sent_and_not_retried(state: SimState
     state.delay = 10 * TICK
     async with client_for(base_url, timeout=TICK) as client:
         with pytest.raises(VbeeUnavailable) as info:
-            await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+            await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
     assert info.value.maybe_sent and "may have reached" in info.value.message
     assert len(state.requests) == 1
 
@@ -154,7 +154,7 @@ async def test_connection_refused_is_unavailable_not_sent() -> None:
     """Nothing listening: VbeeUnavailable with maybe_sent false."""
     async with client_for(f"http://127.0.0.1:{free_port()}{API_PREFIX}") as client:
         with pytest.raises(VbeeUnavailable) as info:
-            await client.add_contacts(CAMPAIGN, [{"phone_number": "0912345678"}])
+            await client.add_contacts(CAMPAIGN, [{"phone_number": "+84912345678"}])
     assert info.value.maybe_sent is False and info.value.to_dict()["error"]["maybe_sent"] is False
 
 
@@ -215,8 +215,18 @@ def test_simulator_refuses_missing_token_like_vbee() -> None:
 
 
 def test_simulator_phone_rules() -> None:
-    """The simulated vendor calls Vietnamese numbers only, answered in E.164."""
-    assert vbee_phone("0987 654 321") == "+84987654321"
-    assert vbee_phone("84987654321") == "+84987654321"
-    assert vbee_phone("028 7301 9555") == "+842873019555"
+    """The simulated vendor calls Vietnamese numbers written exactly in its one form, answered in E.164."""
+    assert vbee_phone("+84987654321") == "+84987654321" and vbee_phone("+842873019555") == "+842873019555"
+    assert vbee_phone("0987654321") is None and vbee_phone("84987654321") is None
+    assert vbee_phone("+84 987 654 321") is None
+    assert vbee_phone("84987654321", "84") == "+84987654321" and vbee_phone("+84987654321", "84") is None
+    assert vbee_phone("0987654321", "national") == "+84987654321"
     assert vbee_phone("+14155550100") is None and vbee_phone(None) is None
+
+
+async def test_a_campaign_the_app_does_not_have_is_refused(base_url: str, state: SimState) -> None:
+    """The simulator knows its campaigns: another id is Vbee's 1402, and nothing is added."""
+    async with client_for(base_url) as client:
+        with pytest.raises(VbeeImportFailed):
+            await client.add_contacts("camp-nobody-made", [{"phone_number": "+84912345678"}])
+    assert state.contacts == []

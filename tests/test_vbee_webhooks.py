@@ -101,7 +101,7 @@ def test_bearer_token_is_accepted(hub: ServerThread) -> None:
 def test_finished_call_becomes_call_ended(hub: ServerThread) -> None:
     """A finished call is call.ended from vbee with the call, the parties, outcome, duration, recording, tags, raw."""
     cid = campaign()
-    body = report(cid)
+    body = report(cid, phone_number="84987654321")
     r = post(hub, body)
     assert r.status_code == 200
     (event,) = stored(hub, cid)
@@ -111,8 +111,8 @@ def test_finished_call_becomes_call_ended(hub: ServerThread) -> None:
         "call_id": "call-1",
         "direction": "outbound",
         "agent": None,
-        "from": {"number": None, "name": None},
-        "to": {"number": "+84987654321", "name": "David Thiêm"},
+        "from": {"number": None, "as_sent": None, "name": None},
+        "to": {"number": "0987654321", "as_sent": "84987654321", "name": "David Thiêm"},
         "campaign_id": cid,
         "contact_id": "f95c4831-bc9d-4626-8713-a0a161cee01e",
         "status": "answered",
@@ -125,13 +125,13 @@ def test_finished_call_becomes_call_ended(hub: ServerThread) -> None:
 
 
 def test_progress_report_becomes_contact_updated(hub: ServerThread) -> None:
-    """A report of a call still going on is campaign.contact.updated with the status and tags."""
+    """A report of a call still going on is campaign.contact.updated with the status, tags and the number's normal form."""
     cid = campaign()
     body = report(cid, "calling", duration=None, recording_url=None)
     assert post(hub, body).status_code == 200
     (event,) = stored(hub, cid)
     assert event["type"] == "campaign.contact.updated" and event["source"] == "vbee"
-    assert event["data"] == {"campaign_id": cid, "contact_id": body["contact_id"], "phone_number": "+84987654321",
+    assert event["data"] == {"campaign_id": cid, "contact_id": body["contact_id"], "phone_number": "0987654321",
                              "status": "calling", "tags": {"ho_ten": "David Thiêm", "danh_xung": "Anh"},
                              "raw": body}
 

@@ -31,7 +31,12 @@ API_KEY = "vbee-api-key-test"
 API_SECRET = "vbee-api-secret-0123456789abcdef-0123"
 
 
+#: The campaigns the tests' simulated AICall app has (Vbee refuses any other id).
+CAMPAIGNS = frozenset({"camp-0001", "camp-callback"})
+
+
 def sim_state(**knobs: Any) -> SimState:
+    knobs.setdefault("campaigns_known", set(CAMPAIGNS))
     return SimState(apps={API_KEY: API_SECRET}, **knobs)
 
 

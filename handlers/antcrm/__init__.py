@@ -68,7 +68,8 @@ def build(config: AntCRMConfig) -> AntCRM:
     """The client and lookup `config` describes (the caller closes them: `AntCRM.aclose`)."""
     client = AntCRMClient(config.base_url, config.api_key, timeout=config.request_timeout,
                           retry=creation_retry(config.retry_for), max_concurrency=config.max_concurrency,
-                          phone_format=config.phone_format)
+                          phone_format=config.phone_format, lookup_forms=config.lookup_forms,
+                          lookup_contact_types=config.lookup_contact_types)
     lookup = CustomerLookup(client, timeout=config.lookup_timeout, ttl=config.cache_ttl,
                             negative_ttl=config.negative_cache_ttl, max_entries=config.cache_max_entries)
     return AntCRM(config, client, lookup)

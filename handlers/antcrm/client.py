@@ -20,7 +20,8 @@ Retries (all through `hub.outbound.send_with_retry`):
   does not say AntCRM deduplicates on `ticketIdApiRing`; we assume it does (see docs/ANTCRM.md).
 - `upsert_contact` creates with a stable `customerIdApiRing` and is retried the same way.
 - `find_contacts` is tried once: it sits on the screen-pop path, where an answer after the
-  deadline is worth nothing.
+  deadline is worth nothing. `find_contact` asks in each stored form of the number in turn
+  (`lookup_forms`), since AntCRM matches the number as it was saved.
 
 The give-up time is checked after each failed try, so a failing creation ends at most one
 back-off (`retry.max_delay`) and one request timeout after `retry_for`.
@@ -30,11 +31,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 
-from handlers.antcrm.config import DEFAULT_BASE_URL, PhoneFormat
+from handlers.antcrm.config import DEFAULT_BASE_URL, ContactType
 from hub.exceptions import Unavailable
 from hub.outbound import (
     NO_RETRY,
@@ -47,7 +48,7 @@ from hub.outbound import (
     stable_key,
     vendor_text,
 )
-from hub.phone import InvalidPhoneNumber, Phone, parse_phone
+from hub.phone import InvalidPhoneNumber, Phone, PhoneForm, parse_phone
 
 __all__ = [
     "AntCRMClient",
@@ -85,7 +86,8 @@ _ENVELOPE_KEYS = ("data", "contacts", "docs", "results", "items")
 
 #: AntCRM custom fields: `{"name": "value"}`, or the vendor's own `[{"name", "value"}]`.
 CusFields = Mapping[str, Any] | Sequence[Mapping[str, Any]]
-ContactType = Literal["lead", "customer"]
+#: The forms a number may be saved in, in the order they are tried after the configured one.
+PHONE_FORMS: tuple[PhoneForm, ...] = ("national", "84", "e164")
 
 
 class AntCRMError(VendorError):
@@ -168,7 +170,8 @@ def pick_contact(contacts: Sequence[Mapping[str, Any]], number: Phone) -> dict[s
 
 
 def compact_customer(contact: Mapping[str, Any]) -> dict[str, Any]:
-    """What a screen-pop shows: `{name, contactType, leadId, customerId, tags, stage, responsibleStaff, id}`.
+    """What a screen-pop shows: `{name, contactType, leadId, customerId, tags, stage, responsibleStaff,
+    scoreRank, rankName, id}` (the member rank, so rules can route VIPs).
 
     Blank strings become None; `tags` is always a list of strings; `id` is AntCRM's object id
     (`id` or `_id`), the one `create_ticket` takes as `contact.id`.
@@ -184,6 +187,8 @@ def compact_customer(contact: Mapping[str, Any]) -> dict[str, Any]:
         "tags": [str(t) for t in tags] if isinstance(tags, list) else [],
         "stage": _blank_none(contact.get("stage")),
         "responsibleStaff": _blank_none(contact.get("responsibleStaff")),
+        "scoreRank": _blank_none(contact.get("scoreRank")),
+        "rankName": _blank_none(contact.get("rankName")),
         "id": _blank_none(contact.get("id", contact.get("_id"))),
     }
 
@@ -210,14 +215,18 @@ class AntCRMClient(VendorClient):
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str = "", *, timeout: float,
                  retry: RetryPolicy | None = None, max_concurrency: int = 8,
-                 phone_format: PhoneFormat = "national", http: httpx.AsyncClient | None = None) -> None:
+                 phone_format: PhoneForm = "national", lookup_forms: Sequence[PhoneForm] | None = None,
+                 lookup_contact_types: Sequence[ContactType] = (), http: httpx.AsyncClient | None = None) -> None:
         if not api_key:
             raise ValueError("AntCRM needs an api_key")
         limits = httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency)
         super().__init__(base_url, timeout=timeout, retry=retry if retry is not None else creation_retry(),
                          http=http, limits=limits)
         self._api_key = api_key
-        self.phone_format = phone_format
+        self.phone_format: PhoneForm = phone_format
+        self.lookup_forms: tuple[PhoneForm, ...] = tuple(lookup_forms) if lookup_forms else (
+            phone_format, *(form for form in PHONE_FORMS if form != phone_format))
+        self.lookup_contact_types = tuple(lookup_contact_types)
 
     def __repr__(self) -> str:
         return f"AntCRMClient(base_url={self.base_url!r})"
@@ -225,7 +234,21 @@ class AntCRMClient(VendorClient):
 
     def format_phone(self, phone: Phone) -> str:
         """A number as this client writes it to AntCRM (`phone_format`)."""
-        return phone.national if self.phone_format == "national" else phone.e164
+        return phone.formatted(self.phone_format)
+
+    def contact_with_phones_formatted(self, contact: Mapping[str, Any]) -> dict[str, Any]:
+        """`contact` with each readable number in `phones` written as `phone_format` (others as given)."""
+        phones = contact.get("phones")
+        if not isinstance(phones, list):
+            return dict(contact)
+        written = []
+        for entry in phones:
+            value = entry.get("value") if isinstance(entry, Mapping) else None
+            try:
+                written.append({**entry, "value": self.format_phone(parse_phone(value))})
+            except InvalidPhoneNumber:
+                written.append(entry)
+        return {**contact, "phones": written}
 
     # -- tickets --------------------------------------------------------------------------------
 
@@ -243,7 +266,7 @@ class AntCRMClient(VendorClient):
         if not isinstance(ticket_id_apiring, str) or not ticket_id_apiring:
             raise ValueError("ticket_id_apiring must be a non-empty string (the ticket's idempotency key)")
         _check_extra(extra, TICKET_EXTRA_FIELDS, "ticket")
-        body: dict[str, Any] = {"title": title, "SLA": sla, "contact": dict(contact),
+        body: dict[str, Any] = {"title": title, "SLA": sla, "contact": self.contact_with_phones_formatted(contact),
                                 "ticketIdApiRing": ticket_id_apiring}
         if priority is not None:
             body["priority"] = priority
@@ -261,16 +284,16 @@ class AntCRMClient(VendorClient):
 
     # -- contacts -------------------------------------------------------------------------------
 
-    async def find_contacts(self, phone: str, *, contact_type: ContactType | None = None,
+    async def find_contacts(self, phone: str, *, contact_type: ContactType | None = None, form: PhoneForm | None = None,
                             timeout: float | None = None) -> list[dict[str, Any]]:
         """Contacts (leads, contacts, accounts) with this phone number, as AntCRM holds them. One try.
 
-        `phone` may be national (0912345678) or E.164 (+84912345678); it is sent as
-        `phone_format`. Raises `hub.phone.InvalidPhoneNumber` before sending anything if it is
+        `phone` may be in any form `hub.phone` reads; it is sent as `form` (default
+        `phone_format`). Raises `hub.phone.InvalidPhoneNumber` before sending anything if it is
         not a phone number. `timeout` overrides the client's for this request.
         """
         number = parse_phone(phone, field="phone")
-        params = {"phone": self.format_phone(number)}
+        params = {"phone": number.formatted(form or self.phone_format)}
         if contact_type is not None:
             params["contactType"] = contact_type
         body = await self._call("GET", CONTACTS_PATH, NO_RETRY, params=params, timeout=timeout)
@@ -323,8 +346,29 @@ class AntCRMClient(VendorClient):
         return {"created": True, "customerIdApiRing": key, "leadId": answer.get("leadId"),
                 "customerId": answer.get("customerId"), "answer": answer}
 
+    async def find_contact(self, number: Phone, *, timeout: float | None = None) -> dict[str, Any] | None:
+        """The contact a call from `number` is most likely from (`pick_contact`), or None.
+
+        AntCRM matches the number as it was saved, so it is asked in each of `lookup_forms` (and
+        for each of `lookup_contact_types`) in turn, until one answer holds a contact: one request
+        for a contact saved in the first form, every form for an unknown number. Each request is
+        tried once; an error ends the search (it raises).
+        """
+        asked: set[tuple[str, str | None]] = set()
+        for form in self.lookup_forms:
+            written = number.formatted(form)
+            for contact_type in self.lookup_contact_types or (None,):
+                if (written, contact_type) in asked:
+                    continue  # a foreign number reads the same in several forms
+                asked.add((written, contact_type))
+                contacts = await self.find_contacts(number.e164, contact_type=contact_type, form=form, timeout=timeout)
+                contact = pick_contact(contacts, number)
+                if contact is not None:
+                    return contact
+        return None
+
     async def _existing(self, number: Phone) -> dict[str, Any] | None:
-        return pick_contact(await self.find_contacts(number.e164), number)
+        return await self.find_contact(number)
 
     # -- plumbing -------------------------------------------------------------------------------
 

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from hub._units import parse_duration
 from hub.config import HttpUrl
+from hub.phone import PhoneForm
 
-__all__ = ["AntCRMConfig", "DEFAULT_BASE_URL", "PhoneFormat"]
+__all__ = ["AntCRMConfig", "ContactType", "DEFAULT_BASE_URL"]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-#: How numbers are written in `GET /contacts?phone=` and in the phones of created leads.
-PhoneFormat = Literal["national", "e164"]
+#: AntCRM's kinds of contact: leads, and customers (contacts and accounts).
+ContactType = Literal["lead", "customer"]
 
 DEFAULT_BASE_URL = "https://apiring.antbuddy.com"
 
@@ -46,6 +47,20 @@ class AntCRMConfig(BaseModel):
     #: Most requests in flight to AntCRM at once (the connection pool's size); others wait for
     #: a connection within their own timeout.
     max_concurrency: int = Field(8, ge=1, le=256)
-    #: How phone numbers are sent: `national` (0912345678, as the vendor's examples write them)
-    #: or `e164` (+84912345678).
-    phone_format: PhoneFormat = "national"
+    #: How phone numbers are written to AntCRM (created leads, ticket contacts) and asked first:
+    #: `national` (0912345678, as the vendor's examples write them), `e164` (+84912345678) or
+    #: `84` (84912345678).
+    phone_format: PhoneForm = "national"
+    #: Screen-pop: the forms a number is asked in, in order, until a contact is found (AntCRM
+    #: matches the string as saved). Default: `phone_format`, then the other two.
+    lookup_forms: list[PhoneForm] | None = Field(None, min_length=1)
+    #: Screen-pop: `contactType`s asked for, in order (each form once per type); empty: one
+    #: request without `contactType` (any kind of contact).
+    lookup_contact_types: list[ContactType] = []
+
+    @field_validator("lookup_forms", "lookup_contact_types")
+    @classmethod
+    def _each_once(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("list each entry once")
+        return value

@@ -12,6 +12,8 @@ the agent's screen shows no CRM data, not that anything else waits.
   cancels them.
 - Numbers are keyed in E.164, so 0912345678 and +84912345678 are one entry. A caller id that is
   not a phone number (anonymous, an extension) is None at once, without asking AntCRM.
+- AntCRM matches a number as it was saved, so a number is asked in each stored form in turn
+  (`AntCRMClient.find_contact`) before it is "unknown", all within `timeout`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from handlers.antcrm.client import AntCRMClient, AntCRMError, compact_customer, pick_contact
+from handlers.antcrm.client import AntCRMClient, AntCRMError, compact_customer
 from hub.phone import InvalidPhoneNumber, parse_phone
 
 __all__ = ["CustomerLookup", "DEFAULT_MAX_ENTRIES"]
@@ -104,7 +106,7 @@ class CustomerLookup:
         self.requests += 1
         try:
             async with asyncio.timeout(self.timeout):
-                contacts = await self._client.find_contacts(key, timeout=self.timeout)
+                contact = await self._client.find_contact(parse_phone(key), timeout=self.timeout)
         except (AntCRMError, TimeoutError) as exc:
             self.failures += 1
             logger.info("antcrm lookup gave up: %s", exc if isinstance(exc, AntCRMError) else "timed out")
@@ -116,7 +118,6 @@ class CustomerLookup:
         finally:
             if self._inflight.get(key) is asyncio.current_task():
                 del self._inflight[key]
-        contact = pick_contact(contacts, parse_phone(key))
         customer = compact_customer(contact) if contact is not None else None
         ttl = self.ttl if customer is not None else self.negative_ttl
         if ttl > 0:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
-from handlers.antring.client import AntRingClient, TokenManager
+from handlers.antring.client import AntRingClient, TokenManager, dial_number
 from handlers.antring.config import AntRingConfig
 from handlers.antring.consumer import UPSTREAM, SignalConsumer
 from handlers.antring.normalize import AgentIndex, Normalizer
@@ -19,7 +19,6 @@ from handlers.antring.routes import routes
 from hub.actions import ActionContext, ActionSpec, Executor, public_params
 from hub.core import Hub
 from hub.exceptions import HubError, NotFound
-from hub.phone import parse_phone
 from hub.plugins import Registry
 
 __all__ = ["AntRingConfig", "register", "agent_index"]
@@ -53,7 +52,7 @@ def click_to_call_action(config: AntRingConfig, client: AntRingClient) -> Execut
         device = config.agents.get(agent) if isinstance(agent, str) else None
         if device is None:
             raise NotFound(f"no SIP device configured for agent {agent!r} ([antring.agents.{agent}])")
-        number = parse_phone(params.get("number")).national
+        number = dial_number(params.get("number"), max_extension_digits=config.internal_max_digits)
         answer = await client.click_to_call(number, device.sip_user, device.sip_password)
         return {"outcome": "ringing", "agent": agent, "number": number, "vendor": answer}
 
@@ -64,10 +63,11 @@ def register(registry: Registry) -> None:
     config = registry.section("antring", AntRingConfig)
     if config is None or not config.enabled:
         return
-    client = AntRingClient(config.base_url, config.app_id, config.app_secret, timeout=config.request_timeout)
+    client = AntRingClient(config.base_url, config.app_id, config.app_secret, timeout=config.request_timeout,
+                           expire_format=config.expire_format, time_zone=config.time_zone)
     tokens = TokenManager(client, config.sip_user, config.sip_password, refresh_margin=config.token_refresh_margin)
     normalizer = Normalizer(agents=agent_index(config), internal_max_digits=config.internal_max_digits)
-    reconciler = Reconciler(registry.hub, client, config)
+    reconciler = Reconciler(registry.hub, client, config, agents=normalizer.agents, is_extension=normalizer.is_extension)
     consumer = SignalConsumer(registry.hub, config, tokens, normalizer, on_reconnected=reconciler.after_reconnect)
 
     async def consume(hub: Hub) -> None:

@@ -14,7 +14,8 @@ are retried on 5xx/429/503 and connection errors (they have no side effect beyon
 token); click-to-call is sent exactly once, since a retry could ring the phone twice.
 
 Vendor behaviour the docs leave open, and what this client assumes:
-- `expire` in the `auth_token` answer has no documented format: see `parse_expire`.
+- `expire` in the `auth_token` answer has no documented format: see `parse_expire` (and
+  `[antring] expire_format`, `time_zone`).
 - The `/histories` answer's envelope is not documented: see `history_records`.
 - Times are sent as `2018-02-07T02:19:33.000Z` (UTC, milliseconds), the format of the vendor's
   example; a window is inclusive at both ends, so consecutive windows are 1 ms apart.
@@ -30,12 +31,14 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 from urllib.parse import quote
+from zoneinfo import ZoneInfo
 
 import httpx
 
+from handlers.antring.config import ExpireFormat
 from handlers.antring.signing import app_hash, histories_hash, recording_hash
 from hub.exceptions import BadRequest, Unavailable
 from hub.outbound import (
@@ -47,6 +50,7 @@ from hub.outbound import (
     send_with_retry,
     vendor_text,
 )
+from hub.phone import EXTENSION_MIN_DIGITS, InvalidPhoneNumber, parse_extension, parse_phone
 
 __all__ = [
     "AntRingClient",
@@ -59,6 +63,8 @@ __all__ = [
     "TokenManager",
     "HISTORY_MAX_WINDOW",
     "HISTORY_MAX_LIMIT",
+    "DEFAULT_TIME_ZONE",
+    "dial_number",
     "format_time",
     "history_windows",
     "parse_expire",
@@ -74,14 +80,17 @@ CLICK_TO_CALL_ROUTE = CLICK_TO_CALL_PATH + ":number"
 HISTORIES_PATH = "/oapi/v1/call/histories"
 PLAY_RECORDING_PATH = "/oapi/v1/call/play_recording"
 
-#: The longest `created_from`..`created_to` span `/histories` accepts (vendor: 31 days).
-HISTORY_MAX_WINDOW = timedelta(days=31)
+#: The longest `created_from`..`created_to` span asked of `/histories`. The vendor's maximum is
+#: 31 days; a day less stays clear of however it counts the edge (inclusive ends, its time zone).
+HISTORY_MAX_WINDOW = timedelta(days=30)
 #: The largest page `/histories` serves (vendor: default 20, maximum 100).
 HISTORY_MAX_LIMIT = 100
 #: Stop paging one window after this many pages: a vendor that ignored `page` would loop forever.
 HISTORY_MAX_PAGES = 1000
 #: Assumed lifetime of a token whose answer carries no `expire` (KAZOO's default token lifetime).
 FALLBACK_TOKEN_TTL = 3600.0
+#: The account's clock when AntRing writes a local time without an offset.
+DEFAULT_TIME_ZONE = ZoneInfo("Asia/Ho_Chi_Minh")
 #: Retries for everything but click-to-call: hub.outbound's defaults.
 DEFAULT_RETRY = RetryPolicy()
 #: Vendor messages that mean our app credentials or signature are wrong.
@@ -136,42 +145,62 @@ class VoiceToken:
         return f"VoiceToken(value=<hidden>, expires_at={self.expires_at!r})"
 
 
-def parse_expire(raw: object, *, now: float) -> float:
+def parse_expire(raw: object, *, now: float, expire_format: ExpireFormat = "auto",
+                 time_zone: tzinfo = DEFAULT_TIME_ZONE) -> float:
     """Unix seconds from the `expire` of an `auth_token` answer, whose format AntRing does not document.
 
-    Accepted, in this order: a number (or numeric string) above 1e12 is unix milliseconds; from
-    1e9 it is unix seconds; below 1e9 it is a lifetime in seconds from `now` (KAZOO answers
-    lifetimes such as 3600); any other string is ISO-8601 (no zone means UTC). A missing or null
-    `expire` assumes `FALLBACK_TOKEN_TTL`; refreshing early is harmless, and a token the socket
-    rejects is invalidated and refetched anyway. Raises `ValueError` on anything else.
+    `expire_format` fixes the format: `unix` (seconds), `unix_ms`, `ttl_s` (seconds from `now`),
+    `iso` (ISO-8601). `auto` (the default) reads a number, or numeric string, above 1e12 as unix
+    milliseconds, from 1e9 as unix seconds, below 1e9 as a lifetime in seconds (KAZOO answers
+    lifetimes such as 3600), and any other string as ISO-8601. An ISO time without an offset is
+    the account's local time, `time_zone` (AntBuddy is a Vietnamese service: Asia/Ho_Chi_Minh),
+    not UTC. A missing, null or blank `expire` assumes `FALLBACK_TOKEN_TTL`; refreshing early is
+    harmless, and a token the socket rejects is invalidated and refetched anyway. Raises
+    `ValueError` on anything else, and on a value of the wrong kind for a fixed format.
     """
-    if raw is None:
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
         return now + FALLBACK_TOKEN_TTL
-    if isinstance(raw, bool):
-        raise ValueError("expire is a boolean")
-    number: float | None = None
-    if isinstance(raw, (int, float)):
-        number = float(raw)
-    elif isinstance(raw, str):
-        text = raw.strip()
-        if not text:
-            return now + FALLBACK_TOKEN_TTL
-        try:
-            number = float(text)
-        except ValueError:
-            parsed = datetime.fromisoformat(text)  # ValueError on garbage
-            if parsed.tzinfo is None:
-                parsed = parsed.replace(tzinfo=UTC)
-            return parsed.timestamp()
-    else:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
         raise ValueError(f"expire has type {type(raw).__name__}")
+    if expire_format == "iso" or (expire_format == "auto" and isinstance(raw, str) and not _numeric(raw)):
+        if not isinstance(raw, str):
+            raise ValueError("expire is not an ISO-8601 time")
+        parsed = datetime.fromisoformat(raw.strip())  # ValueError on garbage
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=time_zone)
+        return parsed.timestamp()
+    number = float(raw)  # ValueError on garbage
     if not math.isfinite(number):
         raise ValueError("expire is not finite")
-    if number > 1e12:
+    if expire_format == "unix_ms" or (expire_format == "auto" and number > 1e12):
         return number / 1000.0
-    if number >= 1e9:
+    if expire_format == "unix" or (expire_format == "auto" and number >= 1e9):
         return number
     return now + max(0.0, number)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def dial_number(value: object, *, max_extension_digits: int) -> str:
+    """The `:number` click-to-call sends for a destination: an internal extension
+    (`EXTENSION_MIN_DIGITS` to `max_extension_digits` digits) as it is, as the vendor's own
+    `:number` takes one; any phone number in national format. `InvalidPhoneNumber` (422) otherwise.
+    """
+    extension = parse_extension(value, max_digits=max_extension_digits)
+    if extension is not None:
+        return extension
+    try:
+        return parse_phone(value).national
+    except InvalidPhoneNumber:
+        raise InvalidPhoneNumber(
+            f"{value!r} is neither a phone number (+84912345678, 0912345678) nor an extension "
+            f"({EXTENSION_MIN_DIGITS} to {max_extension_digits} digits)", field="number") from None
 
 
 def format_time(moment: datetime) -> str:
@@ -234,10 +263,13 @@ class AntRingClient(VendorClient):
     """
 
     def __init__(self, base_url: str, app_id: str, app_secret: str, *, timeout: float,
-                 retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None) -> None:
+                 retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None,
+                 expire_format: ExpireFormat = "auto", time_zone: tzinfo = DEFAULT_TIME_ZONE) -> None:
         super().__init__(base_url, timeout=timeout, retry=retry, http=http)
         self.app_id = app_id
         self._app_secret = app_secret
+        self.expire_format: ExpireFormat = expire_format
+        self.time_zone = time_zone
 
     def __repr__(self) -> str:
         return f"AntRingClient(base_url={self.base_url!r}, app_id={self.app_id!r})"
@@ -252,7 +284,8 @@ class AntRingClient(VendorClient):
         if not isinstance(body, dict) or not isinstance(body.get("value"), str) or not body["value"]:
             raise AntRingError("auth_token answer has no token value", path=AUTH_TOKEN_PATH)
         try:
-            expires_at = parse_expire(body.get("expire"), now=time.time())
+            expires_at = parse_expire(body.get("expire"), now=time.time(), expire_format=self.expire_format,
+                                      time_zone=self.time_zone)
         except ValueError as exc:
             raise AntRingError(f"auth_token answer has an unreadable expire: {exc}", path=AUTH_TOKEN_PATH) from exc
         return VoiceToken(body["value"], expires_at)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -11,6 +12,8 @@ from hub.config import HttpUrl, SocketUrl
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 WsProtocol = Literal["socketio", "socketio-eio3", "socketio-0.9", "blackhole"]
+#: How the voice token's `expire` is read: guessed from the value (`auto`), or one fixed format.
+ExpireFormat = Literal["auto", "iso", "unix", "unix_ms", "ttl_s"]
 
 #: The bindings AntBuddy's docs subscribe to, plus the KAZOO ones for bridge and hold.
 DEFAULT_BINDINGS = [
@@ -60,8 +63,17 @@ class AntRingConfig(BaseModel):
     reconcile_interval: Duration = 300.0
     #: How far back the first reconciliation after start looks.
     reconcile_lookback: Duration = 3600.0
+    #: How far a history record's start may lie outside a stored call's ring-to-answer span and
+    #: still be that call (the two clocks differ; see docs/ANTRING.md).
+    reconcile_tolerance: Duration = Field(30.0, ge=0, le=300)
     request_timeout: Duration = 10.0
-    #: The field of a call-history record that holds the call's id (the docs show none; see docs/ANTRING.md).
-    history_id_field: str = "call_id"
+    #: The field of a call-history record that holds the call's id, for accounts whose records
+    #: carry one. The documented record has none: None (the default) matches records to stored
+    #: calls by direction, parties and time instead (docs/ANTRING.md).
+    history_id_field: str | None = None
+    #: How `expire` in the voice-token answer is written (undocumented): guessed (`auto`) or fixed.
+    expire_format: ExpireFormat = "auto"
+    #: The account's time zone (an IANA name): AntRing times written without an offset are read in it.
+    time_zone: ZoneInfo = ZoneInfo("Asia/Ho_Chi_Minh")
     #: Numbers with at most this many digits are extensions (internal), longer ones phone numbers.
     internal_max_digits: int = Field(6, ge=1, le=15)

@@ -126,8 +126,6 @@ class SignalConsumer:
     async def _on_signal(self, name: str, payload: dict[str, Any]) -> None:
         self._signals.labels(UPSTREAM, name).inc()
         event = self.normalizer.event(name, payload)
-        if event is None:
-            return
         try:
             await self.hub.publish(event, default_source=UPSTREAM)
         except HubError as exc:

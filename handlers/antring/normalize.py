@@ -3,12 +3,17 @@
     CHANNEL_CREATE  -> call.ringing        CHANNEL_BRIDGE -> call.bridged
     CHANNEL_ANSWER  -> call.answered       CHANNEL_HOLD   -> call.held
     CHANNEL_DESTROY -> call.ended          CHANNEL_UNHOLD -> call.resumed
+    anything else (PARK_*, whatever an operator binds) -> call.signal
 
 KAZOO reports each *leg* of a call (the customer's and the agent's) separately; the two legs
 name each other in `Other-Leg-Call-ID`. `CallCorrelator` gives both legs one `call_id`, and
 lends a leg the agent known from the other leg. Event ids are `<leg id>:<KAZOO event name>`
 (with the other leg and the time for signals that can repeat), so a signal seen twice (a
 resubscribe replays, a reconnect overlaps) is one event.
+
+A signal callhub does not map is not thrown away: it becomes `call.signal` with the vendor's
+event name in `data.signal`, the call (and its agent) when the payload names a leg, and the raw
+payload, so a rule or subscriber can use it.
 
 Assumptions where the vendor is silent (docs/VENDORS-ASSUMPTIONS.md keeps the list):
 - A number of at most `internal_max_digits` digits is an extension, a longer one a phone
@@ -22,6 +27,7 @@ Assumptions where the vendor is silent (docs/VENDORS-ASSUMPTIONS.md keeps the li
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -29,9 +35,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from hub.events import now_rfc3339
+import orjson
 
-__all__ = ["EVENT_TYPES", "AgentIndex", "CallCorrelator", "Normalizer", "outcome_of"]
+from hub.events import now_rfc3339
+from hub.phone import call_party, normal_number
+
+__all__ = ["EVENT_TYPES", "SIGNAL_TYPE", "AgentIndex", "CallCorrelator", "Normalizer", "outcome_of"]
 
 SOURCE = "antring"
 EVENT_TYPES = {
@@ -42,6 +51,10 @@ EVENT_TYPES = {
     "CHANNEL_HOLD": "call.held",
     "CHANNEL_UNHOLD": "call.resumed",
 }
+#: The type of every signal that `EVENT_TYPES` does not map.
+SIGNAL_TYPE = "call.signal"
+#: Longest event id built from vendor values as they are; longer ones are hashed (the hub allows 256).
+MAX_ID = 200
 #: Legs remembered for correlation; old calls fall out first.
 MAX_TRACKED_LEGS = 100_000
 #: Seconds between year 0 (KAZOO's Gregorian epoch) and 1970.
@@ -162,12 +175,12 @@ class Normalizer:
             return "outbound"
         return "inbound"
 
-    def event(self, name: str, payload: Mapping[str, Any]) -> dict[str, Any] | None:
-        """The call event for one KAZOO signal, or None for a signal callhub does not map."""
+    def event(self, name: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """The callhub event for one KAZOO signal: a call event, or `call.signal` for any other."""
         type_ = EVENT_TYPES.get(name.upper())
         leg = _str(payload.get("Call-ID"))
         if type_ is None or leg is None:
-            return None
+            return self.signal(name, payload, leg)
         other = _str(payload.get("Other-Leg-Call-ID"))
         call_id = self.correlator.call_id(leg, other)
         caller = _str(payload.get("Caller-ID-Number"))
@@ -178,10 +191,10 @@ class Normalizer:
             "call_id": call_id,
             "leg_id": leg,
             "direction": self.direction(caller, callee),
-            "from": {"number": caller, "name": _str(payload.get("Caller-ID-Name"))},
-            "to": {"number": callee, "name": _str(payload.get("Callee-ID-Name"))},
+            "from": call_party(caller, _str(payload.get("Caller-ID-Name"))),
+            "to": call_party(callee, _str(payload.get("Callee-ID-Name"))),
             "agent": agent,
-            "did_number": _str(ccv.get("DID-Number")) if isinstance(ccv, Mapping) else None,
+            "did_number": did_number(ccv.get("DID-Number") if isinstance(ccv, Mapping) else None),
         }
         if type_ == "call.answered":
             self.correlator.answered(leg)
@@ -207,6 +220,29 @@ class Normalizer:
             "data": data,
         }
 
+    def signal(self, name: str, payload: Mapping[str, Any], leg: str | None) -> dict[str, Any]:
+        """`call.signal` for a signal callhub does not map (or a call signal without a leg)."""
+        call_id = self.correlator.call_id(leg, _str(payload.get("Other-Leg-Call-ID"))) if leg else None
+        agent = self.agents.find(payload, ())
+        if call_id is not None:
+            agent = self.correlator.agent(call_id, agent)
+        msg_id = _str(payload.get("Msg-ID"))
+        # Without a message id, the payload itself tells a replay from a new signal.
+        key = msg_id or hashlib.sha256(orjson.dumps(dict(payload), option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+        event_id = f"{leg}:{name.upper()}:{key}" if leg else f"signal:{name.upper()}:{key}"
+        if len(event_id) > MAX_ID:
+            event_id = "signal:" + hashlib.sha256(event_id.encode()).hexdigest()
+        event: dict[str, Any] = {
+            "type": SIGNAL_TYPE,
+            "source": SOURCE,
+            "id": event_id,
+            "time": _time(payload.get("Timestamp")),
+            "data": {"signal": name, "call_id": call_id, "leg_id": leg, "agent": agent, "raw": dict(payload)},
+        }
+        if call_id is not None:
+            event["subject"] = call_id
+        return event
+
 
 #: Signals a leg sends once in its life; the others (bridge, hold, unhold) may repeat.
 _ONCE_PER_LEG = {"CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_DESTROY"}
@@ -224,6 +260,12 @@ def event_id(name: str, leg: str, payload: Mapping[str, Any]) -> str:
     if name in _ONCE_PER_LEG:
         return f"{leg}:{name}"
     return f"{leg}:{name}:{payload.get('Other-Leg-Call-ID', '')}:{payload.get('Timestamp', '')}"
+
+
+def did_number(value: Any) -> str | None:
+    """The company number a call came in on, in the normal form when it is a phone number."""
+    text = _str(value)
+    return normal_number(text) or text if text else None
 
 
 def _request_user(value: Any) -> str | None:

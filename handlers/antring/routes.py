@@ -1,8 +1,9 @@
 """AntRing's HTTP surface on the hub: click-to-call and recordings.
 
 - `POST /v1/calls/click-to-call` `{"number", "agent"}` rings the agent's own SIP device, which
-  then calls the number. Sent once, never retried (a retry would ring twice); every attempt is
-  recorded as an `action.click_to_call` event with its outcome.
+  then calls the number (a phone number in any form, or an internal extension). Sent once, never
+  retried (a retry would ring twice); every attempt is recorded as an `action.click_to_call`
+  event with its outcome.
 - `GET /v1/recordings/{media}` redirects to a freshly signed AntRing URL, so subscribers never
   hold the app secret and never get a link that has already expired. An agent may fetch only
   the recordings of its own calls.
@@ -18,13 +19,12 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from handlers.antring.client import AntRingClient, AntRingError, DeviceOffline
+from handlers.antring.client import AntRingClient, AntRingError, DeviceOffline, dial_number
 from handlers.antring.config import AntRingConfig
 from hub.api import JSONResponse, hub_of, read_body, require_json
 from hub.events import hub_event
 from hub.exceptions import BadRequest, Forbidden, HubError, InvalidEvent, NotFound
 from hub.matcher import TypeFilter
-from hub.phone import parse_phone
 
 logger = logging.getLogger("callhub.antring")
 
@@ -67,8 +67,7 @@ def routes(config: AntRingConfig, client: AntRingClient) -> list[Route]:
         device = config.agents.get(agent)
         if device is None:
             raise NotFound(f"no SIP device configured for agent {agent!r} ([antring.agents.{agent}])")
-        phone = parse_phone(body.get("number"))
-        number = phone.national
+        number = dial_number(body.get("number"), max_extension_digits=config.internal_max_digits)
         record: dict[str, Any] = {"agent": agent, "number": number, "requested_by": principal.name}
         status, outcome = 200, "ringing"
         result: dict[str, Any]

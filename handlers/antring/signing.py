@@ -5,16 +5,15 @@ in the order the endpoint documents, followed by the app secret. The two languag
 the docs disagree on the `/histories` order; the vendor's worked example (appId first) is the
 one that verifies, so that order is used here.
 
-Pure functions: the client signs with them and the simulator checks with them (through
-`hashes_equal`, a constant-time comparison).
+Pure functions for the client. The simulator checks hashes with code of its own, written from
+the document, so that a mistake here cannot pass because the simulator shares it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 
-__all__ = ["app_hash", "histories_hash", "recording_hash", "hashes_equal"]
+__all__ = ["app_hash", "histories_hash", "recording_hash"]
 
 
 def _sha256_hex(*parts: str) -> str:
@@ -48,7 +47,3 @@ def recording_hash(app_id: str, media: str, app_secret: str) -> str:
     """`hash` for `/call/play_recording`: sha256(appId + media + appSecret)."""
     return _sha256_hex(app_id, media, app_secret)
 
-
-def hashes_equal(expected: str, given: str) -> bool:
-    """Constant-time comparison of two digests, exact (the vendor's are lowercase hex)."""
-    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))

@@ -15,7 +15,7 @@ from handlers.vbee.normalize import SOURCE, Normalizer
 from handlers.vbee.routes import routes
 from hub.actions import ActionContext, ActionSpec, Executor, public_params
 from hub.exceptions import InvalidEvent
-from hub.phone import parse_phone
+from hub.phone import PhoneForm, parse_phone
 from hub.plugins import Registry
 from hub.webhooks_in import Source, token_verifier
 
@@ -26,7 +26,7 @@ ADD_CONTACTS = "vbee.add_contacts"
 ACTIONS: dict[str, tuple[str, ...]] = {ADD_CONTACTS: ("campaign_id", "phone_number")}
 
 
-def add_contacts_action(client: VbeeClient) -> Executor:
+def add_contacts_action(client: VbeeClient, phone_format: PhoneForm) -> Executor:
     """`vbee.add_contacts` (`campaign_id`, `phone_number`, personalization tags such as `ho_ten`).
 
     Not idempotent: Vbee would call a contact added twice twice, so after a crash mid-request the
@@ -38,10 +38,10 @@ def add_contacts_action(client: VbeeClient) -> Executor:
         campaign_id = fields.pop("campaign_id", None)
         if not isinstance(campaign_id, str) or not campaign_id:
             raise InvalidEvent("vbee.add_contacts needs campaign_id")
-        phone = parse_phone(fields.pop("phone_number", None), field="phone_number")
-        added = await client.add_contacts(campaign_id, [{"phone_number": phone.e164, **fields}])
+        number = parse_phone(fields.pop("phone_number", None), field="phone_number").formatted(phone_format)
+        added = await client.add_contacts(campaign_id, [{"phone_number": number, **fields}])
         if not added:
-            raise InvalidEvent(f"Vbee did not add {phone.e164} to campaign {campaign_id}")
+            raise InvalidEvent(f"Vbee did not add {number} to campaign {campaign_id}")
         return {"campaign_id": campaign_id, "contacts": added}
 
     return run
@@ -56,7 +56,8 @@ def register(registry: Registry) -> None:
     if config.api_key and config.api_secret:
         client = VbeeClient(config.base_url, config.api_key, config.api_secret, timeout=config.request_timeout)
         registry.add_cleanup(client.aclose)
-        registry.add_action(ActionSpec(ADD_CONTACTS, add_contacts_action(client), idempotent=False, group="vbee",
-                                       required=ACTIONS[ADD_CONTACTS], describe=public_params("campaign_id", "phone_number")))
-    for route in routes(client, batch_size=config.batch_size):
+        registry.add_action(ActionSpec(ADD_CONTACTS, add_contacts_action(client, config.phone_format),
+                                       idempotent=False, group="vbee", required=ACTIONS[ADD_CONTACTS],
+                                       describe=public_params("campaign_id", "phone_number")))
+    for route in routes(client, batch_size=config.batch_size, phone_format=config.phone_format):
         registry.add_route(route)

@@ -15,6 +15,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from hub._units import parse_duration
 from hub.config import HttpUrl
+from hub.phone import PhoneForm
 
 __all__ = [
     "DEFAULT_BASE_URL",
@@ -150,6 +151,9 @@ class VbeeConfig(BaseModel):
     api_secret: str | None = None
     #: Contacts per `POST /campaign` call.
     batch_size: int = Field(100, ge=1, le=MAX_BATCH_SIZE)
+    #: How numbers are written to Vbee: `e164` (+84987654321, the form Vbee's own answer shows),
+    #: `84` (84987654321) or `national` (0987654321). Vbee documents none.
+    phone_format: PhoneForm = "e164"
     request_timeout: Duration = 10.0
     mapping: VbeeMapping = VbeeMapping()
     #: Vendor status -> outcome for `call.ended` (merged over nothing: replace it whole to change it).

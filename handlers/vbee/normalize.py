@@ -24,6 +24,7 @@ from handlers.vbee.config import VbeeConfig, VbeeMapping, status_key
 from hub.events import EVENT_LIMITS
 from hub.exceptions import InvalidEvent
 from hub.matcher import lookup
+from hub.phone import call_party, normal_number
 from hub.webhooks_in import Delivery
 
 __all__ = ["SOURCE", "CALL_ENDED", "CONTACT_UPDATED", "UNKNOWN_OUTCOME", "Normalizer"]
@@ -137,8 +138,8 @@ class Normalizer:
                 "direction": "outbound",
                 "agent": None,
                 # The caller is the campaign's own number, which Vbee's API never names.
-                "from": {"number": None, "name": None},
-                "to": {"number": fields["phone_number"], "name": name if isinstance(name, str) else None},
+                "from": call_party(None),
+                "to": call_party(fields["phone_number"], name),
                 "campaign_id": campaign_id,
                 "contact_id": contact_id,
                 "status": status,
@@ -152,7 +153,7 @@ class Normalizer:
             data = {
                 "campaign_id": campaign_id,
                 "contact_id": contact_id,
-                "phone_number": fields["phone_number"],
+                "phone_number": normal_number(fields["phone_number"]) or fields["phone_number"],
                 "status": status,
                 "tags": tags,
             }

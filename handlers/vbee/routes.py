@@ -1,8 +1,9 @@
 """Vbee's HTTP surface on the hub: `POST /v1/campaigns/{campaign_id}/contacts` (admin).
 
 Body `{"contacts": [{"phone_number": ..., "ho_ten": ..., <tag>: ...}, ...]}`. Each number is
-checked with `hub.phone.parse_phone` and sent to Vbee in E.164 (`+84987654321`, the form Vbee
-answers with), in batches of `[vbee] batch_size`, each batch once (adding is not idempotent).
+checked with `hub.phone.parse_phone` (any form) and sent to Vbee as `[vbee] phone_format` writes
+it (E.164 by default, `+84987654321`, the form Vbee answers with), in batches of
+`[vbee] batch_size`, each batch once (adding is not idempotent).
 The answer says, per contact (by its `index` in the request), what happened:
 
     200 {"added":    [{"index", "phone_number", "contact_id", "tags"}],
@@ -13,7 +14,7 @@ same number earlier in the request. Rejected by Vbee: a batch it refused (1402, 
 contacts of a batch it silently dropped. When Vbee cannot be reached, or refuses our
 credentials, no further batch is sent and the rest are rejected as not sent; if nothing at all
 was added the answer is that error (502) instead. Every added contact is recorded as a
-`campaign.contact.added` event.
+`campaign.contact.added` event (its `phone_number` in the normal form, as in every event).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from hub.api import JSONResponse, hub_of, read_body, require_json
 from hub.core import Hub
 from hub.events import hub_event
 from hub.exceptions import BadRequest, HubError, InvalidEvent, NotFound
-from hub.phone import InvalidPhoneNumber, parse_phone
+from hub.phone import InvalidPhoneNumber, Phone, PhoneForm, normal_number, parse_phone
 
 logger = logging.getLogger("callhub.vbee")
 
@@ -53,6 +54,8 @@ ADDED_EVENT = "campaign.contact.added"
 @dataclass
 class _Pending:
     index: int
+    phone: Phone
+    #: As sent to Vbee (`phone_format`).
     phone_number: str
     tags: dict[str, Any]
 
@@ -66,7 +69,7 @@ class _Outcome:
         self.rejected.append({"index": index, "phone_number": phone_number, "reason": reason, **extra})
 
 
-def routes(client: VbeeClient | None, *, batch_size: int) -> list[Route]:
+def routes(client: VbeeClient | None, *, batch_size: int, phone_format: PhoneForm) -> list[Route]:
     async def add_contacts(request: Request) -> Response:
         hub = hub_of(request)
         hub.authenticate(request).require("admin")
@@ -86,7 +89,7 @@ def routes(client: VbeeClient | None, *, batch_size: int) -> list[Route]:
         if len(contacts) > MAX_CONTACTS:
             raise InvalidEvent(f"at most {MAX_CONTACTS} contacts per request, not {len(contacts)}", field="contacts")
         outcome = _Outcome()
-        pending = _validate(contacts, outcome)
+        pending = _validate(contacts, outcome, phone_format)
         batches = [pending[i : i + batch_size] for i in range(0, len(pending), batch_size)]
         stopped: VbeeError | None = None
         for batch in batches:
@@ -119,7 +122,7 @@ def routes(client: VbeeClient | None, *, batch_size: int) -> list[Route]:
     return [Route("/v1/campaigns/{campaign_id}/contacts", add_contacts, methods=["POST"])]
 
 
-def _validate(contacts: list[Any], outcome: _Outcome) -> list[_Pending]:
+def _validate(contacts: list[Any], outcome: _Outcome, phone_format: PhoneForm) -> list[_Pending]:
     pending: list[_Pending] = []
     seen: dict[str, int] = {}
     for index, contact in enumerate(contacts):
@@ -142,7 +145,7 @@ def _validate(contacts: list[Any], outcome: _Outcome) -> list[_Pending]:
             outcome.reject(index, raw, f"the same number as contact {seen[phone.e164]} of this request")
             continue
         seen[phone.e164] = index
-        pending.append(_Pending(index, phone.e164, tags))
+        pending.append(_Pending(index, phone, phone.formatted(phone_format), tags))
     return pending
 
 
@@ -159,7 +162,7 @@ def _vendor_phone(item: dict[str, Any]) -> str | None:
 
 def _match(batch: Sequence[_Pending], result: list[dict[str, Any]], outcome: _Outcome) -> list[dict[str, Any]]:
     """Pair Vbee's answer with what was sent (by number), so each contact gets its contact_id or a reason."""
-    by_phone = {p.phone_number: p for p in batch}
+    by_phone = {p.phone.e164: p for p in batch}
     added: list[dict[str, Any]] = []
     unmatched: list[dict[str, Any]] = []
     for item in result:
@@ -188,8 +191,9 @@ async def _record(hub: Hub, campaign_id: str, added: list[dict[str, Any]]) -> No
     """One `campaign.contact.added` per contact, published together so they commit as one group."""
 
     async def one(item: dict[str, Any]) -> None:
-        data = {"campaign_id": campaign_id, "contact_id": item["contact_id"], "phone_number": item["phone_number"],
-                "tags": item["tags"]}
+        number = item["phone_number"]
+        data = {"campaign_id": campaign_id, "contact_id": item["contact_id"],
+                "phone_number": normal_number(number) or number, "tags": item["tags"]}
         event = hub_event(ADDED_EVENT, data, subject=item["contact_id"])
         event["source"] = SOURCE
         event["id"] = f"added:{campaign_id}:{item['contact_id']}"

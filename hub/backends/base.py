@@ -9,7 +9,7 @@ fan-out about every committed event, in `seq` order, exactly once.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, NamedTuple
 
 from hub.events import Event
@@ -68,6 +68,19 @@ class Backend(ABC):
 
         `agent` set: only that agent's events; `source` set: only events from that source. For
         look-ups such as "which call has this recording"; not for the hot path.
+        """
+
+    @abstractmethod
+    async def stored_between(
+        self, *, since: float, until: float, types: Collection[str], source: str | None, after: int, limit: int
+    ) -> list[Event]:
+        """Events of exactly these `types` (and this `source`, if given) that the store committed
+        between `since` and `until` (unix seconds, the hub's clock, both inclusive), with seq >
+        `after`, oldest first, at most `limit`. Page on with `after` = the last seq answered.
+
+        For reconciling a vendor's call history with the calls the hub already holds (AntRing's
+        history records carry no call id). Bounded by its window and `limit`; a stream store
+        answers it from its time-ordered entry ids (Redis Streams: XRANGE over the window).
         """
 
     @abstractmethod

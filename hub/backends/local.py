@@ -21,6 +21,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections.abc import Collection
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,38 @@ class LocalBackend(Backend):
         sql += " ORDER BY seq DESC LIMIT ?"
         args.append(limit)
         rows = self._reader().execute(sql, args).fetchall()
+        return [Event(seq, type_, ev_agent, body) for seq, type_, ev_agent, body in rows]
+
+    async def stored_between(
+        self, *, since: float, until: float, types: Collection[str], source: str | None, after: int, limit: int
+    ) -> list[Event]:
+        if self._closed or self._loop is None:
+            raise Unavailable("the event store is closed")
+        if limit < 1 or not types:
+            raise ValueError("stored_between needs a positive limit and at least one type")
+        return await self._loop.run_in_executor(
+            self._readers, self._stored_between, since, until, sorted(types), source, after, limit
+        )
+
+    def _stored_between(self, since: float, until: float, types: list[str], source: str | None, after: int,
+                        limit: int) -> list[Event]:
+        conn = self._reader()
+        since_ms, until_ms = int(since * 1000), int(until * 1000)
+        # The one writer stamps `ts` as it assigns seqs, so both grow together: find the first seq of
+        # the window on the ts index, then walk the primary key (a ts-index range scan re-read for
+        # every page would cost the whole window per page).
+        (first,) = conn.execute("SELECT MIN(seq) FROM events WHERE ts >= ?", (since_ms,)).fetchone()
+        if first is None:
+            return []
+        sql = (f"SELECT seq, type, agent, body FROM events WHERE seq > ? AND ts BETWEEN ? AND ? "
+               f"AND type IN ({','.join('?' * len(types))})")
+        args: list[Any] = [max(after, first - 1), since_ms, until_ms, *types]
+        if source is not None:
+            sql += " AND source = ?"
+            args.append(source)
+        sql += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        rows = conn.execute(sql, args).fetchall()
         return [Event(seq, type_, ev_agent, body) for seq, type_, ev_agent, body in rows]
 
     def _reader(self) -> sqlite3.Connection:

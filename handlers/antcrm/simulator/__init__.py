@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from handlers.antcrm.simulator.app import DEFAULT_API_KEY, MAX_PAGE_SIZE, SimState, build_app, phone_key
+from handlers.antcrm.simulator.app import DEFAULT_API_KEY, MAX_PAGE_SIZE, SimState, build_app
 
-__all__ = ["DEFAULT_API_KEY", "MAX_PAGE_SIZE", "SimState", "build_app", "phone_key"]
+__all__ = ["DEFAULT_API_KEY", "MAX_PAGE_SIZE", "SimState", "build_app"]

@@ -17,8 +17,10 @@ What the vendor leaves undocumented, and what this simulator does (each an assum
 - De-duplication, "like a careful CRM": a second ticket with the same `ticketIdApiRing`, or a
   second contact with the same `customerIdApiRing`, creates nothing and answers the id of the
   first.
-- Phone search ignores the number's form: `0912 345 678`, `0912345678`, `84912345678` and
-  `+84912345678` are one number.
+- Phone search is exact, as a plain database's: `?phone=` finds the contacts holding that very
+  string (`0912345678` does not find a contact saved as `+84912345678`). The document does not
+  say AntCRM normalises numbers, so the hub must ask in the form a contact was saved in; it tries
+  each form (docs/ANTCRM.md).
 - Contacts carry an object id `id` (the doc's other answers show one; tickets take it as
   `contact.id`); the doc's garbled social-network field ("in the") is left out.
 - `PUT`/`DELETE` and the other resources (opportunities, products, points) are not simulated.
@@ -44,7 +46,7 @@ from starlette.routing import Route
 
 from handlers.simulation import misbehave
 
-__all__ = ["SimState", "build_app", "phone_key", "DEFAULT_API_KEY", "MAX_PAGE_SIZE"]
+__all__ = ["SimState", "build_app", "DEFAULT_API_KEY", "MAX_PAGE_SIZE"]
 
 DEFAULT_API_KEY = "sim-antcrm-apikey-0123456789abcdef"
 #: "each page has a maximum of 20 customers" (the vendor's doc).
@@ -54,20 +56,6 @@ _SEPARATORS = re.compile(r"[\s.\-()]")
 FIRST_TICKET_ID = 9457
 FIRST_LEAD_ID = 2964
 FIRST_CUSTOMER_ID = 475
-
-
-def phone_key(value: object) -> str | None:
-    """The number in international digits (`84912345678`) whatever its form, or None if it is none."""
-    if not isinstance(value, str):
-        return None
-    digits = _SEPARATORS.sub("", value.strip())
-    international = digits.startswith(("+", "00"))
-    digits = digits[1:] if digits.startswith("+") else digits[2:] if digits.startswith("00") else digits
-    if not digits.isdigit():
-        return None
-    if not international and digits.startswith("0"):
-        return "84" + digits[1:]
-    return digits
 
 
 def _now_ms() -> int:
@@ -128,7 +116,12 @@ class SimState:
 
     def add_contact(self, name: str, *, phones: list[str] | None = None, contact_type: str = "lead",
                     customer_id_apiring: str | None = None, **fields: Any) -> dict[str, Any]:
-        """Seed a contact (phones given as plain numbers); the contact as `GET /contacts` shows it."""
+        """Seed a contact (phones given as plain numbers); the contact as `GET /contacts` shows it.
+
+        `scoreAvailable`, `scoreRank` and `rankName` (points and member rank, which the CRM keeps
+        itself and `POST /contacts` does not take) may be seeded too.
+        """
+        loyalty: dict[str, Any] = {k: fields.pop(k) for k in ("scoreAvailable", "scoreRank", "rankName") if k in fields}
         body: dict[str, Any] = {
             "name": name,
             "customerIdApiRing": customer_id_apiring or f"seed-{_object_id()}",
@@ -137,7 +130,9 @@ class SimState:
             **fields,
         }
         contact, _ = self.create_contact(body)
-        return contact
+        with self.lock:
+            contact.update(loyalty)
+        return dict(contact)
 
     def create_contact(self, body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Validate and store a `POST /contacts` body; (the contact, whether it is new)."""
@@ -209,9 +204,7 @@ class SimState:
 
     def find_contacts(self, query: dict[str, str]) -> list[dict[str, Any]]:
         """The contacts matching every filter of a `GET /contacts` query (unknown filters are ignored)."""
-        phone = phone_key(query["phone"]) if "phone" in query else None
-        if "phone" in query and phone is None:
-            return []
+        phone = query.get("phone")
         email = query.get("email", "").strip().lower()
         with self.lock:
             found = []
@@ -224,7 +217,7 @@ class SimState:
                     continue
                 if "leadId" in query and str(c["leadId"]) != query["leadId"]:
                     continue
-                if phone is not None and not any(phone_key(p["value"]) == phone for p in c["phones"]):
+                if phone is not None and not any(p["value"] == phone for p in c["phones"]):
                     continue
                 if email and not any(e["value"].strip().lower() == email for e in c["emails"]):
                     continue

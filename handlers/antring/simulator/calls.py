@@ -1,9 +1,11 @@
 """Scripted calls as AntRing's socket reports them: KAZOO signals per leg, and the history record.
 
 Each script returns the signals in the order a KAZOO switch emits them (the customer's leg and
-the agent's leg, linked by `Other-Leg-Call-ID`) with the delay before each, plus the record
-`/oapi/v1/call/histories` will later show for the same call (its id is the customer leg's
-Call-ID, which is what reconciliation matches on).
+the agent's leg, linked by `Other-Leg-Call-ID`) with the delay before each, stamped (`Timestamp`)
+with the moment the switch would send them, plus the record `/oapi/v1/call/histories` will later
+show for the same call: exactly the documented fields, no call id (`SimState.add_history` adds
+one when the simulator is switched to carry it). `started` (unix seconds, default now) places a
+call in time, so a test can have two calls minutes apart without waiting minutes.
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ def _now() -> int:
     return int(time.time())
 
 
+def _stamped(signals: list[Signal], started: int) -> list[Signal]:
+    """Each signal carrying the KAZOO `Timestamp` of the moment it is sent: the start plus the delays so far."""
+    stamped, elapsed = [], 0.0
+    for signal in signals:
+        elapsed += signal.delay
+        payload = {**signal.payload, "Timestamp": started + int(elapsed) + GREGORIAN_OFFSET}
+        stamped.append(Signal(signal.name, payload, signal.delay))
+    return stamped
+
+
 def _payload(
     leg: str, *, account_id: str, caller: str, callee: str, other: str | None = None, owner: Party | None = None,
     caller_name: str = "", callee_name: str = "", direction: str = "inbound", did: str | None = None,
@@ -69,7 +81,6 @@ def _payload(
         "Callee-ID-Number": callee,
         "Callee-ID-Name": callee_name or callee,
         "Custom-Channel-Vars": ccv,
-        "Timestamp": _now() + GREGORIAN_OFFSET,
     }
     if other:
         payload["Other-Leg-Call-ID"] = other
@@ -83,16 +94,18 @@ def _destroy(base: dict[str, Any], cause: str, duration: int, billing: int, ring
             "Billing-Seconds": str(billing), "Ringing-Seconds": str(ringing), **extra}
 
 
-def _record(call_id: str, *, caller: dict[str, Any], callee: dict[str, Any], cls: str, did: str | None,
+def _record(*, caller: dict[str, Any], callee: dict[str, Any], cls: str, did: str | None,
             direction: str, status: str, duration: int, billing: int, recording: str, started: int) -> dict[str, Any]:
-    return {"call_id": call_id, "caller": caller, "callee": callee, "class": cls, "did_number": did,
+    """A history record with exactly the fields the vendor documents."""
+    return {"caller": caller, "callee": callee, "class": cls, "did_number": did,
             "direction": direction, "status_detail": status, "duration_seconds": duration,
             "billing_seconds": billing, "unix_timestamp": started, "recording": recording}
 
 
 def inbound_answered(agent: Party, customer: str, *, account_id: str, did: str = "02873019555",
-                     ring_s: float = 2.0, talk_s: float = 5.0) -> ScriptedCall:
+                     ring_s: float = 2.0, talk_s: float = 5.0, started: int | None = None) -> ScriptedCall:
     """A customer calls the company's DID; the agent's phone rings, they answer and talk."""
+    t0 = _now() if started is None else started
     a, b = _leg_id(), _leg_id()
     recording = f"call_recording_{a}.mp3"
     cust = _payload(a, account_id=account_id, caller=customer, callee=agent.extension, callee_name=agent.username,
@@ -110,16 +123,17 @@ def inbound_answered(agent: Party, customer: str, *, account_id: str, did: str =
         Signal("CHANNEL_DESTROY", _destroy({**cust, "Other-Leg-Call-ID": b}, "NORMAL_CLEARING", ring + talk, talk,
                                            ring, **{"Media-Recording": recording}), 0.02),
     ]
-    record = _record(a, caller={"number": customer, "type": "realnumber"},
+    record = _record(caller={"number": customer, "type": "realnumber"},
                      callee={"number": agent.extension, "type": "user", "username": agent.username},
                      cls="trunking", did=did, direction="to_ab", status="SUCCESS", duration=ring + talk,
-                     billing=talk, recording=recording, started=_now())
-    return ScriptedCall(a, signals, record, [a, b])
+                     billing=talk, recording=recording, started=t0)
+    return ScriptedCall(a, _stamped(signals, t0), record, [a, b])
 
 
 def inbound_missed(agent: Party, customer: str, *, account_id: str, did: str = "02873019555",
-                   ring_s: float = 3.0) -> ScriptedCall:
+                   ring_s: float = 3.0, started: int | None = None) -> ScriptedCall:
     """A customer calls; the agent's phone rings out; the customer hangs up."""
+    t0 = _now() if started is None else started
     a, b = _leg_id(), _leg_id()
     cust = _payload(a, account_id=account_id, caller=customer, callee=agent.extension, did=did)
     agent_leg = _payload(b, account_id=account_id, caller=customer, callee=agent.extension, other=a, owner=agent,
@@ -131,15 +145,17 @@ def inbound_missed(agent: Party, customer: str, *, account_id: str, did: str = "
         Signal("CHANNEL_DESTROY", _destroy(agent_leg, "NO_ANSWER", ring, 0, ring), ring_s),
         Signal("CHANNEL_DESTROY", _destroy({**cust, "Other-Leg-Call-ID": b}, "ORIGINATOR_CANCEL", ring, 0, ring), 0.02),
     ]
-    record = _record(a, caller={"number": customer, "type": "realnumber"},
+    record = _record(caller={"number": customer, "type": "realnumber"},
                      callee={"number": agent.extension, "type": "user", "username": agent.username},
                      cls="trunking", did=did, direction="to_ab", status="CANCELLED", duration=ring, billing=0,
-                     recording="", started=_now())
-    return ScriptedCall(a, signals, record, [a, b])
+                     recording="", started=t0)
+    return ScriptedCall(a, _stamped(signals, t0), record, [a, b])
 
 
-def outbound_busy(agent: Party, customer: str, *, account_id: str, ring_s: float = 1.0) -> ScriptedCall:
+def outbound_busy(agent: Party, customer: str, *, account_id: str, ring_s: float = 1.0,
+                  started: int | None = None) -> ScriptedCall:
     """The agent calls a customer whose line is busy."""
+    t0 = _now() if started is None else started
     a, b = _leg_id(), _leg_id()
     agent_leg = _payload(a, account_id=account_id, caller=agent.extension, callee=customer, owner=agent)
     trunk = _payload(b, account_id=account_id, caller=agent.extension, callee=customer, other=a, direction="outbound")
@@ -150,14 +166,16 @@ def outbound_busy(agent: Party, customer: str, *, account_id: str, ring_s: float
         Signal("CHANNEL_DESTROY", _destroy(trunk, "USER_BUSY", ring, 0, ring), ring_s),
         Signal("CHANNEL_DESTROY", _destroy({**agent_leg, "Other-Leg-Call-ID": b}, "USER_BUSY", ring, 0, ring), 0.02),
     ]
-    record = _record(a, caller={"number": agent.extension, "type": "user", "username": agent.username},
+    record = _record(caller={"number": agent.extension, "type": "user", "username": agent.username},
                      callee={"number": customer, "type": "realnumber"}, cls="trunking", did=None,
-                     direction="from_ab", status="BUSY", duration=ring, billing=0, recording="", started=_now())
-    return ScriptedCall(a, signals, record, [a, b])
+                     direction="from_ab", status="BUSY", duration=ring, billing=0, recording="", started=t0)
+    return ScriptedCall(a, _stamped(signals, t0), record, [a, b])
 
 
-def internal_call(caller: Party, callee: Party, *, account_id: str, talk_s: float = 2.0) -> ScriptedCall:
+def internal_call(caller: Party, callee: Party, *, account_id: str, talk_s: float = 2.0,
+                  started: int | None = None) -> ScriptedCall:
     """One agent calls another's extension; they talk."""
+    t0 = _now() if started is None else started
     a, b = _leg_id(), _leg_id()
     leg_a = _payload(a, account_id=account_id, caller=caller.extension, callee=callee.extension, owner=caller)
     leg_b = _payload(b, account_id=account_id, caller=caller.extension, callee=callee.extension, other=a, owner=callee,
@@ -171,17 +189,17 @@ def internal_call(caller: Party, callee: Party, *, account_id: str, talk_s: floa
         Signal("CHANNEL_DESTROY", _destroy(leg_b, "NORMAL_CLEARING", 1 + talk, talk, 1), talk_s),
         Signal("CHANNEL_DESTROY", _destroy({**leg_a, "Other-Leg-Call-ID": b}, "NORMAL_CLEARING", 1 + talk, talk, 1), 0.02),
     ]
-    record = _record(a, caller={"number": caller.extension, "type": "user", "username": caller.username},
+    record = _record(caller={"number": caller.extension, "type": "user", "username": caller.username},
                      callee={"number": callee.extension, "type": "user", "username": callee.username},
                      cls="one_one", did=None, direction="from_ab", status="SUCCESS", duration=1 + talk,
-                     billing=talk, recording="", started=_now())
-    return ScriptedCall(a, signals, record, [a, b])
+                     billing=talk, recording="", started=t0)
+    return ScriptedCall(a, _stamped(signals, t0), record, [a, b])
 
 
 def transferred(first: Party, second: Party, customer: str, *, account_id: str, did: str = "02873019555",
-                talk_s: float = 2.0) -> ScriptedCall:
+                talk_s: float = 2.0, started: int | None = None) -> ScriptedCall:
     """A customer reaches one agent, who transfers them to another: three legs, one call."""
-    call = inbound_answered(first, customer, account_id=account_id, did=did, talk_s=talk_s)
+    call = inbound_answered(first, customer, account_id=account_id, did=did, talk_s=talk_s, started=started)
     a = call.call_id
     c = _leg_id()
     leg_c = _payload(c, account_id=account_id, caller=customer, callee=second.extension, other=a, owner=second,
@@ -195,4 +213,4 @@ def transferred(first: Party, second: Party, customer: str, *, account_id: str, 
                Signal("CHANNEL_BRIDGE", {**customer_end.payload, "Other-Leg-Call-ID": c}, 0.02),
                Signal("CHANNEL_DESTROY", _destroy(leg_c, "NORMAL_CLEARING", 1 + talk, talk, 1), talk_s),
                Signal("CHANNEL_DESTROY", {**customer_end.payload, "Other-Leg-Call-ID": c}, 0.02)]
-    return ScriptedCall(a, signals, call.record, [*call.legs, c])
+    return ScriptedCall(a, _stamped(signals, call.record["unix_timestamp"]), call.record, [*call.legs, c])

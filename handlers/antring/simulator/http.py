@@ -12,10 +12,12 @@ What the vendor leaves undocumented, and what this simulator does (each an assum
   `TIME_RANGE_EXCEEDED`, `INVALID_LIMIT`, `INVALID_PAGE`, `MEDIA_MISSING`, `MEDIA_NOT_FOUND`,
   `TOKEN_REFUSED`, `RATE_LIMITED`, `INTERNAL_ERROR`.
 - `auth_token` checks the SIP credentials but not that the device is online; `expire` is unix
-  seconds.
+  seconds (`SimState.expire_format` switches to unix ms, ISO-8601 in UTC or without an offset
+  in local time, or a lifetime in seconds: the document gives no format).
 - `/histories` answers `{"success": true, "data": [...]}` (`SimState.history_envelope` switches
   to a bare list or another key), newest first; `created_from`/`created_to` are ISO-8601 and
-  inclusive; a record carries an id field (`SimState.id_field`) although the docs show none.
+  inclusive. A record has exactly the documented fields and no call id, as the document shows;
+  `SimState.id_field` adds one, for accounts whose records do carry it.
 - `play_recording` answers `{"media": <URL>}`; the URL is served by this app, signed like S3's
   query-string auth (base64 HMAC-SHA1, `Expires`), valid `recording_url_ttl` seconds.
 """
@@ -32,15 +34,15 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
+from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from handlers.antring.signing import app_hash, hashes_equal, histories_hash, recording_hash
 from handlers.simulation import misbehave
 
 __all__ = ["Device", "SimState", "build_app"]
@@ -50,6 +52,11 @@ MAX_WINDOW_SECONDS = 31 * 86400
 MAX_LIMIT = 100
 DEFAULT_LIMIT = 20
 _NUMBER = re.compile(r"^\+?[0-9]+$")
+#: The parameters each endpoint's `hash` covers, in the document's order ("Lưu ý thứ tự của các
+#: tham số của từng API": mind each API's parameter order); the app secret comes last.
+HISTORIES_HASHED = ("appId", "created_from", "created_to", "limit", "page")
+RECORDING_HASHED = ("appId", "media")
+ExpireFormat = Literal["unix", "unix_ms", "iso_utc", "iso_local", "ttl_s"]
 _ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
 #: A few bytes that start like an MP3 file (an ID3 tag, then an MPEG audio frame header).
 FAKE_MP3 = b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" + bytes(413)
@@ -86,8 +93,13 @@ class SimState:
     clicks: list[dict[str, Any]] = field(default_factory=list)
     #: Every request to the API (not to the recording files): {method, path, params}.
     requests: list[dict[str, Any]] = field(default_factory=list)
-    #: The docs show no id field in a history record; we assume one exists, under this name.
-    id_field: str = "call_id"
+    #: The docs show no id field in a history record: None (the default) adds none; a name adds
+    #: the call's id under it (`add_history`), as some accounts' records may.
+    id_field: str | None = None
+    #: How `auth_token` writes `expire` (undocumented): unix seconds, unix ms, ISO-8601 in UTC,
+    #: ISO-8601 without an offset in `time_zone`, or the lifetime in seconds.
+    expire_format: ExpireFormat = "unix"
+    time_zone: str = "Asia/Ho_Chi_Minh"
     #: Where `/histories` puts its records: a key of the answer object, or "list" for a bare list.
     history_envelope: str = "data"
     #: How long a signed recording URL stays valid, seconds.
@@ -157,7 +169,6 @@ class SimState:
             media = recording if isinstance(recording, str) else f"call_recording_{_random_id()}.mp3"
             self.recordings.add(media)
         record: dict[str, Any] = {
-            self.id_field: call_id or _random_id(),
             "caller": other if direction == "inbound" else user,
             "callee": user if direction == "inbound" else other,
             "class": "one_one" if direction == "internal" else "trunking",
@@ -169,12 +180,40 @@ class SimState:
             "unix_timestamp": int(self.clock() if at is None else at),
             "recording": media,
         }
-        self.history.append(record)
-        return record
+        return self.add_history(record, call_id=call_id or _random_id())
+
+    def add_history(self, record: dict[str, Any], *, call_id: str) -> dict[str, Any]:
+        """Append a history record (the documented fields); with `id_field` set, `call_id` under that name."""
+        stored = {self.id_field: call_id, **record} if self.id_field else dict(record)
+        self.history.append(stored)
+        return stored
+
+    def expire_value(self, expires_at: float) -> int | str:
+        """`expire` of an `auth_token` answer, written as `expire_format` says."""
+        if self.expire_format == "unix_ms":
+            return int(expires_at * 1000)
+        if self.expire_format == "iso_utc":
+            return datetime.fromtimestamp(expires_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if self.expire_format == "iso_local":
+            local = datetime.fromtimestamp(expires_at, ZoneInfo(self.time_zone))
+            return local.replace(tzinfo=None).isoformat(timespec="seconds")
+        if self.expire_format == "ttl_s":
+            return int(expires_at - self.clock())
+        return int(expires_at)
 
     def sign_recording(self, media: str, expires: int) -> str:
         mac = hmac.new(self.app_secret.encode(), f"GET\n{media}\n{expires}".encode(), hashlib.sha1)
         return base64.b64encode(mac.digest()).decode()
+
+
+def _document_hash(values: list[str], app_secret: str) -> str:
+    """sha256 (hex, UTF-8) of the values joined with nothing between them, then the app secret:
+    the document's `checksum` sample (`crypto.createHash('sha256').update(str, 'utf8')`)."""
+    return hashlib.sha256(("".join(values) + app_secret).encode("utf-8")).hexdigest()
+
+
+def _same(expected: str, given: str) -> bool:
+    return hmac.compare_digest(expected.encode("utf-8"), given.encode("utf-8"))
 
 
 def _random_id() -> str:
@@ -229,21 +268,23 @@ def _check_app_headers(request: Request, state: SimState) -> Response | None:
     app_id = request.headers.get("x-auth-app-id")
     if not app_id:
         return _error("APPID_MISSING")
-    if not hashes_equal(app_id, state.app_id):
+    if not _same(app_id, state.app_id):
         return _error("APPID_NOT_FOUND")
     given = request.headers.get("x-auth-app-hash", "")
-    if not hashes_equal(app_hash(state.app_id, state.app_secret), given):
+    if not _same(_document_hash([state.app_id], state.app_secret), given):
         return _error("HASH_NOT_MATCH")
     return None
 
 
-def _check_app_param(request: Request, state: SimState, expected_hash: Callable[[], str]) -> Response | None:
-    app_id = request.query_params.get("appId")
+def _check_app_param(request: Request, state: SimState, hashed: tuple[str, ...]) -> Response | None:
+    """appId present and known, and `hash` over the `hashed` parameters the request carries, in order."""
+    q = request.query_params
+    app_id = q.get("appId")
     if not app_id:
         return _error("APPID_MISSING")
-    if not hashes_equal(app_id, state.app_id):
+    if not _same(app_id, state.app_id):
         return _error("APPID_NOT_FOUND")
-    if not hashes_equal(expected_hash(), request.query_params.get("hash", "")):
+    if not _same(_document_hash([q[name] for name in hashed if name in q], state.app_secret), q.get("hash", "")):
         return _error("HASH_NOT_MATCH")
     return None
 
@@ -274,7 +315,7 @@ async def _auth_token(request: Request, state: SimState) -> Response:
     if isinstance(credentials, Response):
         return credentials
     value, expires_at = state.issue_token()
-    return JSONResponse({"value": value, "expire": int(expires_at)})
+    return JSONResponse({"value": value, "expire": state.expire_value(expires_at)})
 
 
 async def _click_to_call(request: Request, state: SimState) -> Response:
@@ -296,12 +337,7 @@ async def _click_to_call(request: Request, state: SimState) -> Response:
 
 async def _histories(request: Request, state: SimState) -> Response:
     q = request.query_params
-
-    def expected() -> str:
-        return histories_hash(state.app_id, state.app_secret, q.get("created_from", ""), q.get("created_to", ""),
-                              q.get("limit"), q.get("page"))
-
-    refused = _check_app_param(request, state, expected)
+    refused = _check_app_param(request, state, HISTORIES_HASHED)
     if refused is not None:
         return refused
     if not q.get("created_from"):
@@ -335,7 +371,7 @@ async def _histories(request: Request, state: SimState) -> Response:
 
 async def _play_recording(request: Request, state: SimState) -> Response:
     media = request.query_params.get("media", "")
-    refused = _check_app_param(request, state, lambda: recording_hash(state.app_id, media, state.app_secret))
+    refused = _check_app_param(request, state, RECORDING_HASHED)
     if refused is not None:
         return refused
     if not media:
@@ -355,7 +391,7 @@ def _recording_file(state: SimState) -> Callable[[Request], Awaitable[Response]]
         except ValueError:
             return Response("Forbidden", status_code=403)
         expected = state.sign_recording(media, expires)
-        if not hashes_equal(expected, request.query_params.get("Signature", "")) or state.clock() > expires:
+        if not _same(expected, request.query_params.get("Signature", "")) or state.clock() > expires:
             return Response("Forbidden", status_code=403)
         if media not in state.recordings:
             return Response("Not Found", status_code=404)

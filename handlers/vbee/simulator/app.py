@@ -10,11 +10,15 @@ the answer is 1403. Added contacts answer `{"result": [{"contact_id", "so_dien_t
 What the vendor leaves undocumented, and what this simulator does (each an assumption):
 - HTTP status of errors: 401 for 401, 500 for 500, 400 for the others (`SimState.errors_as_200`
   answers every error with 200 instead, as some vendors do).
-- A body without a `campaign_id` or a `contacts` list, or an unknown campaign when
-  `SimState.campaigns_known` is set, is 1402 (import failed).
+- The app knows its campaigns (`SimState.campaigns_known`, none by default): a body without a
+  `campaign_id` or a `contacts` list, or naming a campaign the app does not have, is 1402
+  (import failed), the documented code nearest to it. `campaigns_known = None` accepts any id,
+  which the vendor would not: only for load tests that make up campaign ids.
 - `iat` is recorded but not required (three of the four vendor samples omit it).
-- Valid numbers are Vietnamese mobiles and landlines (`0…`, `84…`, `+84…`); the answer holds
-  them in E.164 as `so_dien_thoai`, as in the vendor's example.
+- Valid numbers are Vietnamese mobiles and landlines written exactly in one form,
+  `SimState.phone_format`: `e164` (`+84987654321`, default, the form of the vendor's example),
+  `84` (`84987654321`) or `national` (`0987654321`); no separators, no other form. The answer
+  holds them in E.164 as `so_dien_thoai`, as in the vendor's example.
 - The webhook body (Vbee does not publish it) is the one docs/VBEE.md assumes; see `RunnerConfig`.
 """
 
@@ -42,8 +46,14 @@ from handlers.simulation import misbehave
 __all__ = ["SimState", "build_app", "API_PREFIX", "RunnerConfig", "CampaignRunner", "SentWebhook", "RunReport", "vbee_phone"]
 
 API_PREFIX = "/api/v1/public-api"
-_SEPARATORS = re.compile(r"[\s.\-()]")
-_VN = re.compile(r"(?:\+84|84|0)([35789]\d{8}|2\d{9})")
+PhoneFormat = Literal["e164", "84", "national"]
+#: A Vietnamese number after the country code or trunk 0: a mobile (9 digits) or a landline (10).
+_SUBSCRIBER = r"([35789]\d{8}|2\d{9})"
+_FORMS: dict[str, re.Pattern[str]] = {
+    "e164": re.compile(r"\+84" + _SUBSCRIBER),
+    "84": re.compile(r"84" + _SUBSCRIBER),
+    "national": re.compile(r"0" + _SUBSCRIBER),
+}
 _MESSAGES = {
     401: "Unauthorized",
     500: "Internal server error",
@@ -53,11 +63,11 @@ _MESSAGES = {
 }
 
 
-def vbee_phone(value: object) -> str | None:
-    """The number in E.164 if Vbee would call it (a Vietnamese number), else None."""
+def vbee_phone(value: object, form: PhoneFormat = "e164") -> str | None:
+    """The number in E.164 if Vbee would call it (a Vietnamese number written exactly in `form`), else None."""
     if not isinstance(value, str):
         return None
-    match = _VN.fullmatch(_SEPARATORS.sub("", value))
+    match = _FORMS[form].fullmatch(value)
     return "+84" + match.group(1) if match else None
 
 
@@ -70,8 +80,10 @@ class SimState:
 
     #: API_KEY -> API_SECRET of every AICall app. The default secret is 32+ bytes (PyJWT warns below).
     apps: dict[str, str] = field(default_factory=lambda: {"sim-api-key": "sim-api-secret-0123456789abcdef-vbee"})
-    #: When set, only these campaigns exist (others: 1402); when None, any campaign id is accepted.
-    campaigns_known: set[str] | None = None
+    #: The campaigns this app has (others: 1402). None accepts any id (not the vendor's behaviour).
+    campaigns_known: set[str] | None = field(default_factory=set)
+    #: The one form of number accepted (`e164`, `84`, `national`); others are dropped as invalid.
+    phone_format: PhoneFormat = "e164"
     #: Every contact added: {"campaign_id", "contact_id", "phone_number" (E.164), "tags", "ran"}.
     contacts: list[dict[str, Any]] = field(default_factory=list)
     #: Every API request: {"path", "claims" (unverified JWT claims or None), "body"}.
@@ -145,7 +157,7 @@ def build_app(state: SimState) -> Starlette:
         result = []
         added = []
         for contact in body["contacts"]:
-            phone = vbee_phone(contact.get("phone_number")) if isinstance(contact, dict) else None
+            phone = vbee_phone(contact.get("phone_number"), state.phone_format) if isinstance(contact, dict) else None
             if phone is None:
                 continue
             assert isinstance(contact, dict)
