@@ -154,8 +154,11 @@ class Hub:
                 if max_age and now - at > max_age:
                     too_old += 1
                     continue
-                for listener in listeners:
-                    listener(body)
+                if listeners and body.get("source") in self.reserved_sources:
+                    # Listeners act for the hub (a screen-pop publishes as AntCRM): only on events
+                    # from its own receivers and vendors, never on what a client made up.
+                    for listener in listeners:
+                        listener(body)
                 if rules is None:
                     continue
                 for firing in rules.evaluate(body, now=at):

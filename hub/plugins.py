@@ -57,7 +57,8 @@ class Registry:
         self.services.append((name, service))
 
     def add_listener(self, types: tuple[str, ...], listener: EventListener) -> None:
-        """Call `listener(event)` for every committed event whose type matches `types` (e.g. screen-pop).
+        """Call `listener(event)` for every committed event whose type matches `types` (e.g. screen-pop)
+        and whose source is the hub's own, a webhook source's or a vendor's (never a client's).
 
         It runs after the fan-out, must not block: start a task (`hub.spawn`) for slow work.
         """

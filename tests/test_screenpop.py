@@ -85,3 +85,16 @@ def test_a_contact_saved_in_another_form_pops_for_a_pre_2018_caller_id(world: An
     assert (customer["name"], customer["scoreRank"], customer["rankName"]) == ("Phạm Dũng", 5, "VIP")
     asked = [r["query"].get("phone") for r in crm.requests if r["path"] == "/contacts"]
     assert asked[-3:] == ["0393608879", "84393608879", "+84393608879"]
+
+
+def test_a_client_made_call_gets_no_screen_pop(world: AntRingWorld, crm: SimState) -> None:
+    """A publisher posting a `call.ringing` of its own cannot make the hub look a number up in AntCRM
+    and publish the customer as AntCRM: screen-pops are for calls a vendor or webhook source reported."""
+    before = len(crm.requests)
+    world.hub.publish({"type": "call.ringing", "id": "fake-1",
+                       "data": {"direction": "inbound", "call_id": "fake-1", "from": {"number": "0912345678"}}})
+    call = inbound_answered(ALICE, "0912345678", account_id=ACCOUNT)  # a real one afterwards: popped
+    world.play_partly(call, upto=1)
+    wait_until(lambda: bool(enriched(world, call.call_id)), what="the real call's screen-pop")
+    assert enriched(world, "fake-1") == []
+    assert len(crm.requests) - before <= 1  # the real call's look-up only

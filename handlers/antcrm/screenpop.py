@@ -17,6 +17,7 @@ from typing import Any
 from handlers.antcrm.lookup import CustomerLookup
 from hub.core import Hub
 from hub.exceptions import HubError
+from hub.outbound import stable_key
 from hub.plugins import EventListener
 
 logger = logging.getLogger("callhub.antcrm")
@@ -47,7 +48,7 @@ def screen_pop(hub: Hub, lookup: CustomerLookup, *, deadline: float = SCREEN_POP
         enriched = {
             "type": "call.enriched",
             "source": "antcrm",
-            "id": f"enriched:{event.get('source')}:{event.get('id')}",
+            "id": "enriched:" + stable_key(str(event.get("source")), str(event.get("id")), prefix="call"),
             "subject": data.get("call_id"),
             "data": {
                 "call_id": data.get("call_id"),

@@ -14,16 +14,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from handlers.antring.client import AntRingClient, AntRingError, DeviceOffline, dial_number
 from handlers.antring.config import AntRingConfig
-from hub.api import JSONResponse, hub_of, read_body, require_json
+from hub.api import JSONResponse, hub_of, parse_json, read_body, require_json
 from hub.events import hub_event
-from hub.exceptions import BadRequest, Forbidden, HubError, InvalidEvent, NotFound
+from hub.exceptions import Forbidden, HubError, InvalidEvent, NotFound
 from hub.matcher import TypeFilter
 
 logger = logging.getLogger("callhub.antring")
@@ -53,10 +52,7 @@ def routes(config: AntRingConfig, client: AntRingClient) -> list[Route]:
         hub = hub_of(request)
         principal = hub.authenticate(request)
         require_json(request)
-        try:
-            body = orjson.loads(await read_body(request, MAX_BODY))
-        except orjson.JSONDecodeError:
-            raise BadRequest("body is not valid JSON", code="invalid_json") from None
+        body = parse_json(await read_body(request, MAX_BODY))
         if not isinstance(body, dict):
             raise InvalidEvent("send a JSON object: {\"number\": ..., \"agent\": ...}")
         agent = body.get("agent")

@@ -25,17 +25,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from handlers.vbee.client import VbeeAuthError, VbeeClient, VbeeError, VbeeUnavailable
 from handlers.vbee.normalize import SOURCE
-from hub.api import JSONResponse, hub_of, read_body, require_json
+from hub.api import JSONResponse, hub_of, parse_json, read_body, require_json
 from hub.core import Hub
 from hub.events import hub_event
-from hub.exceptions import BadRequest, HubError, InvalidEvent, NotFound
+from hub.exceptions import HubError, InvalidEvent, NotFound
 from hub.phone import InvalidPhoneNumber, Phone, PhoneForm, normal_number, parse_phone
 
 logger = logging.getLogger("callhub.vbee")
@@ -79,10 +78,7 @@ def routes(client: VbeeClient | None, *, batch_size: int, phone_format: PhoneFor
         if not campaign_id or len(campaign_id) > MAX_CAMPAIGN_ID:
             raise InvalidEvent(f"campaign id must be 1-{MAX_CAMPAIGN_ID} characters", field="campaign_id")
         require_json(request)
-        try:
-            body = orjson.loads(await read_body(request, MAX_BODY))
-        except orjson.JSONDecodeError:
-            raise BadRequest("body is not valid JSON", code="invalid_json") from None
+        body = parse_json(await read_body(request, MAX_BODY))
         contacts = body.get("contacts") if isinstance(body, dict) else None
         if not isinstance(contacts, list) or not contacts:
             raise InvalidEvent('send {"contacts": [{"phone_number": ..., "ho_ten": ...}, ...]}', field="contacts")

@@ -352,8 +352,9 @@
       rec.hidden = !c.recording;
       if (c.recording) {
         rec.textContent = t("recording");
-        rec.href = /^https?:\/\//.test(c.recording) ? c.recording
-          : `/v1/recordings/${encodeURIComponent(c.recording)}?token=${encodeURIComponent(S.token)}`;
+        // Always through the hub, which answers only for recordings AntRing itself reported: an
+        // event's own URL could point anywhere (a publisher could set it).
+        rec.href = `/v1/recordings/${encodeURIComponent(c.recording)}?token=${encodeURIComponent(S.token)}`;
       }
       const cb = end.querySelector(".callback");
       cb.hidden = !(missed(c) && isPhone(who));
