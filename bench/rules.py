@@ -23,8 +23,8 @@ import tomllib
 from typing import Any
 
 from bench.run_all import rules_toml
-from hub.rules import RuleSet, load_rules
-from hub.webhooks_out import CORE_ACTIONS
+from hub.rules.engine import RuleSet, load_rules
+from hub.webhooks.post import CORE_ACTIONS
 
 
 def events(n: int) -> list[dict[str, Any]]:

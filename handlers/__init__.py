@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from handlers import antcrm, antring, demo, vbee
-from hub.plugins import Registry
+from hub.plugin import Registry
 
 #: Top-level config sections owned by handlers, with the models that validate them.
 SECTIONS: dict[str, type[BaseModel]] = {

@@ -45,8 +45,8 @@ from handlers.vbee.simulator.app import API_PREFIX as VBEE_API_PREFIX
 from handlers.vbee.simulator.app import CampaignRunner, RunnerConfig
 from handlers.vbee.simulator.app import SimState as VbeeState
 from handlers.vbee.simulator.app import build_app as build_vbee_app
-from hub.core import Hub
-from hub.plugins import Registry
+from hub.plugin import Registry
+from hub.service import Hub
 
 logger = logging.getLogger("callhub.demo")
 

@@ -12,13 +12,13 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from hub._units import parse_duration
-from hub.app import CallhubApp, create_app
 from hub.auth import ensure_jwt_secret, issue_token
 from hub.config import Config, ConfigError, ServerConfig, load_config
-from hub.plugins import action_types, demo_overrides, handler_sections
-from hub.protocol import Limits, protocols
-from hub.rules import load_rules
+from hub.http.app import CallhubApp, create_app
+from hub.http.protocol import Limits, protocols
+from hub.plugin import action_types, demo_overrides, handler_sections
+from hub.rules.engine import load_rules
+from hub.units import parse_duration
 
 __all__ = ["main", "serve", "build_uvicorn_config"]
 
@@ -52,7 +52,7 @@ def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = No
     streams = config.streams
     log_config: dict[str, Any] = {
         **LOGGING_CONFIG,
-        "filters": {"redact": {"()": "hub.logs.RedactSecrets"}, "frames": {"()": "hub.logs.QuietFrames"}},
+        "filters": {"redact": {"()": "hub.ops.logs.RedactSecrets"}, "frames": {"()": "hub.ops.logs.QuietFrames"}},
         # Every handler redacts: uvicorn logs request paths, and `?token=` is in them.
         "handlers": {name: {**handler, "filters": ["frames", "redact"]}
                      for name, handler in LOGGING_CONFIG["handlers"].items()},

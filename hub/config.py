@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from hub._units import parse_duration, parse_size
+from hub.units import parse_duration, parse_size
 
 __all__ = ["Config", "ConfigError", "HttpUrl", "SocketUrl", "load_config", "config_from_dict", "validate_section", "is_loopback_host"]
 
@@ -108,7 +108,7 @@ class BackendConfig(_Section):
     @field_validator("url")
     @classmethod
     def _known_scheme(cls, url: str) -> str:
-        from hub.backends import SCHEMES
+        from hub.store import SCHEMES
 
         scheme = url.split("://", 1)[0] if "://" in url else url
         if scheme not in SCHEMES:

@@ -16,7 +16,7 @@ from handlers.antring.simulator.calls import Party, ScriptedCall
 from handlers.antring.simulator.http import Device, SimState, build_app
 from handlers.antring.simulator.signals import SignalServer
 from hub.config import config_from_dict
-from hub.plugins import handler_sections
+from hub.plugin import handler_sections
 from tests.helpers import ADMIN, TICK, WAIT, AppServer, ServerThread, raw_config, wait_until
 
 ACCOUNT = "acc-0001"

@@ -8,7 +8,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from hub.app import create_app
+from hub.http.app import create_app
 from tests.helpers import AppServer, ServerThread, SwappableApp, make_config
 
 # The hub under test runs in a thread of this process, beside blocking test clients in others.

@@ -22,9 +22,9 @@ import httpx
 import orjson
 import uvicorn
 
-from hub.app import CallhubApp, create_app
 from hub.cli import HubServer, build_uvicorn_config
 from hub.config import Config, config_from_dict
+from hub.http.app import CallhubApp, create_app
 
 #: The unit of waiting in tests; everything else is a multiple of it.
 TICK = float(os.environ.get("CALLHUB_TEST_TICK", "0.05"))

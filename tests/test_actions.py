@@ -17,9 +17,9 @@ from handlers.antring.simulator.http import SimState as RingState
 from handlers.antring.simulator.http import build_app as build_ring_app
 from handlers.antring.simulator.signals import SignalServer
 from handlers.vbee.simulator.app import build_app as build_vbee_app
-from hub.actions import ActionContext, ActionJournal
 from hub.config import config_from_dict
-from hub.plugins import handler_sections
+from hub.plugin import handler_sections
+from hub.rules.actions import ActionContext, ActionJournal
 from tests.antring_env import ACCOUNT, BOB, AntRingWorld, antring_section, antring_world
 from tests.helpers import (
     ADMIN,

@@ -24,7 +24,7 @@ from handlers.antcrm.lookup import CustomerLookup
 from handlers.antcrm.simulator import DEFAULT_API_KEY, SimState, build_app
 from hub.config import config_from_dict
 from hub.phone import InvalidPhoneNumber, parse_phone
-from hub.plugins import Registry, handler_sections
+from hub.plugin import Registry, handler_sections
 from tests.helpers import TICK, WAIT, AppServer, SwappableApp, raw_config
 
 pytestmark = pytest.mark.anyio

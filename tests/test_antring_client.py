@@ -28,7 +28,7 @@ from handlers.antring.client import (
 from handlers.antring.config import AntRingConfig
 from handlers.antring.signing import app_hash, histories_hash
 from handlers.antring.simulator import Device, SimState, build_app
-from hub.outbound import RetryPolicy
+from hub.outbound.retry import RetryPolicy
 from tests.helpers import TICK, WAIT, AppServer, SwappableApp, free_port
 
 pytestmark = pytest.mark.anyio

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from starlette.testclient import TestClient
 
-from hub.app import create_app
 from hub.auth import issue_token
+from hub.http.app import create_app
 from tests.helpers import (
     ADMIN,
     ADMIN_KEY,

@@ -26,10 +26,10 @@ from starlette.testclient import TestClient
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from hub.app import create_app
 from hub.auth import issue_token
 from hub.config import config_from_dict
 from hub.events import MAX_JSON_DEPTH
+from hub.http.app import create_app
 from tests.helpers import (
     ADMIN,
     ADMIN_KEY,

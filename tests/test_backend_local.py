@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 import orjson
 import pytest
 
-from hub.backends.base import Page
-from hub.backends.local import DB_FILE, LocalBackend
 from hub.events import Event, agent_of, prepare_event
 from hub.exceptions import Unavailable
 from hub.matcher import MATCH_ALL, TypeFilter
+from hub.store.base import Page
+from hub.store.local import DB_FILE, LocalBackend
 from tests.helpers import TICK, make_config
 
 T = TypeVar("T")

@@ -9,8 +9,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from hub.backends.local import LocalBackend
 from hub.events import Event, agent_of, prepare_event
+from hub.store.local import LocalBackend
 from tests.helpers import TICK, make_config
 
 pytestmark = pytest.mark.anyio

@@ -12,8 +12,8 @@ import jwt
 import pytest
 from starlette.testclient import TestClient
 
-from hub.app import create_app
 from hub.config import load_config
+from hub.http.app import create_app
 from tests.helpers import (
     JWT_SECRET,
     PUBLISHER,

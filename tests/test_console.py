@@ -29,7 +29,7 @@ from handlers.vbee.simulator import CampaignRunner, RunnerConfig
 from handlers.vbee.simulator import SimState as VbeeState
 from handlers.vbee.simulator import build_app as build_vbee_app
 from hub.auth import issue_token
-from hub.console import ASSETS
+from hub.http.console import ASSETS
 from tests.antring_env import ACCOUNT, ALICE, BOB, AntRingWorld, antring_world
 from tests.browser import DESKTOP, PHONE, PageErrors, chromium, horizontal_overflow, screenshot
 from tests.helpers import (
@@ -150,7 +150,7 @@ def test_page_and_assets_are_served_small_with_a_strict_policy(world: AntRingWor
         assert client.get("/console/missing.js").status_code == 404
         assert client.get("/v1/events", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).status_code == 200
     assert total < 45_000  # docs/CONSOLE.md: why not the 40 KB first aimed at
-    script = (Path(__file__).parent.parent / "hub" / "console" / "console.js").read_text()
+    script = (Path(__file__).parent.parent / "hub" / "http" / "console" / "console.js").read_text()
     assert "innerHTML" not in script and "insertAdjacentHTML" not in script
 
 

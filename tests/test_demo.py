@@ -11,7 +11,7 @@ from websockets.sync.client import connect
 
 from handlers.demo import KNOWN_CUSTOMERS
 from hub.config import config_from_dict
-from hub.plugins import demo_overrides, handler_sections
+from hub.plugin import demo_overrides, handler_sections
 from tests.helpers import ADMIN_KEY, WAIT, ServerThread, free_port, raw_config
 
 

@@ -11,7 +11,7 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from hub.logs import redact
+from hub.ops.logs import redact
 from tests.helpers import ADMIN_KEY, ALICE_KEY, TICK, WAIT, HubProcess, free_port, raw_config, write_config
 
 

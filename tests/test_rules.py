@@ -10,13 +10,13 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from hub.actions import ActionContext, ActionSpec
-from hub.app import create_app
 from hub.config import config_from_dict
+from hub.http.app import create_app
 from hub.matcher import Condition, ConditionError
-from hub.rules import load_rules
-from hub.schedule import Schedule
-from hub.templates import MissingField, Template, TemplateError
+from hub.rules.actions import ActionContext, ActionSpec
+from hub.rules.engine import load_rules
+from hub.rules.schedule import Schedule
+from hub.rules.templates import MissingField, Template, TemplateError
 from tests.helpers import ADMIN, PUBLISHER, make_config, raw_config, run_cli, wait_until, write_config
 
 KNOWN = {"antcrm.create_ticket": ("title", "SLA", "contact"), "antring.click_to_call": ("agent", "number"),
@@ -195,7 +195,7 @@ def test_what_rules_remember_stays_bounded_however_many_types_and_callers_come()
     candidates are remembered for at most MAX_CACHED_TYPES types, and expired cooldowns are swept."""
     import tracemalloc
 
-    from hub.rules import MAX_CACHED_TYPES
+    from hub.rules.engine import MAX_CACHED_TYPES
 
     rules, _ = load_rules([MISSED, {**MISSED, "name": "any", "on": ["*.x*"], "cooldown": {"key": "{data.n}", "for": "1s"}}],
                           None, KNOWN)

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from hub.rules import MAX_ACTION_CHAIN
+from hub.rules.engine import MAX_ACTION_CHAIN
 from tests.helpers import ADMIN, TICK, WAIT, AppServer, ServerThread, wait_until
 from tests.test_webhook_post import Receiver, hub_config, missed, outcomes, rule
 

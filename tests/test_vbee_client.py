@@ -21,7 +21,7 @@ from handlers.vbee.client import (
 )
 from handlers.vbee.simulator import API_PREFIX, SimState, build_app, vbee_phone
 from hub.exceptions import HubError
-from hub.outbound import RetryPolicy
+from hub.outbound.retry import RetryPolicy
 from tests.helpers import TICK, WAIT, AppServer, SwappableApp, free_port
 from tests.vbee_env import API_KEY, API_SECRET, sim_state
 

@@ -15,8 +15,8 @@ from starlette.datastructures import Headers, QueryParams
 from handlers.vbee import VbeeConfig
 from handlers.vbee.normalize import Normalizer
 from hub.config import ConfigError, config_from_dict
-from hub.plugins import handler_sections
-from hub.webhooks_in import Delivery
+from hub.plugin import handler_sections
+from hub.webhooks.inbound import Delivery
 from tests.helpers import ADMIN, WAIT, ServerThread, raw_config
 from tests.vbee_env import WEBHOOK_TOKEN, vbee_hub
 

@@ -22,10 +22,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub.config import Config, config_from_dict
-from hub.egress import EgressPolicy, EgressRefused, is_public
-from hub.outbound import NO_RETRY, ResponseTooLarge, send_with_retry
-from hub.plugins import action_types
-from hub.rules import load_rules
+from hub.outbound.guard import EgressPolicy, EgressRefused, is_public
+from hub.outbound.retry import NO_RETRY, ResponseTooLarge, send_with_retry
+from hub.plugin import action_types
+from hub.rules.engine import load_rules
 from tests.helpers import ADMIN, WAIT, AppServer, ServerThread, raw_config, wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"callhub-test-signing-secret-0123").decode()

@@ -18,8 +18,8 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 from starlette.testclient import TestClient
 
-from hub.app import create_app
 from hub.config import ConfigError, config_from_dict
+from hub.http.app import create_app
 from tests.helpers import (
     ADMIN,
     WAIT,

@@ -22,7 +22,7 @@ from starlette.routing import Route
 from handlers.vbee import VbeeConfig
 from handlers.vbee.simulator import API_PREFIX, CampaignRunner, RunnerConfig, SimState, build_app
 from hub.config import config_from_dict
-from hub.plugins import handler_sections
+from hub.plugin import handler_sections
 from tests.helpers import ADMIN, TICK, WAIT, AppServer, ServerThread, raw_config
 
 WEBHOOK_TOKEN = "vbee-hook-token-0123456789abcdef"

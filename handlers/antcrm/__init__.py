@@ -23,9 +23,9 @@ from handlers.antcrm.client import (
 from handlers.antcrm.config import AntCRMConfig
 from handlers.antcrm.lookup import CustomerLookup
 from handlers.antcrm.screenpop import screen_pop
-from hub.actions import ActionContext, ActionSpec, Executor, public_params
 from hub.exceptions import InvalidEvent
-from hub.plugins import Registry
+from hub.plugin import Registry
+from hub.rules.actions import ActionContext, ActionSpec, Executor, public_params
 
 __all__ = [
     "AntCRM",

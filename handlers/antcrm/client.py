@@ -37,7 +37,7 @@ import httpx
 
 from handlers.antcrm.config import DEFAULT_BASE_URL, ContactType
 from hub.exceptions import Unavailable
-from hub.outbound import (
+from hub.outbound.retry import (
     NO_RETRY,
     RetryPolicy,
     VendorClient,

@@ -15,10 +15,10 @@ import logging
 from typing import Any
 
 from handlers.antcrm.lookup import CustomerLookup
-from hub.core import Hub
 from hub.exceptions import HubError
-from hub.outbound import stable_key
-from hub.plugins import EventListener
+from hub.outbound.retry import stable_key
+from hub.plugin import EventListener
+from hub.service import Hub
 
 logger = logging.getLogger("callhub.antcrm")
 

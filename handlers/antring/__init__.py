@@ -16,10 +16,10 @@ from handlers.antring.consumer import UPSTREAM, SignalConsumer
 from handlers.antring.normalize import AgentIndex, Normalizer
 from handlers.antring.reconcile import Reconciler
 from handlers.antring.routes import routes
-from hub.actions import ActionContext, ActionSpec, Executor, public_params
-from hub.core import Hub
 from hub.exceptions import HubError, NotFound
-from hub.plugins import Registry
+from hub.plugin import Registry
+from hub.rules.actions import ActionContext, ActionSpec, Executor, public_params
+from hub.service import Hub
 
 __all__ = ["AntRingConfig", "register", "agent_index"]
 

@@ -41,7 +41,7 @@ import httpx
 from handlers.antring.config import ExpireFormat
 from handlers.antring.signing import app_hash, histories_hash, recording_hash
 from hub.exceptions import BadRequest, Unavailable
-from hub.outbound import (
+from hub.outbound.retry import (
     NO_RETRY,
     RetryPolicy,
     VendorClient,

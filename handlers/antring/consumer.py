@@ -24,8 +24,8 @@ from handlers.antring.config import AntRingConfig
 from handlers.antring.normalize import Normalizer
 from handlers.antring.socket import stream_signals
 from handlers.antring.socket.base import AuthRejected, SignalStreamError
-from hub.core import Hub
 from hub.exceptions import HubError
+from hub.service import Hub
 
 logger = logging.getLogger("callhub.antring")
 

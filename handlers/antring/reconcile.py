@@ -60,10 +60,10 @@ import orjson
 from handlers.antring.client import AntRingClient
 from handlers.antring.config import AntRingConfig
 from handlers.antring.normalize import AgentIndex, did_number
-from hub.core import Hub
 from hub.events import event_time
 from hub.exceptions import HubError
 from hub.phone import call_party, number_key
+from hub.service import Hub
 
 logger = logging.getLogger("callhub.antring")
 

@@ -20,9 +20,9 @@ from starlette.routing import Route
 
 from handlers.antring.client import AntRingClient, AntRingError, DeviceOffline, dial_number
 from handlers.antring.config import AntRingConfig
-from hub.api import JSONResponse, hub_of, parse_json, read_body, require_json
 from hub.events import hub_event
 from hub.exceptions import Forbidden, HubError, InvalidEvent, NotFound
+from hub.http.api import JSONResponse, hub_of, parse_json, read_body, require_json
 from hub.matcher import TypeFilter
 
 logger = logging.getLogger("callhub.antring")

@@ -13,11 +13,11 @@ from handlers.vbee.client import VbeeClient
 from handlers.vbee.config import VbeeConfig
 from handlers.vbee.normalize import SOURCE, Normalizer
 from handlers.vbee.routes import routes
-from hub.actions import ActionContext, ActionSpec, Executor, public_params
 from hub.exceptions import InvalidEvent
 from hub.phone import PhoneForm, parse_phone
-from hub.plugins import Registry
-from hub.webhooks_in import Source, token_verifier
+from hub.plugin import Registry
+from hub.rules.actions import ActionContext, ActionSpec, Executor, public_params
+from hub.webhooks.inbound import Source, token_verifier
 
 __all__ = ["VbeeConfig", "register"]
 

@@ -25,7 +25,7 @@ from hub.events import EVENT_LIMITS
 from hub.exceptions import InvalidEvent
 from hub.matcher import lookup
 from hub.phone import call_party, normal_number
-from hub.webhooks_in import Delivery
+from hub.webhooks.inbound import Delivery
 
 __all__ = ["SOURCE", "CALL_ENDED", "CONTACT_UPDATED", "UNKNOWN_OUTCOME", "Normalizer"]
 

@@ -31,11 +31,11 @@ from starlette.routing import Route
 
 from handlers.vbee.client import VbeeAuthError, VbeeClient, VbeeError, VbeeUnavailable
 from handlers.vbee.normalize import SOURCE
-from hub.api import JSONResponse, hub_of, parse_json, read_body, require_json
-from hub.core import Hub
 from hub.events import hub_event
 from hub.exceptions import HubError, InvalidEvent, NotFound
+from hub.http.api import JSONResponse, hub_of, parse_json, read_body, require_json
 from hub.phone import InvalidPhoneNumber, Phone, PhoneForm, normal_number, parse_phone
+from hub.service import Hub
 
 logger = logging.getLogger("callhub.vbee")
 

@@ -17,9 +17,9 @@ from starlette.routing import BaseRoute
 from hub.config import SectionT, validate_section
 
 if TYPE_CHECKING:
-    from hub.actions import ActionSpec
-    from hub.core import Hub
-    from hub.webhooks_in import Source
+    from hub.rules.actions import ActionSpec
+    from hub.service import Hub
+    from hub.webhooks.inbound import Source
 
 __all__ = ["Registry", "Service", "load_plugins"]
 
@@ -94,7 +94,7 @@ def handler_sections(module: str = "handlers") -> dict[str, type[BaseModel]]:
 
 def action_types(module: str = "handlers") -> dict[str, tuple[str, ...]]:
     """Action types rules may use, the core's and the vendors', with their required parameters."""
-    from hub.webhooks_out import CORE_ACTIONS
+    from hub.webhooks.post import CORE_ACTIONS
 
     vendor: dict[str, tuple[str, ...]] = importlib.import_module(module).ACTION_TYPES
     return {**CORE_ACTIONS, **vendor}

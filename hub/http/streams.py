@@ -15,13 +15,13 @@ from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from hub.api import MAX_SEQ, error_response
 from hub.auth import Principal
-from hub.core import Hub
 from hub.exceptions import BadRequest, HubError, MethodNotAllowed, Unavailable
-from hub.fanout import Subscriber
+from hub.http.api import MAX_SEQ, error_response
+from hub.live.fanout import Subscriber
+from hub.live.sinks import heartbeat_event, make_sink
 from hub.matcher import TypeFilter, parse_patterns
-from hub.sinks import heartbeat_event, make_sink
+from hub.service import Hub
 
 logger = logging.getLogger("callhub.streams")
 

@@ -38,12 +38,12 @@ import orjson
 from hub.events import hub_event
 from hub.exceptions import HubError
 from hub.matcher import TypeFilter
-from hub.rules import chain_depth
+from hub.rules.engine import chain_depth
 
 if TYPE_CHECKING:
     from hub.config import ActionsConfig
-    from hub.core import Hub
-    from hub.rules import Firing
+    from hub.rules.engine import Firing
+    from hub.service import Hub
 
 logger = logging.getLogger("callhub.actions")
 

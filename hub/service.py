@@ -15,23 +15,23 @@ import httpx
 import orjson
 from starlette.requests import HTTPConnection
 
-from hub.actions import ActionRunner, ActionSpec
 from hub.auth import Authenticator, Principal, ensure_admin_key, ensure_jwt_secret, ensure_signing_secret
-from hub.backends import open_backend
-from hub.backends.base import Backend
 from hub.config import ApiKey, Config, ConfigError
-from hub.egress import EgressPolicy
 from hub.events import HUB_SOURCE, Event, agent_of, event_time, prepare_event
 from hub.exceptions import Forbidden, HubError, Unavailable
-from hub.fanout import Fanout
+from hub.live.fanout import Fanout
 from hub.matcher import TypeFilter
-from hub.metrics import Metrics
-from hub.rules import Firing, RuleProblem, RuleSet, load_rules
-from hub.upstreams import Upstreams
-from hub.webhooks_out import webhook_post_spec
+from hub.ops.metrics import Metrics
+from hub.ops.upstreams import Upstreams
+from hub.outbound.guard import EgressPolicy
+from hub.rules.actions import ActionRunner, ActionSpec
+from hub.rules.engine import Firing, RuleProblem, RuleSet, load_rules
+from hub.store import open_backend
+from hub.store.base import Backend
+from hub.webhooks.post import webhook_post_spec
 
 if TYPE_CHECKING:
-    from hub.plugins import EventListener
+    from hub.plugin import EventListener
 
 logger = logging.getLogger("callhub")
 

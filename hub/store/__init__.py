@@ -10,14 +10,14 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hub.backends.base import Backend
     from hub.config import Config
+    from hub.store.base import Backend
 
 __all__ = ["SCHEMES", "open_backend"]
 
 #: URL scheme -> "module:Class".
 SCHEMES: dict[str, str] = {
-    "local": "hub.backends.local:LocalBackend",
+    "local": "hub.store.local:LocalBackend",
 }
 
 

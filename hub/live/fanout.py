@@ -20,12 +20,12 @@ import logging
 import time
 from typing import Any
 
-from hub.backends.base import Backend
 from hub.events import Event, encode_event, hub_event
 from hub.exceptions import TooManyRequests
+from hub.live.sinks import Payload, Sink, TransportSink
 from hub.matcher import TypeFilter
-from hub.metrics import Metrics
-from hub.sinks import Payload, Sink, TransportSink
+from hub.ops.metrics import Metrics
+from hub.store.base import Backend
 
 logger = logging.getLogger("callhub.fanout")
 

@@ -10,12 +10,12 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from hub.core import Hub
 from hub.events import check_depth
 from hub.exceptions import BadRequest, HubError, PayloadTooLarge, UnsupportedMediaType
-from hub.fanout import GAP, SCAN_FACTOR, gap_event
+from hub.live.fanout import GAP, SCAN_FACTOR, gap_event
 from hub.matcher import TypeFilter, parse_patterns
-from hub.metrics import CONTENT_TYPE_LATEST
+from hub.ops.metrics import CONTENT_TYPE_LATEST
+from hub.service import Hub
 
 __all__ = [
     "JSONResponse", "publish_event", "list_events", "list_subscribers", "whoami", "healthz", "readyz", "metrics",

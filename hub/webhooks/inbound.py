@@ -29,12 +29,12 @@ from starlette.datastructures import Headers, QueryParams
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from hub.api import error_response, parse_json, read_body
 from hub.config import SourceConfig
-from hub.core import Hub
 from hub.exceptions import HubError, InvalidEvent, MethodNotAllowed, NotFound
+from hub.http.api import error_response, parse_json, read_body
 from hub.matcher import lookup
-from hub.signatures import (
+from hub.service import Hub
+from hub.webhooks.signatures import (
     NO_BODY_CHECK,
     BodyCheck,
     SignatureError,

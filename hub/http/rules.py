@@ -8,9 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hub.api import JSONResponse, hub_of, parse_json, read_body, require_json
 from hub.events import prepare_event
 from hub.exceptions import HubError
+from hub.http.api import JSONResponse, hub_of, parse_json, read_body, require_json
 
 __all__ = ["routes"]
 

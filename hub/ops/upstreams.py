@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from hub.events import hub_event
 
 if TYPE_CHECKING:
-    from hub.core import Hub
+    from hub.service import Hub
 
 __all__ = ["Upstream", "Upstreams"]
 

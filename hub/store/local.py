@@ -26,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from hub.backends.base import AppendResult, Backend, CommitListener, Page
 from hub.config import Config
 from hub.events import Event, encode_event
 from hub.exceptions import InvalidEvent, Unavailable
 from hub.matcher import TypeFilter
+from hub.store.base import AppendResult, Backend, CommitListener, Page
 
 logger = logging.getLogger("callhub.store")
 

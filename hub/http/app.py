@@ -17,14 +17,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from hub import api, console, rules_api
 from hub.config import Config, ConfigError
-from hub.core import Hub
 from hub.exceptions import HubError
-from hub.plugins import Registry, load_plugins
-from hub.streams import SSEEndpoint, WebSocketEndpoint
-from hub.webhooks_in import PREFIX as WEBHOOKS_PREFIX
-from hub.webhooks_in import Source, WebhookEndpoint, mapped_source
+from hub.http import api, console
+from hub.http import rules as rules_api
+from hub.http.streams import SSEEndpoint, WebSocketEndpoint
+from hub.plugin import Registry, load_plugins
+from hub.service import Hub
+from hub.webhooks.inbound import PREFIX as WEBHOOKS_PREFIX
+from hub.webhooks.inbound import Source, WebhookEndpoint, mapped_source
 
 logger = logging.getLogger("callhub")
 

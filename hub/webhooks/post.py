@@ -26,12 +26,12 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from hub.actions import ActionContext, ActionSpec, Executor
 from hub.config import WebhookActionConfig
-from hub.egress import EgressPolicy
 from hub.exceptions import HubError, InvalidEvent
-from hub.outbound import NO_RETRY, RetryPolicy, retry_until, send_with_retry, stable_key
-from hub.signatures import decode_whsec, standard_webhook_signature
+from hub.outbound.guard import EgressPolicy
+from hub.outbound.retry import NO_RETRY, RetryPolicy, retry_until, send_with_retry, stable_key
+from hub.rules.actions import ActionContext, ActionSpec, Executor
+from hub.webhooks.signatures import decode_whsec, standard_webhook_signature
 
 __all__ = ["WebhookSigner", "WebhookFailed", "webhook_post_action", "webhook_post_spec", "WEBHOOK_POST", "CORE_ACTIONS"]
 

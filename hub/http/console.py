@@ -63,7 +63,7 @@ class Asset:
 
 
 def load_assets() -> dict[str, Asset]:
-    folder = resources.files("hub").joinpath("console")
+    folder = resources.files("hub.http").joinpath("console")
     assets = {}
     for name, media_type in ASSETS.items():
         body = folder.joinpath(name).read_bytes()

@@ -30,10 +30,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from hub._units import parse_duration
 from hub.matcher import OPERATORS, Condition, ConditionError, TypeFilter, parse_patterns
-from hub.schedule import Schedule
-from hub.templates import MissingField, Template, TemplateError, compile_params, render_params
+from hub.rules.schedule import Schedule
+from hub.rules.templates import MissingField, Template, TemplateError, compile_params, render_params
+from hub.units import parse_duration
 
 logger = logging.getLogger("callhub.rules")
 

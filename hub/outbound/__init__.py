@@ -1,0 +1,1 @@
+"""Calling other services over HTTP: one retry policy, bounded answers, the SSRF guard."""

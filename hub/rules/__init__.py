@@ -1,0 +1,1 @@
+"""Rules that act: conditions and schedules, templates, the action runner and its journal."""

@@ -1,0 +1,1 @@
+"""Webhooks: inbound (verified, mapped to events) and the signed, SSRF-guarded sender."""
