@@ -1,4 +1,4 @@
-"""Vendor adapters. `register` is the one entry point the hub calls (see `hub.plugins`)."""
+"""Vendor adapters. `register` is the one entry point the hub calls; they use the hub only through `hub.plugin`."""
 
 from __future__ import annotations
 
@@ -16,10 +16,6 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "vbee": vbee.VbeeConfig,
     "antcrm": antcrm.AntCRMConfig,
 }
-
-
-#: Rule action types the vendors provide (executed by their handlers; see docs/RULES.md).
-ACTION_TYPES: dict[str, tuple[str, ...]] = {**antring.ACTIONS, **antcrm.ACTIONS, **vbee.ACTIONS}
 
 
 def demo_overrides(port: int) -> dict[str, Any]:

@@ -46,7 +46,6 @@ from handlers.vbee.simulator.app import CampaignRunner, RunnerConfig
 from handlers.vbee.simulator.app import SimState as VbeeState
 from handlers.vbee.simulator.app import build_app as build_vbee_app
 from hub.plugin import Registry
-from hub.service import Hub
 
 logger = logging.getLogger("callhub.demo")
 
@@ -167,10 +166,10 @@ def register(registry: Registry) -> None:
     runner = CampaignRunner(vbee, RunnerConfig(
         webhook_url=f"{demo.hub_url}/v1/webhooks/vbee?token={VBEE_WEBHOOK_TOKEN}"))
 
-    async def play(hub: Hub) -> None:
+    async def play() -> None:
         await run_demo(state, signals, speed=demo.speed)
 
-    async def call_back(hub: Hub) -> None:
+    async def call_back() -> None:
         while True:  # the campaign calls whoever the rules added since its last run
             await asyncio.sleep(CAMPAIGN_INTERVAL * demo.speed)
             try:

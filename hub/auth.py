@@ -13,15 +13,18 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import jwt
+from starlette.requests import HTTPConnection
 
 from hub.config import ApiKey, Config
-from hub.exceptions import Forbidden, Unauthorized
+from hub.exceptions import Forbidden, HubError, Unauthorized
 from hub.matcher import parse_patterns
+from hub.requests import bearer
 
 __all__ = ["Principal", "Authenticator", "issue_token", "ensure_admin_key", "ensure_jwt_secret", "ensure_signing_secret"]
 
@@ -60,11 +63,22 @@ def _digest(value: str) -> bytes:
 
 
 class Authenticator:
-    def __init__(self, *, enabled: bool, keys: list[ApiKey], jwt_secret: str, jwt_leeway: float = 0.0) -> None:
+    def __init__(self, *, enabled: bool, keys: list[ApiKey], jwt_secret: str, jwt_leeway: float = 0.0,
+                 on_failure: Callable[[str], None] = lambda code: None) -> None:
         self.enabled = enabled
         self._keys = [(_digest(k.key), k) for k in keys]
         self._jwt_secret = jwt_secret
         self._leeway = jwt_leeway
+        #: Told the code of every refusal (counted in `callhub_auth_failures_total{reason}`).
+        self._on_failure = on_failure
+
+    def request(self, conn: HTTPConnection, *, allow_query: bool = False) -> Principal:
+        """Who a request is: `Authorization: Bearer …`, or (streams, links) `?token=` with `allow_query`."""
+        try:
+            return self.authenticate(bearer(conn, allow_query=allow_query))
+        except HubError as exc:
+            self._on_failure(exc.code)
+            raise
 
     def authenticate(self, credential: str | None) -> Principal:
         if not self.enabled:

@@ -26,7 +26,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
@@ -96,24 +95,17 @@ class ServerConfig(_Section):
     console: bool = True
 
 
-class BackendConfig(_Section):
+class BackendConfig(BaseModel):
+    """`[backend]`: `url` picks the backend (by scheme); every other key is that backend's own
+    option, validated by it (`hub.store.open_backend`), e.g. the local backend's `synchronous`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
     #: `local` = SQLite (WAL) in `server.data_dir` with in-process fan-out.
     url: str = "local"
-    #: SQLite `synchronous` mode: `full` fsyncs every group commit (survives power loss);
-    #: `normal` survives a process crash (kill -9) but not a power cut.
-    synchronous: Literal["full", "normal"] = "full"
-    #: Most events written in one transaction (group commit).
-    max_batch: int = Field(512, ge=1, le=100_000)
 
-    @field_validator("url")
-    @classmethod
-    def _known_scheme(cls, url: str) -> str:
-        from hub.store import SCHEMES
-
-        scheme = url.split("://", 1)[0] if "://" in url else url
-        if scheme not in SCHEMES:
-            raise ValueError(f"unknown backend {url!r}; known: {', '.join(sorted(SCHEMES))}")
-        return url
+    @property
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
 
 
 class RetentionConfig(_Section):

@@ -12,15 +12,15 @@ import re
 import time
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import orjson
 
 from hub import wire
 from hub.exceptions import InvalidEvent
 
-__all__ = ["Event", "prepare_event", "encode_event", "hub_event", "agent_of", "now_rfc3339", "event_time",
-           "EVENT_LIMITS", "MAX_JSON_DEPTH", "check_depth", "HUB_SOURCE"]
+__all__ = ["Event", "Published", "Publish", "prepare_event", "encode_event", "hub_event", "agent_of",
+           "now_rfc3339", "event_time", "EVENT_LIMITS", "MAX_JSON_DEPTH", "check_depth", "HUB_SOURCE"]
 
 SPECVERSION = "1.0"
 JSON = "application/json"
@@ -52,6 +52,20 @@ MAX_JSON_DEPTH = 64
 _WRAP_DEPTH = 8
 #: The source of the events the hub itself emits (`hub.gap`, `action.*`, `hub.upstream.*`).
 HUB_SOURCE = "hub"
+
+
+class Published(NamedTuple):
+    """What publishing answers: the event's id, its seq, and whether it was stored before."""
+
+    id: str
+    seq: int
+    duplicate: bool
+
+
+class Publish(Protocol):
+    """The one way an event gets into the hub (what parts that publish are given)."""
+
+    async def __call__(self, obj: Any, *, default_source: str = ...) -> Published: ...
 
 
 _second: tuple[int, str] = (-1, "")

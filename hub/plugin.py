@@ -1,45 +1,145 @@
-"""The one place where `hub/` meets `handlers/`: vendors plug in here.
+"""The plugin API: everything a vendor adapter (`handlers/`) may use of the hub, and nothing more.
 
-`handlers.register(registry)` adds routes and background services; the hub knows nothing
-of any vendor beyond what it registers.
+A handler package exposes `register(registry)`, `SECTIONS` (its config sections and their
+models) and `demo_overrides(port)`. The hub calls `register` once, while it is being built, and
+the handler adds what it brings through the `Registry`:
+
+    registry.section("antring", AntRingConfig)   its config section, validated (None if absent)
+    registry.add_route(route)                     HTTP routes (Starlette `Route`)
+    registry.add_service(name, service)           background tasks, started after the store, cancelled on stop
+    registry.add_cleanup(aclose)                  run when the hub stops (close HTTP clients here)
+    registry.add_action(ActionSpec(...))          action types rules (and routes) may run
+    registry.add_source(Source(...))              a built-in webhook source
+    registry.claim_source("antring")              an event source only it publishes under
+    registry.add_listener(types, listener)        called for committed events of those types
+    registry.provide(name, thing) / .provided     what one handler builds for another
+
+and uses what the hub offers through `registry.context` (a `PluginContext`): publish events,
+spawn tasks, authenticate a request, look up stored events by indexed field, report on an
+upstream connection, run an action the way rules do. Handlers import nothing else from `hub`:
+an import-linter contract keeps it so. This module also re-exports the hub's types and helpers a
+handler needs (errors, phone numbers, HTTP helpers, the retry policy, vendor client base).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
+from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
 
-from hub.config import SectionT, validate_section
+from hub.auth import Principal
+from hub.config import HttpUrl, SectionT, SocketUrl, validate_section
+from hub.events import EVENT_LIMITS, Event, Publish, Published, event_time, hub_event, now_rfc3339
+from hub.exceptions import (
+    BadRequest,
+    Forbidden,
+    HubError,
+    InvalidEvent,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+    Unavailable,
+)
+from hub.matcher import TypeFilter, lookup
+from hub.ops.upstreams import Upstream
+from hub.outbound.retry import NO_RETRY, RetryPolicy, retry_until, send_with_retry, stable_key
+from hub.outbound.vendor import MAX_VENDOR_MESSAGE, VendorClient, VendorError, json_or_none, vendor_text
+from hub.phone import (
+    EXTENSION_MIN_DIGITS,
+    InvalidPhoneNumber,
+    Phone,
+    PhoneForm,
+    call_party,
+    normal_number,
+    number_key,
+    parse_extension,
+    parse_phone,
+)
+from hub.requests import JSONResponse, parse_json, read_body, require_json
+from hub.rules.actions import ActionContext, ActionSpec, Executor, Outcome, public_params
+from hub.rules.reactions import EventListener
+from hub.store.base import IndexedField
+from hub.tasks import Spawn
+from hub.units import parse_duration
+from hub.webhooks.inbound import Delivery, Source, token_verifier
 
-if TYPE_CHECKING:
-    from hub.rules.actions import ActionSpec
-    from hub.service import Hub
-    from hub.webhooks.inbound import Source
+__all__ = [
+    # the registry and what it offers
+    "Registry", "PluginContext", "Service", "EventListener", "Authenticate", "RunAction", "EventStore",
+    "load_plugins", "handler_sections", "demo_overrides",
+    # types and helpers handlers use
+    "ActionContext", "ActionSpec", "Executor", "Outcome", "public_params",
+    "Source", "Delivery", "token_verifier",
+    "Principal", "Publish", "Published", "Spawn", "Upstream", "Event", "IndexedField",
+    "HubError", "BadRequest", "Unauthorized", "Forbidden", "NotFound", "InvalidEvent", "TooManyRequests",
+    "Unavailable",
+    "Phone", "PhoneForm", "InvalidPhoneNumber", "parse_phone", "normal_number", "number_key", "parse_extension",
+    "call_party", "EXTENSION_MIN_DIGITS",
+    "JSONResponse", "read_body", "parse_json", "require_json",
+    "RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "stable_key",
+    "VendorClient", "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE",
+    "HttpUrl", "SocketUrl", "parse_duration", "EVENT_LIMITS", "event_time", "hub_event", "now_rfc3339",
+    "lookup", "TypeFilter",
+]
 
-__all__ = ["Registry", "Service", "load_plugins"]
-
-#: Called with a committed event (its CloudEvent dict).
-EventListener = Callable[[dict[str, Any]], None]
 #: A background service: started with the hub (after the store is open), cancelled on stop.
-Service = Callable[["Hub"], Awaitable[None]]
+Service = Callable[[], Coroutine[Any, Any, None]]
+
+
+class Authenticate(Protocol):
+    """Who a request is (raises `Unauthorized`); `allow_query` takes `?token=` too (browsers' links)."""
+
+    def __call__(self, conn: HTTPConnection, *, allow_query: bool = False) -> Principal: ...
+
+
+class RunAction(Protocol):
+    """Run an action now for a route, journaled and reported like a rule's (`ActionRunner.run`)."""
+
+    async def __call__(self, type_: str, params: dict[str, Any], *, requested_by: str,
+                       agent: str | None = None) -> Outcome: ...
+
+
+class EventStore(Protocol):
+    """What handlers may ask the store: look-ups by indexed field, and what was stored in a window."""
+
+    async def find(self, field: IndexedField, value: str, *, agent: str | None, source: str | None,
+                   limit: int) -> list[Event]: ...
+
+    async def stored_between(self, *, since: float, until: float, types: Collection[str], source: str | None,
+                             after: int, limit: int) -> list[Event]: ...
+
+
+@dataclass(frozen=True)
+class PluginContext:
+    """What the hub offers a handler. Valid from `register` on; usable once the hub has started."""
+
+    publish: Publish
+    spawn: Spawn
+    authenticate: Authenticate
+    store: EventStore
+    run_action: RunAction
+    #: Report on an upstream connection the handler owns (`/readyz`, metrics, `hub.upstream.*`).
+    upstream: Callable[..., Upstream]
 
 
 @dataclass
 class Registry:
-    hub: Hub
+    """What the handlers bring, collected while the hub is built (see the module docstring)."""
+
+    sections: Mapping[str, Any]
+    context: PluginContext
+    add_action: Callable[[ActionSpec], None]
     routes: list[BaseRoute] = field(default_factory=list)
     services: list[tuple[str, Service]] = field(default_factory=list)
     cleanups: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     #: Event sources the handlers publish under (`claim_source`).
     claimed_sources: list[str] = field(default_factory=list)
-    #: Rule action executors, by action type.
-    actions: dict[str, ActionSpec] = field(default_factory=dict)
     #: (type patterns, callback) run for every committed event of those types, after the fan-out.
     listeners: list[tuple[tuple[str, ...], EventListener]] = field(default_factory=list)
     #: What one handler builds for others to use (a client, a lookup), by name.
@@ -47,7 +147,7 @@ class Registry:
 
     def section(self, name: str, model: type[SectionT]) -> SectionT | None:
         """The vendor section `[name]` as its model, or None when the file has none."""
-        value = self.hub.config.handlers.get(name)
+        value = self.sections.get(name)
         return None if value is None else validate_section(name, value, model)
 
     def add_route(self, route: BaseRoute) -> None:
@@ -60,13 +160,9 @@ class Registry:
         """Call `listener(event)` for every committed event whose type matches `types` (e.g. screen-pop)
         and whose source is the hub's own, a webhook source's or a vendor's (never a client's).
 
-        It runs after the fan-out, must not block: start a task (`hub.spawn`) for slow work.
+        It runs after the fan-out, must not block: start a task (`context.spawn`) for slow work.
         """
         self.listeners.append((types, listener))
-
-    def add_action(self, spec: ActionSpec) -> None:
-        """An action type rules may use (`[[rules.actions]] type = spec.type`)."""
-        self.actions[spec.type] = spec
 
     def provide(self, name: str, thing: object) -> None:
         """Offer something a handler built (e.g. AntCRM's client) to the handlers registered after it."""
@@ -87,17 +183,9 @@ class Registry:
 
 
 def handler_sections(module: str = "handlers") -> dict[str, type[BaseModel]]:
-    """Config sections the vendor handlers own, with their models (validated by `callhub check`)."""
+    """Config sections the vendor handlers own, with their models (validated with the config)."""
     sections: dict[str, type[BaseModel]] = importlib.import_module(module).SECTIONS
     return dict(sections)
-
-
-def action_types(module: str = "handlers") -> dict[str, tuple[str, ...]]:
-    """Action types rules may use, the core's and the vendors', with their required parameters."""
-    from hub.webhooks.post import CORE_ACTIONS
-
-    vendor: dict[str, tuple[str, ...]] = importlib.import_module(module).ACTION_TYPES
-    return {**CORE_ACTIONS, **vendor}
 
 
 def demo_overrides(port: int, module: str = "handlers") -> dict[str, Any]:
@@ -106,7 +194,6 @@ def demo_overrides(port: int, module: str = "handlers") -> dict[str, Any]:
     return overrides
 
 
-def load_plugins(hub: Hub, module: str = "handlers") -> Registry:
-    registry = Registry(hub)
+def load_plugins(registry: Registry, module: str = "handlers") -> None:
+    """Let the handlers register (the hub never imports them by name: they are found by module name)."""
     importlib.import_module(module).register(registry)
-    return registry

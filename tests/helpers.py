@@ -186,11 +186,11 @@ class ServerThread(LoopbackHub):
         return result[0]
 
     def run(self, coro: Any) -> Any:
-        """Await `coro` on the server's event loop (e.g. `hub.backend.trim(...)`)."""
+        """Await `coro` on the server's event loop (e.g. `hub.store.trim(...)`)."""
         return asyncio.run_coroutine_threadsafe(coro, self.server_loop()).result(WAIT)
 
     def server_loop(self) -> asyncio.AbstractEventLoop:
-        backend = self.hub.backend
+        backend = self.hub.store
         loop = getattr(backend, "_loop", None)
         assert loop is not None
         return loop

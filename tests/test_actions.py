@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,6 @@ from handlers.antring.simulator.signals import SignalServer
 from handlers.vbee.simulator.app import build_app as build_vbee_app
 from hub.config import config_from_dict
 from hub.plugin import handler_sections
-from hub.rules.actions import ActionContext, ActionJournal
 from tests.antring_env import ACCOUNT, BOB, AntRingWorld, antring_section, antring_world
 from tests.helpers import (
     ADMIN,
@@ -107,30 +105,6 @@ def test_failed_action_is_reported_and_the_others_still_run(world: AntRingWorld,
     assert failed["status"] == "failed" and failed["error"]
 
 
-def test_journal_runs_an_action_at_most_once_per_key(tmp_path: Path) -> None:
-    """The same rule, event and action submitted twice (a replay, a second evaluation) runs once."""
-    runs: list[str] = []
-
-    async def run(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
-        runs.append(context.key)
-        return {}
-
-    async def scenario() -> None:
-        journal = ActionJournal(tmp_path / "actions.db")
-        try:
-            assert await journal.begin("r|s|e1|0", "r", "x", "e1", {})
-            assert not await journal.begin("r|s|e1|0", "r", "x", "e1", {})
-            await journal.finish("r|s|e1|0", "succeeded", {})
-            assert await journal.state("r|s|e1|0") == "succeeded"
-        finally:
-            journal.close()
-        reopened = ActionJournal(tmp_path / "actions.db")
-        try:
-            assert not await reopened.begin("r|s|e1|0", "r", "x", "e1", {}), "remembered across a restart"
-        finally:
-            reopened.close()
-
-    asyncio.run(scenario())
 
 
 def test_kill_9_mid_action_gives_one_ticket_and_at_most_one_ring(tmp_path: Path, crm: tuple[SimState, AppServer]) -> None:

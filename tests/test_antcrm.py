@@ -6,13 +6,12 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 
-from handlers.antcrm import AntCRMConfig, build, register, services, stable_key
+from handlers.antcrm import AntCRMConfig, build, stable_key
 from handlers.antcrm.client import (
     AntCRMAuthError,
     AntCRMClient,
@@ -24,8 +23,9 @@ from handlers.antcrm.lookup import CustomerLookup
 from handlers.antcrm.simulator import DEFAULT_API_KEY, SimState, build_app
 from hub.config import config_from_dict
 from hub.phone import InvalidPhoneNumber, parse_phone
-from hub.plugin import Registry, handler_sections
-from tests.helpers import TICK, WAIT, AppServer, SwappableApp, raw_config
+from hub.plugin import handler_sections
+from hub.service import build as hub_build
+from tests.helpers import TICK, WAIT, AppServer, SwappableApp, make_config, raw_config
 
 pytestmark = pytest.mark.anyio
 
@@ -417,14 +417,14 @@ def test_config_defaults_and_durations(tmp_path: Path) -> None:
         AntCRMConfig.model_validate({"api_key": "k", "cache_ttl": 0})
 
 
-async def test_register_builds_the_client_and_lookup() -> None:
-    """register validates [antcrm] and leaves the client and lookup for the rules; cleanup closes them."""
-    hub: Any = SimpleNamespace(config=SimpleNamespace(handlers={"antcrm": {"api_key": "k", "lookup_timeout": 0.2}}))
-    registry = Registry(hub)
-    antcrm = register(registry)
-    assert antcrm is not None and services(registry) is antcrm
-    assert antcrm.lookup.timeout == 0.2 and antcrm.client.retry.deadline == 60.0
-    assert len(registry.cleanups) == 1
-    await registry.cleanups[0]()
-    assert register(Registry(SimpleNamespace(config=SimpleNamespace(handlers={})))) is None  # type: ignore[arg-type]
+async def test_register_builds_the_client_and_lookup(tmp_path: Path) -> None:
+    """With [antcrm], the hub gets its two actions and its clean-up; without it, neither."""
+    with_crm = hub_build(make_config(tmp_path / "a", antcrm={"api_key": "k", "lookup_timeout": 0.2}),
+                         check_only=True)
+    assert {"antcrm.create_ticket", "antcrm.upsert_contact"} <= set(with_crm.actions.specs)
+    assert len(with_crm.cleanups) == 1
+    await with_crm.release()
+    without = hub_build(make_config(tmp_path / "b"), check_only=True)
+    assert not any(t.startswith("antcrm.") for t in without.actions.specs) and without.cleanups == []
+    await without.release()
     await build(AntCRMConfig(api_key="k")).aclose()

@@ -76,10 +76,16 @@ def test_click_to_call_scoping(world: AntRingWorld) -> None:
 
 
 def test_click_to_call_attempts_are_events(world: AntRingWorld) -> None:
-    """Each attempt is recorded as `action.click_to_call` with its outcome, visible to that agent."""
+    """Each attempt is the same `action.succeeded` / `action.failed` a rule's click-to-call gives (one path:
+    the action runner), with who asked and the outcome, visible to that agent."""
     click(world, {"number": "0987654321", "agent": "alice"})
-    events = world.history("action.click_to_call")
-    assert {e["data"]["outcome"] for e in events} >= {"ringing", "device_offline"}
+    wait_until(lambda: any(e["data"]["requested_by"] == "test-admin" and e["data"]["target"]["agent"] == "alice"
+                           for e in world.history("action.succeeded")), what="the ring's outcome")
+    wait_until(lambda: any(e["data"]["target"]["agent"] == "bob" and e["data"]["result"]["code"] == "device_offline"
+                           for e in world.history("action.failed")), what="the offline device's outcome")
+    outcomes = world.history("action.*")
+    assert {e["data"]["action"] for e in outcomes} == {"antring.click_to_call"}
+    assert all(e["data"]["rule"] is None for e in outcomes)
     mine = httpx.get(f"{world.hub.url}/v1/events?types=action.*", headers=bearer("alice"), timeout=WAIT).json()
     assert mine["events"] and all(e["data"]["agent"] == "alice" for e in mine["events"])
 

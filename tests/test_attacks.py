@@ -118,7 +118,7 @@ def test_an_event_that_cannot_be_encoded_fails_alone_and_the_writer_goes_on(serv
         good = {"type": "t.good", "id": "g1", "source": "s", "data": {}}
         bad = {"type": "t.bad", "id": "b1", "source": "s", "data": {"n": 2**70}}
         also = {"type": "t.good", "id": "g2", "source": "s", "data": {}}
-        return await asyncio.gather(*(hub.publish(e) for e in (good, bad, also)), return_exceptions=True)
+        return await asyncio.gather(*(hub.publisher.publish(e) for e in (good, bad, also)), return_exceptions=True)
 
     first, failed, third = server.run(three())
     assert not first.duplicate and not third.duplicate
@@ -392,7 +392,7 @@ def test_an_answer_the_client_never_reads_does_not_hold_the_connection(tight_ser
 def test_hub_gap_is_not_sent_to_a_token_whose_types_claim_excludes_it(server: ServerThread) -> None:
     """A `call.*` token resuming from before retention sees the calls, not a `hub.gap` it may not see."""
     seqs = server.publish(*[event("call.ringing", n=i) for i in range(6)])
-    server.run(server.hub.backend.trim(max_age=0, max_count=2))
+    server.run(server.hub.store.trim(max_age=0, max_count=2))
     calls_only = issue_token(JWT_SECRET, sub="board", ttl=600, types=("call.*",))
     page = httpx.get(f"{server.url}/v1/events?after=0", headers={"Authorization": f"Bearer {calls_only}"},
                      timeout=WAIT).json()

@@ -226,7 +226,7 @@ def test_live_streams_serve_valid_cloudevents_in_seq_order(server: ServerThread)
 def test_gap_event_is_a_valid_cloudevent(server: ServerThread) -> None:
     """The hub.gap event that stands for trimmed history is itself a valid CloudEvent with a seq."""
     seqs = server.publish(*({"type": "call.ringing", "data": {"n": n}} for n in range(10)))
-    trim = server.hub.backend.trim(max_age=0, max_count=3)
+    trim = server.hub.store.trim(max_age=0, max_count=3)
     removed = asyncio.run_coroutine_threadsafe(trim, server.server_loop()).result(WAIT)
     assert removed == 7
     with httpx.Client(base_url=server.url, headers=ADMIN, timeout=WAIT) as client:

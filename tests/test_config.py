@@ -9,6 +9,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hub.config import Config, ConfigError, config_from_dict, load_config
+from hub.service import build
 from tests.helpers import ADMIN_KEY, JWT_SECRET, raw_config, write_config
 
 
@@ -228,11 +229,14 @@ def test_section_that_is_not_a_table_is_reported() -> None:
     assert list(problems_of({"server": 5})) == ["server"]
 
 
-def test_unknown_backend_is_reported() -> None:
-    """An unknown backend URL scheme is refused at `backend.url`."""
-    problems = problems_of({"backend": {"url": "mongodb://db/events"}})
-    assert list(problems) == ["backend.url"]
-    assert "local" in problems["backend.url"]
+def test_unknown_backend_is_reported(tmp_path: Path) -> None:
+    """An unknown backend URL scheme is refused at `backend.url` when the hub is built (as `check` does)."""
+    config = config_from_dict({"backend": {"url": "mongodb://db/events"},
+                               "server": {"data_dir": str(tmp_path)}}, env={})
+    with pytest.raises(ConfigError) as info:
+        build(config, check_only=True)
+    ((where, message),) = info.value.problems
+    assert where == "backend.url" and "local" in message
 
 
 def test_every_problem_is_reported_at_once() -> None:

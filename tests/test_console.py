@@ -377,7 +377,7 @@ def test_reconnects_after_a_hub_restart_and_shows_what_happened_meanwhile_once(
         page.route("**/v1/stream*", lambda route: route.abort())
         restart(world)
         world.hub.publish(*(call_event("call.ringing", f"g-{i}", f"090300001{i}") for i in range(3)), headers=PUBLISHER)
-        removed = world.hub.run(world.hub.hub.backend.trim(max_age=0, max_count=1))
+        removed = world.hub.run(world.hub.hub.store.trim(max_age=0, max_count=1))
         assert removed > 0
         page.unroute("**/v1/stream*")
         expect(page.locator("#n-gap")).to_be_visible(timeout=WAIT_MS)

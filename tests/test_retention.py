@@ -10,7 +10,7 @@ from tests.helpers import ADMIN, ADMIN_KEY, WAIT, ServerThread, SSEReader, event
 
 
 def _trim(server: ServerThread, count: int) -> int:
-    removed: int = server.run(server.hub.backend.trim(max_age=0, max_count=count))
+    removed: int = server.run(server.hub.store.trim(max_age=0, max_count=count))
     return removed
 
 
@@ -48,11 +48,11 @@ def test_seq_is_never_reused_after_everything_is_trimmed_and_the_hub_restarts(da
     config = make_config(data_dir)
     with ServerThread(config) as server:
         seqs = server.publish(*[event("call.ringing", n=i) for i in range(5)])
-        server.run(server.hub.backend.trim(max_age=0, max_count=1))
-        server.run(server.hub.backend.trim(max_age=0, max_count=1))
+        server.run(server.hub.store.trim(max_age=0, max_count=1))
+        server.run(server.hub.store.trim(max_age=0, max_count=1))
     # count=1 keeps the newest; remove it too through age-based retention on restart
     with ServerThread(make_config(data_dir)) as server:
-        server.run(server.hub.backend.trim(max_age=1e-9, max_count=0))
+        server.run(server.hub.store.trim(max_age=1e-9, max_count=0))
         page = httpx.get(f"{server.url}/v1/events?after=0", headers=ADMIN, timeout=WAIT).json()
         assert [e["type"] for e in page["events"]] == ["hub.gap"]
         (new,) = server.publish(event("call.ringing"))

@@ -11,12 +11,12 @@ import pytest
 from starlette.testclient import TestClient
 
 from hub.config import config_from_dict
-from hub.http.app import create_app
+from hub.http.app import app_for
 from hub.matcher import Condition, ConditionError
-from hub.rules.actions import ActionContext, ActionSpec
 from hub.rules.engine import load_rules
 from hub.rules.schedule import Schedule
 from hub.rules.templates import MissingField, Template, TemplateError
+from hub.service import build
 from tests.helpers import ADMIN, PUBLISHER, make_config, raw_config, run_cli, wait_until, write_config
 
 KNOWN = {"antcrm.create_ticket": ("title", "SLA", "contact"), "antring.click_to_call": ("agent", "number"),
@@ -231,15 +231,11 @@ def rules_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def client(data_dir: Path, rules_file: Path) -> Iterator[TestClient]:
-    """The app with recording stand-ins for the vendors' executors (these tests are about rules, not vendors)."""
+    """The app with recording stand-ins for the vendors' executors (these tests are about rules, not vendors):
+    a test handler package registers them through the plugin surface."""
     raw = raw_config(data_dir)
     raw_top = {"rules_file": str(rules_file), **raw}
-    app = create_app(config_from_dict(raw_top, env={}))
-
-    async def record(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
-        return {"recorded": params}
-
-    app.hub.use_actions({t: ActionSpec(t, record, idempotent=True, group="test") for t in KNOWN})
+    app = app_for(build(config_from_dict(raw_top, env={}), plugins="tests.stub_plugins"))
     with TestClient(app) as c:
         yield c
 

@@ -24,8 +24,8 @@ from starlette.routing import Route
 from hub.config import Config, config_from_dict
 from hub.outbound.guard import EgressPolicy, EgressRefused, is_public
 from hub.outbound.retry import NO_RETRY, ResponseTooLarge, send_with_retry
-from hub.plugin import action_types
 from hub.rules.engine import load_rules
+from hub.webhooks.post import CORE_ACTIONS
 from tests.helpers import ADMIN, WAIT, AppServer, ServerThread, raw_config, wait_until
 
 SECRET = "whsec_" + base64.b64encode(b"callhub-test-signing-secret-0123").decode()
@@ -309,7 +309,7 @@ def test_reserved_headers_and_bad_urls_fail_the_action_without_a_request(
 
 def test_a_rule_without_url_is_refused_at_load_time() -> None:
     bad = {"name": "no-url", "on": ["call.ended"], "actions": [{"type": "webhook.post", "body": "x"}]}
-    _, problems = load_rules([bad], None, action_types())
+    _, problems = load_rules([bad], None, CORE_ACTIONS)
     assert [(p.rule, p.key, p.message) for p in problems] == [("no-url", "actions[0]", "webhook.post needs url")]
 
 

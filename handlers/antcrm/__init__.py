@@ -23,9 +23,7 @@ from handlers.antcrm.client import (
 from handlers.antcrm.config import AntCRMConfig
 from handlers.antcrm.lookup import CustomerLookup
 from handlers.antcrm.screenpop import screen_pop
-from hub.exceptions import InvalidEvent
-from hub.plugin import Registry
-from hub.rules.actions import ActionContext, ActionSpec, Executor, public_params
+from hub.plugin import ActionContext, ActionSpec, Executor, InvalidEvent, Registry, public_params
 
 __all__ = [
     "AntCRM",
@@ -119,7 +117,7 @@ def register(registry: Registry) -> AntCRM | None:
     registry.claim_source("antcrm")  # the screen-pop's call.enriched
     registry.provide(PROVIDED_AS, antcrm)
     if config.screen_pop_types:
-        registry.add_listener(tuple(config.screen_pop_types), screen_pop(registry.hub, antcrm.lookup))
+        registry.add_listener(tuple(config.screen_pop_types), screen_pop(registry.context.publish, registry.context.spawn, antcrm.lookup))
     registry.add_action(ActionSpec(CREATE_TICKET, create_ticket_action(antcrm.client),
                                    idempotent=True, group="antcrm", required=ACTIONS[CREATE_TICKET],
                                    describe=public_params("title", "SLA", "priority")))

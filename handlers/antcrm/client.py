@@ -36,19 +36,22 @@ from typing import Any
 import httpx
 
 from handlers.antcrm.config import DEFAULT_BASE_URL, ContactType
-from hub.exceptions import Unavailable
-from hub.outbound.retry import (
+from hub.plugin import (
     NO_RETRY,
+    InvalidPhoneNumber,
+    Phone,
+    PhoneForm,
     RetryPolicy,
+    Unavailable,
     VendorClient,
     VendorError,
     json_or_none,
+    parse_phone,
     retry_until,
     send_with_retry,
     stable_key,
     vendor_text,
 )
-from hub.phone import InvalidPhoneNumber, Phone, PhoneForm, parse_phone
 
 __all__ = [
     "AntCRMClient",

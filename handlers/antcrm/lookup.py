@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from handlers.antcrm.client import AntCRMClient, AntCRMError, compact_customer
-from hub.phone import InvalidPhoneNumber, parse_phone
+from hub.plugin import InvalidPhoneNumber, parse_phone
 
 __all__ = ["CustomerLookup", "DEFAULT_MAX_ENTRIES"]
 

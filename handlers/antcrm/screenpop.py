@@ -15,10 +15,7 @@ import logging
 from typing import Any
 
 from handlers.antcrm.lookup import CustomerLookup
-from hub.exceptions import HubError
-from hub.outbound.retry import stable_key
-from hub.plugin import EventListener
-from hub.service import Hub
+from hub.plugin import EventListener, HubError, Publish, Spawn, stable_key
 
 logger = logging.getLogger("callhub.antcrm")
 
@@ -37,7 +34,8 @@ def _party_number(data: dict[str, Any]) -> str | None:
     return number if isinstance(number, str) and number else None
 
 
-def screen_pop(hub: Hub, lookup: CustomerLookup, *, deadline: float = SCREEN_POP_DEADLINE) -> EventListener:
+def screen_pop(publish: Publish, spawn: Spawn, lookup: CustomerLookup, *,
+               deadline: float = SCREEN_POP_DEADLINE) -> EventListener:
     async def enrich(event: dict[str, Any], data: dict[str, Any], number: str) -> None:
         try:
             customer = await asyncio.wait_for(lookup.lookup(number), deadline)
@@ -60,7 +58,7 @@ def screen_pop(hub: Hub, lookup: CustomerLookup, *, deadline: float = SCREEN_POP
             },
         }
         try:
-            await hub.publish(enriched, default_source="antcrm")
+            await publish(enriched, default_source="antcrm")
         except HubError as exc:
             logger.warning("screen-pop not published: %s", exc.message)
 
@@ -70,6 +68,6 @@ def screen_pop(hub: Hub, lookup: CustomerLookup, *, deadline: float = SCREEN_POP
             return
         number = _party_number(data)
         if number is not None:
-            hub.spawn(enrich(event, data, number), name="screen-pop")
+            spawn(enrich(event, data, number), name="screen-pop")
 
     return on_ringing

@@ -15,11 +15,8 @@ from handlers.antring.config import AntRingConfig
 from handlers.antring.consumer import UPSTREAM, SignalConsumer
 from handlers.antring.normalize import AgentIndex, Normalizer
 from handlers.antring.reconcile import Reconciler
-from handlers.antring.routes import routes
-from hub.exceptions import HubError, NotFound
-from hub.plugin import Registry
-from hub.rules.actions import ActionContext, ActionSpec, Executor, public_params
-from hub.service import Hub
+from handlers.antring.routes import CLICK_TO_CALL, routes
+from hub.plugin import ActionContext, ActionSpec, Executor, HubError, NotFound, Registry, public_params
 
 __all__ = ["AntRingConfig", "register", "agent_index"]
 
@@ -27,7 +24,6 @@ logger = logging.getLogger("callhub.antring")
 
 #: After a failed token refresh, try again this soon.
 TOKEN_RETRY_DELAY = 5.0
-CLICK_TO_CALL = "antring.click_to_call"
 #: Rule actions, with the parameters each needs.
 ACTIONS: dict[str, tuple[str, ...]] = {CLICK_TO_CALL: ("agent", "number")}
 
@@ -67,13 +63,14 @@ def register(registry: Registry) -> None:
                            expire_format=config.expire_format, time_zone=config.time_zone)
     tokens = TokenManager(client, config.sip_user, config.sip_password, refresh_margin=config.token_refresh_margin)
     normalizer = Normalizer(agents=agent_index(config), internal_max_digits=config.internal_max_digits)
-    reconciler = Reconciler(registry.hub, client, config, agents=normalizer.agents, is_extension=normalizer.is_extension)
-    consumer = SignalConsumer(registry.hub, config, tokens, normalizer, on_reconnected=reconciler.after_reconnect)
+    context = registry.context
+    upstream = context.upstream(UPSTREAM, protocol=config.ws_protocol)
+    reconciler = Reconciler(client, config, agents=normalizer.agents, is_extension=normalizer.is_extension,
+                            publish=context.publish, store=context.store, upstream=upstream)
+    consumer = SignalConsumer(config, tokens, normalizer, publish=context.publish, spawn=context.spawn,
+                              upstream=upstream, on_reconnected=reconciler.after_reconnect)
 
-    async def consume(hub: Hub) -> None:
-        await consumer.run()
-
-    async def keep_token_fresh(hub: Hub) -> None:
+    async def keep_token_fresh() -> None:
         """Fetch the next voice token ahead of expiry, so a reconnect never waits for one."""
         while True:
             await asyncio.sleep(max(0.0, tokens.seconds_until_refresh()))
@@ -83,19 +80,19 @@ def register(registry: Registry) -> None:
                 logger.warning("antring voice token refresh failed: %s", exc.message)
                 await asyncio.sleep(TOKEN_RETRY_DELAY)
 
-    async def reconcile_periodically(hub: Hub) -> None:
+    async def reconcile_periodically() -> None:
         while config.reconcile_interval > 0:
             await asyncio.sleep(config.reconcile_interval)
             if consumer.connected:
                 await reconciler.periodic()
 
     registry.claim_source(UPSTREAM)
-    registry.add_service("antring-signals", consume)
+    registry.add_service("antring-signals", consumer.run)
     registry.add_service("antring-reconcile", reconcile_periodically)
     registry.add_service("antring-token", keep_token_fresh)
     registry.add_cleanup(client.aclose)
     registry.add_action(ActionSpec(CLICK_TO_CALL, click_to_call_action(config, client),
                                    idempotent=False, group="antring", required=ACTIONS[CLICK_TO_CALL],
                                    describe=public_params("agent", "number")))
-    for route in routes(config, client):
+    for route in routes(config, client, context):
         registry.add_route(route)

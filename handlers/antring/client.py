@@ -40,17 +40,21 @@ import httpx
 
 from handlers.antring.config import ExpireFormat
 from handlers.antring.signing import app_hash, histories_hash, recording_hash
-from hub.exceptions import BadRequest, Unavailable
-from hub.outbound.retry import (
+from hub.plugin import (
+    EXTENSION_MIN_DIGITS,
     NO_RETRY,
+    BadRequest,
+    InvalidPhoneNumber,
     RetryPolicy,
+    Unavailable,
     VendorClient,
     VendorError,
     json_or_none,
+    parse_extension,
+    parse_phone,
     send_with_retry,
     vendor_text,
 )
-from hub.phone import EXTENSION_MIN_DIGITS, InvalidPhoneNumber, parse_extension, parse_phone
 
 __all__ = [
     "AntRingClient",

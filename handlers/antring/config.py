@@ -7,8 +7,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from hub.config import HttpUrl, SocketUrl
-from hub.units import parse_duration
+from hub.plugin import HttpUrl, SocketUrl, parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 WsProtocol = Literal["socketio", "socketio-eio3", "socketio-0.9", "blackhole"]

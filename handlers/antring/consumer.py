@@ -24,8 +24,7 @@ from handlers.antring.config import AntRingConfig
 from handlers.antring.normalize import Normalizer
 from handlers.antring.socket import stream_signals
 from handlers.antring.socket.base import AuthRejected, SignalStreamError
-from hub.exceptions import HubError
-from hub.service import Hub
+from hub.plugin import HubError, Publish, Spawn, Upstream
 
 logger = logging.getLogger("callhub.antring")
 
@@ -41,22 +40,24 @@ OnReconnected = Callable[[float, float], Awaitable[object]]
 class SignalConsumer:
     def __init__(
         self,
-        hub: Hub,
         config: AntRingConfig,
         tokens: TokenManager,
         normalizer: Normalizer,
         *,
+        publish: Publish,
+        spawn: Spawn,
+        upstream: Upstream,
         on_reconnected: OnReconnected | None = None,
     ) -> None:
-        self.hub = hub
         self.config = config
         self.tokens = tokens
         self.normalizer = normalizer
         self.on_reconnected = on_reconnected
         self.connected = False
         self.down_since = time.time()
-        self._signals = hub.metrics.upstream_signals
-        hub.upstreams.register(UPSTREAM, protocol=config.ws_protocol)
+        self._publish = publish
+        self._spawn = spawn
+        self._upstream = upstream
 
     async def run(self) -> None:
         """Consume forever (until cancelled)."""
@@ -100,16 +101,14 @@ class SignalConsumer:
         return random.uniform(cap / 2, cap)
 
     def _on_subscribed(self) -> None:
-        self.hub.spawn(self._went_up(), name="antring-up")
+        self._spawn(self._went_up(), name="antring-up")
 
     async def _went_up(self) -> None:
         if self.connected:
             return
         self.connected = True
         down_since, up_at = self.down_since, time.time()
-        await self.hub.upstreams.connected(
-            UPSTREAM, protocol=self.config.ws_protocol, bindings=list(self.config.bindings)
-        )
+        await self._upstream.up(protocol=self.config.ws_protocol, bindings=list(self.config.bindings))
         if self.on_reconnected is not None:
             try:
                 await self.on_reconnected(down_since, up_at)
@@ -121,13 +120,13 @@ class SignalConsumer:
             return
         self.connected = False
         self.down_since = time.time()
-        await self.hub.upstreams.disconnected(UPSTREAM, reason=reason)
+        await self._upstream.down(reason=reason)
 
     async def _on_signal(self, name: str, payload: dict[str, Any]) -> None:
-        self._signals.labels(UPSTREAM, name).inc()
+        self._upstream.signal(name)
         event = self.normalizer.event(name, payload)
         try:
-            await self.hub.publish(event, default_source=UPSTREAM)
+            await self._publish(event, default_source=UPSTREAM)
         except HubError as exc:
             # Never let one bad signal take the socket down; the store or validation said why.
             logger.warning("antring signal %s not stored: %s", name, exc.message)

@@ -37,8 +37,7 @@ from typing import Any
 
 import orjson
 
-from hub.events import now_rfc3339
-from hub.phone import call_party, normal_number
+from hub.plugin import call_party, normal_number, now_rfc3339
 
 __all__ = ["EVENT_TYPES", "SIGNAL_TYPE", "AgentIndex", "CallCorrelator", "Normalizer", "outcome_of"]
 

@@ -60,10 +60,7 @@ import orjson
 from handlers.antring.client import AntRingClient
 from handlers.antring.config import AntRingConfig
 from handlers.antring.normalize import AgentIndex, did_number
-from hub.events import event_time
-from hub.exceptions import HubError
-from hub.phone import call_party, number_key
-from hub.service import Hub
+from hub.plugin import EventStore, HubError, Publish, Upstream, call_party, event_time, number_key
 
 logger = logging.getLogger("callhub.antring")
 
@@ -335,9 +332,12 @@ class _TooMuchStored(Exception):
 
 
 class Reconciler:
-    def __init__(self, hub: Hub, client: AntRingClient, config: AntRingConfig, *, agents: AgentIndex,
-                 is_extension: Callable[[str | None], bool]) -> None:
-        self.hub = hub
+    def __init__(self, client: AntRingClient, config: AntRingConfig, *, agents: AgentIndex,
+                 is_extension: Callable[[str | None], bool], publish: Publish, store: EventStore,
+                 upstream: Upstream) -> None:
+        self._publish = publish
+        self._store = store
+        self._upstream = upstream
         self.client = client
         self.config = config
         self.agents = agents
@@ -381,7 +381,7 @@ class Reconciler:
             published = 0
             for event in self.plan(history, calls):
                 try:
-                    result = await self.hub.publish(event, default_source=SOURCE)
+                    result = await self._publish(event, default_source=SOURCE)
                 except HubError as exc:
                     logger.warning("antring reconciled call not stored: %s", exc.message)
                     complete = False
@@ -390,7 +390,7 @@ class Reconciler:
             if complete:
                 self.reconciled_until = max(self.reconciled_until or 0.0, until)
         if published:
-            self.hub.metrics.upstream_reconciled.labels(SOURCE).inc(published)
+            self._upstream.recovered(published)
             logger.info("antring reconciliation published %d missed call(s)", published)
         return published
 
@@ -443,7 +443,7 @@ class Reconciler:
         until = time.time() + WINDOW_MARGIN
         after = 0
         while True:
-            page = await self.hub.backend.stored_between(since=since, until=until, types=CALL_TYPES, source=SOURCE,
+            page = await self._store.stored_between(since=since, until=until, types=CALL_TYPES, source=SOURCE,
                                                          after=after, limit=STORE_PAGE)
             events.extend(orjson.loads(event.body) for event in page)
             if len(page) < STORE_PAGE:

@@ -13,11 +13,18 @@ from handlers.vbee.client import VbeeClient
 from handlers.vbee.config import VbeeConfig
 from handlers.vbee.normalize import SOURCE, Normalizer
 from handlers.vbee.routes import routes
-from hub.exceptions import InvalidEvent
-from hub.phone import PhoneForm, parse_phone
-from hub.plugin import Registry
-from hub.rules.actions import ActionContext, ActionSpec, Executor, public_params
-from hub.webhooks.inbound import Source, token_verifier
+from hub.plugin import (
+    ActionContext,
+    ActionSpec,
+    Executor,
+    InvalidEvent,
+    PhoneForm,
+    Registry,
+    Source,
+    parse_phone,
+    public_params,
+    token_verifier,
+)
 
 __all__ = ["VbeeConfig", "register"]
 
@@ -59,5 +66,5 @@ def register(registry: Registry) -> None:
         registry.add_action(ActionSpec(ADD_CONTACTS, add_contacts_action(client, config.phone_format),
                                        idempotent=False, group="vbee", required=ACTIONS[ADD_CONTACTS],
                                        describe=public_params("campaign_id", "phone_number")))
-    for route in routes(client, batch_size=config.batch_size, phone_format=config.phone_format):
+    for route in routes(client, registry.context, batch_size=config.batch_size, phone_format=config.phone_format):
         registry.add_route(route)

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import jwt
 
-from hub.outbound.retry import (
+from hub.plugin import (
     NO_RETRY,
     RetryPolicy,
     VendorClient,

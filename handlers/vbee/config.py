@@ -13,9 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from hub.config import HttpUrl
-from hub.phone import PhoneForm
-from hub.units import parse_duration
+from hub.plugin import HttpUrl, PhoneForm, parse_duration
 
 __all__ = [
     "DEFAULT_BASE_URL",

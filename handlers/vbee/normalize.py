@@ -21,11 +21,7 @@ import math
 from typing import Any
 
 from handlers.vbee.config import VbeeConfig, VbeeMapping, status_key
-from hub.events import EVENT_LIMITS
-from hub.exceptions import InvalidEvent
-from hub.matcher import lookup
-from hub.phone import call_party, normal_number
-from hub.webhooks.inbound import Delivery
+from hub.plugin import EVENT_LIMITS, Delivery, InvalidEvent, call_party, lookup, normal_number
 
 __all__ = ["SOURCE", "CALL_ENDED", "CONTACT_UPDATED", "UNKNOWN_OUTCOME", "Normalizer"]
 

@@ -31,11 +31,23 @@ from starlette.routing import Route
 
 from handlers.vbee.client import VbeeAuthError, VbeeClient, VbeeError, VbeeUnavailable
 from handlers.vbee.normalize import SOURCE
-from hub.events import hub_event
-from hub.exceptions import HubError, InvalidEvent, NotFound
-from hub.http.api import JSONResponse, hub_of, parse_json, read_body, require_json
-from hub.phone import InvalidPhoneNumber, Phone, PhoneForm, normal_number, parse_phone
-from hub.service import Hub
+from hub.plugin import (
+    HubError,
+    InvalidEvent,
+    InvalidPhoneNumber,
+    JSONResponse,
+    NotFound,
+    Phone,
+    PhoneForm,
+    PluginContext,
+    Publish,
+    hub_event,
+    normal_number,
+    parse_json,
+    parse_phone,
+    read_body,
+    require_json,
+)
 
 logger = logging.getLogger("callhub.vbee")
 
@@ -68,10 +80,12 @@ class _Outcome:
         self.rejected.append({"index": index, "phone_number": phone_number, "reason": reason, **extra})
 
 
-def routes(client: VbeeClient | None, *, batch_size: int, phone_format: PhoneForm) -> list[Route]:
+def routes(client: VbeeClient | None, context: PluginContext, *, batch_size: int,
+           phone_format: PhoneForm) -> list[Route]:
+    authenticate, publish = context.authenticate, context.publish
+
     async def add_contacts(request: Request) -> Response:
-        hub = hub_of(request)
-        hub.authenticate(request).require("admin")
+        authenticate(request).require("admin")
         if client is None:
             raise NotFound("the Vbee API is not configured: set [vbee] api_key and api_secret")
         campaign_id = request.path_params["campaign_id"]
@@ -108,7 +122,7 @@ def routes(client: VbeeClient | None, *, batch_size: int, phone_format: PhoneFor
                     outcome.reject(p.index, p.phone_number, exc.message, vendor_code=exc.vendor_code)
                 continue
             added = _match(batch, result, outcome)
-            await _record(hub, campaign_id, added)
+            await _record(publish, campaign_id, added)
             outcome.added.extend(added)
         if stopped is not None and not outcome.added:
             raise stopped
@@ -183,7 +197,7 @@ def _match(batch: Sequence[_Pending], result: list[dict[str, Any]], outcome: _Ou
     return added
 
 
-async def _record(hub: Hub, campaign_id: str, added: list[dict[str, Any]]) -> None:
+async def _record(publish: Publish, campaign_id: str, added: list[dict[str, Any]]) -> None:
     """One `campaign.contact.added` per contact, published together so they commit as one group."""
 
     async def one(item: dict[str, Any]) -> None:
@@ -194,7 +208,7 @@ async def _record(hub: Hub, campaign_id: str, added: list[dict[str, Any]]) -> No
         event["source"] = SOURCE
         event["id"] = f"added:{campaign_id}:{item['contact_id']}"
         try:
-            await hub.publish(event, default_source=SOURCE)
+            await publish(event, default_source=SOURCE)
         except HubError as exc:
             logger.warning("campaign.contact.added not recorded for %s: %s", item["contact_id"], exc.message)
 

@@ -17,10 +17,10 @@ from starlette.websockets import WebSocket
 
 from hub.auth import Principal
 from hub.exceptions import BadRequest, HubError, MethodNotAllowed, Unavailable
-from hub.http.api import MAX_SEQ, error_response
 from hub.live.fanout import Subscriber
 from hub.live.sinks import heartbeat_event, make_sink
 from hub.matcher import TypeFilter, parse_patterns
+from hub.requests import MAX_SEQ, error_response
 from hub.service import Hub
 
 logger = logging.getLogger("callhub.streams")
@@ -71,8 +71,8 @@ def _remote(scope: Scope) -> str:
 class SSEEndpoint:
     """`GET /v1/stream`, a plain ASGI app that owns the response from start to end.
 
-    `hub.app` calls it with the server's own `send` (no middleware around it), which is what
-    lets the fan-out write to the transport directly (`hub.sinks.transport_of`).
+    `hub.http.app` calls it with the server's own `send` (no middleware around it), which is what
+    lets the fan-out write to the transport directly (`hub.live.sinks.transport_of`).
     """
 
     def __init__(self, hub: Hub) -> None:

@@ -51,8 +51,6 @@ DROP_CODES = {
     "catchup_failed": (CloseCode.INTERNAL, "could not read history; resume from your last seq"),
     "bad_messages": (CloseCode.POLICY, "too many bad messages in a row"),
 }
-#: Stored rows a catch-up examines per page, as a multiple of its page size (narrow filters).
-SCAN_FACTOR = 20
 
 
 class Subscriber:
@@ -275,13 +273,7 @@ class Fanout:
         page_size = self.catchup_page
         try:
             while not sink.closed:
-                page = await self.backend.read(
-                    cursor,
-                    limit=page_size,
-                    agent=subscriber.agent,
-                    types=subscriber.filter,
-                    scan_limit=page_size * SCAN_FACTOR,
-                )
+                page = await self.backend.read(cursor, limit=page_size, agent=subscriber.agent, types=subscriber.filter)
                 if sink.closed:
                     return
                 if not gap_sent and cursor < page.trimmed_through:

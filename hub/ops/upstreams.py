@@ -1,35 +1,74 @@
 """Upstream connections (a vendor's socket, say): their state, for `/readyz`, metrics and events.
 
-A handler owning a long-lived upstream connection reports it here; the hub publishes
-`hub.upstream.connected` / `hub.upstream.disconnected` so dashboards see it live.
+A handler owning a long-lived upstream connection gets an `Upstream` (`Upstreams.register`) and
+reports through it: connected, disconnected, each signal received, calls recovered from history.
+The hub publishes `hub.upstream.connected` / `hub.upstream.disconnected` so dashboards see it live.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from hub.events import hub_event
-
-if TYPE_CHECKING:
-    from hub.service import Hub
+from hub.events import HUB_SOURCE, Publish, hub_event
+from hub.ops.metrics import Metrics
 
 __all__ = ["Upstream", "Upstreams"]
 
 logger = logging.getLogger("callhub.upstreams")
 
 
-@dataclass
 class Upstream:
-    name: str
-    connected: bool = False
-    #: Unix time of the last change.
-    since: float = field(default_factory=time.time)
-    #: Successful connections so far (the first one included).
-    connects: int = 0
-    detail: dict[str, Any] = field(default_factory=dict)
+    """One upstream connection's state, and how its owner reports on it."""
+
+    def __init__(self, name: str, detail: dict[str, Any], *, publish: Publish, metrics: Metrics) -> None:
+        self.name = name
+        self.connected = False
+        #: Unix time of the last change.
+        self.since = time.time()
+        #: Successful connections so far (the first one included).
+        self.connects = 0
+        self.detail = detail
+        self._publish = publish
+        self._metrics = metrics
+        self._signals = metrics.upstream_signals
+        metrics.upstream_connected.labels(name).set(0)
+
+    async def up(self, **detail: Any) -> None:
+        """The connection is (again) established."""
+        await self._change(True, detail)
+
+    async def down(self, **detail: Any) -> None:
+        """The connection is lost (`reason=...`)."""
+        await self._change(False, detail)
+
+    def signal(self, kind: str) -> None:
+        """A signal arrived (counted by kind, e.g. the vendor's event name)."""
+        self._signals.labels(self.name, kind).inc()
+
+    def recovered(self, count: int) -> None:
+        """Events recovered from the upstream's history after a gap."""
+        self._metrics.upstream_reconciled.labels(self.name).inc(count)
+
+    async def _change(self, connected: bool, detail: dict[str, Any]) -> None:
+        if self.connected == connected:
+            return
+        was_down_since = self.since
+        self.connected, self.since = connected, time.time()
+        self._metrics.upstream_connected.labels(self.name).set(1 if connected else 0)
+        if connected:
+            self.connects += 1
+            self._metrics.upstream_connects.labels(self.name).inc()
+        data: dict[str, Any] = {"upstream": self.name, **detail}
+        if connected:
+            data["down_s"] = round(self.since - was_down_since, 3)
+        type_ = "hub.upstream.connected" if connected else "hub.upstream.disconnected"
+        logger.info("upstream %s %s", self.name, "connected" if connected else "disconnected")
+        try:
+            await self._publish(hub_event(type_, data, subject=self.name), default_source=HUB_SOURCE)
+        except Exception:  # the hub shutting down must not break the consumer's bookkeeping
+            logger.debug("could not publish %s for %s", type_, self.name, exc_info=True)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -41,40 +80,17 @@ class Upstream:
 
 
 class Upstreams:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
+    def __init__(self, publish: Publish, metrics: Metrics) -> None:
+        self._publish = publish
+        self._metrics = metrics
         self.states: dict[str, Upstream] = {}
 
     def register(self, name: str, **detail: Any) -> Upstream:
-        upstream = self.states[name] = Upstream(name, detail=detail)
-        self.hub.metrics.upstream_connected.labels(name).set(0)
+        """The upstream `name` (its state starts down); its owner reports through the answer."""
+        if name in self.states:
+            raise ValueError(f"upstream {name!r} is registered twice")
+        upstream = self.states[name] = Upstream(name, detail, publish=self._publish, metrics=self._metrics)
         return upstream
-
-    async def connected(self, name: str, **detail: Any) -> None:
-        await self._change(name, True, detail)
-
-    async def disconnected(self, name: str, **detail: Any) -> None:
-        await self._change(name, False, detail)
-
-    async def _change(self, name: str, connected: bool, detail: dict[str, Any]) -> None:
-        upstream = self.states.get(name) or self.register(name)
-        if upstream.connected == connected:
-            return
-        was_down_since = upstream.since
-        upstream.connected, upstream.since = connected, time.time()
-        self.hub.metrics.upstream_connected.labels(name).set(1 if connected else 0)
-        if connected:
-            upstream.connects += 1
-            self.hub.metrics.upstream_connects.labels(name).inc()
-        data: dict[str, Any] = {"upstream": name, **detail}
-        if connected:
-            data["down_s"] = round(upstream.since - was_down_since, 3)
-        type_ = "hub.upstream.connected" if connected else "hub.upstream.disconnected"
-        logger.info("upstream %s %s", name, "connected" if connected else "disconnected")
-        try:
-            await self.hub.publish(hub_event(type_, data, subject=name), default_source="hub")
-        except Exception:  # the hub shutting down must not break the consumer's bookkeeping
-            logger.debug("could not publish %s for %s", type_, name, exc_info=True)
 
     def describe(self) -> dict[str, Any]:
         return {name: state.describe() for name, state in self.states.items()}

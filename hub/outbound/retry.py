@@ -1,4 +1,5 @@
-"""Calling other services: one retry policy and one retrying sender for every vendor client.
+"""Calling other services: one retry policy and one retrying sender, for every vendor client and
+the webhook sender. Answers are read within a limit (`read_limited`).
 
 Only idempotent requests are retried (GETs, or POSTs the vendor deduplicates): a request that
 may have side effects twice (ringing a phone) is sent once, whatever happens.
@@ -14,19 +15,12 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
 
 import httpx
 
-from hub.exceptions import HubError
+__all__ = ["RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "read_limited", "retry_after_seconds",
+           "stable_key", "ResponseTooLarge", "MAX_RESPONSE_BYTES", "ACCEPT_ENCODING"]
 
-__all__ = ["RetryPolicy", "retry_until", "send_with_retry", "read_limited", "retry_after_seconds", "stable_key",
-           "VendorClient", "VendorError", "ResponseTooLarge", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE",
-           "MAX_RESPONSE_BYTES"]
-
-#: Longest vendor message kept in an exception (a vendor's body is not ours to trust).
-MAX_VENDOR_MESSAGE = 200
 #: Most bytes of an answer read (decoded): a vendor's answer, or a webhook receiver's, is never
 #: read whole into memory whatever it sends. Larger answers are an error (`ResponseTooLarge`)
 #: unless the caller only wants their beginning (`truncate`).
@@ -195,64 +189,3 @@ async def _sleep(sleep: Callable[[float], object], delay: float) -> None:
     result = sleep(delay)
     if asyncio.iscoroutine(result):
         await result
-
-
-def json_or_none(response: httpx.Response) -> Any:
-    """A vendor's answer as JSON, or None when it is empty or not JSON (its status still tells)."""
-    if not response.content:
-        return None
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
-def vendor_text(value: object) -> str | None:
-    """A message out of a vendor's answer, cut to `MAX_VENDOR_MESSAGE`; None unless a non-empty string."""
-    return value[:MAX_VENDOR_MESSAGE] if isinstance(value, str) and value else None
-
-
-class VendorError(HubError):
-    """A vendor refused a request or answered something its client cannot read (502 to our callers).
-
-    Subclasses name the `vendor`; `status`, `vendor_message` and `path` say what happened, never
-    with a secret in them.
-    """
-
-    status_code = 502
-    code = "vendor_error"
-    vendor = "vendor"
-
-    def __init__(self, message: str, *, status: int | None = None, vendor_message: str | None = None,
-                 path: str | None = None, code: str | None = None, **details: Any) -> None:
-        super().__init__(message, code=code, vendor=self.vendor, status=status, vendor_message=vendor_message,
-                         path=path, **details)
-        self.status = status
-        self.vendor_message = vendor_message
-        self.path = path
-
-
-class VendorClient:
-    """What every vendor's HTTP client shares: an httpx client (its own, or the owner's, which is
-    then not closed here), the timeout and retry policy, closing, and `async with`."""
-
-    def __init__(self, base_url: str, *, timeout: float, retry: RetryPolicy,
-                 http: httpx.AsyncClient | None = None, limits: httpx.Limits | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
-        self.retry = retry
-        self._own_http = http is None
-        if http is None:
-            http = httpx.AsyncClient(timeout=timeout, limits=limits) if limits else httpx.AsyncClient(timeout=timeout)
-        self._http = http
-
-    async def aclose(self) -> None:
-        if self._own_http:
-            await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()

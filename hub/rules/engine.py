@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from hub.config import ConfigError
 from hub.matcher import OPERATORS, Condition, ConditionError, TypeFilter, parse_patterns
 from hub.rules.schedule import Schedule
 from hub.rules.templates import MissingField, Template, TemplateError, compile_params, render_params
@@ -37,7 +38,7 @@ from hub.units import parse_duration
 
 logger = logging.getLogger("callhub.rules")
 
-__all__ = ["RuleSet", "Rule", "RuleProblem", "load_rules", "Firing", "chain_depth", "MAX_ACTION_CHAIN"]
+__all__ = ["Rules", "RulesInvalid", "RuleSet", "Rule", "RuleProblem", "load_rules", "Firing", "chain_depth", "MAX_ACTION_CHAIN"]
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 #: An action's outcome (`action.*`) may trigger rules whose outcomes may trigger rules...: the
@@ -348,3 +349,75 @@ class RuleSet:
                     errors.append(f"{action['type']}: {exc}")
             firings.append(Firing(rule, requests, errors, cooldown))
         return firings
+
+
+class RulesInvalid(ConfigError):
+    """The rules cannot be loaded; `rule_problems` says where, by file, rule and key."""
+
+    def __init__(self, problems: list[RuleProblem]) -> None:
+        super().__init__([(f"rules ({p.file}: {p.rule})", f"{p.key}: {p.message}") for p in problems], "rules")
+        self.rule_problems = problems
+
+
+class Rules:
+    """The rules in force: loaded once when the hub is built, reloaded on demand (SIGHUP,
+    `POST /v1/rules/reload`) keeping the rules in force when the new ones have problems. The one
+    place their counters change: matches here, actions' outcomes through `outcome`.
+    """
+
+    def __init__(self, inline: list[Any], rules_file: str | None, actions: Mapping[str, Sequence[str]],
+                 on_match: Callable[[str], None] = lambda rule: None) -> None:
+        self._inline = inline
+        self._file = rules_file
+        #: Action types rules may use, with their required parameters.
+        self._actions = dict(actions)
+        self._on_match = on_match
+        self.current = RuleSet([])
+        self.status: dict[str, Any] = {}
+
+    def load(self) -> list[RuleProblem]:
+        """(Re)load the rules; on any problem keep the rules in force and return the problems."""
+        rules, problems = load_rules(self._inline, self._file, self._actions)
+        if rules is None:
+            self.status = {"ok": False, "at": time.time(), "problems": [str(p) for p in problems]}
+            logger.error("rules not (re)loaded, %d problem(s); keeping %d rule(s) in force:\n  %s",
+                         len(problems), len(self.current.rules), "\n  ".join(str(p) for p in problems))
+            return problems
+        rules.carry_counters(self.current)
+        self.current = rules
+        self.status = {"ok": True, "at": time.time(), "problems": []}
+        logger.info("%d rule(s) loaded", len(rules.rules))
+        return []
+
+    def candidates(self, type_: str) -> list[Rule]:
+        return self.current.candidates(type_)
+
+    def evaluate(self, event: Mapping[str, Any], *, now: float) -> list[Firing]:
+        """The rules that fire for `event` (cooldowns consumed), counted as matches."""
+        firings = self.current.evaluate(event, now=now)
+        wall = time.time()
+        for firing in firings:
+            counters = firing.rule.counters
+            counters.matched += 1
+            counters.last_fired = wall
+            self._on_match(firing.rule.name)
+        return firings
+
+    def dry_run(self, event: Mapping[str, Any]) -> list[Firing]:
+        """What would fire for `event`, changing nothing (cooldowns read, not consumed)."""
+        return self.current.evaluate(event, dry_run=True)
+
+    def outcome(self, rule_name: str, state: str) -> None:
+        """An action of `rule_name` ended in `state`."""
+        rule = next((r for r in self.current.rules if r.name == rule_name), None)
+        if rule is not None:
+            if state == "succeeded":
+                rule.counters.actions_ok += 1
+            else:
+                rule.counters.actions_failed += 1
+
+    def restore_cooldowns(self, cooldowns: Iterable[tuple[str, str, float]]) -> None:
+        self.current.restore_cooldowns(cooldowns)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [r.describe() for r in self.current.rules]

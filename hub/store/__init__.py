@@ -1,19 +1,20 @@
-"""Storage and cross-process fan-out backends, chosen by URL.
+"""The store: the event log and the rules journal, behind one contract (`hub.store.base`).
 
-Each backend lives in its own module and is imported only when its scheme is asked for
-(as encode/broadcaster does), so a new backend adds a module and a line here.
+A backend is a module with one class, chosen by the scheme of `[backend] url` and imported only
+when asked for (as encode/broadcaster does), so a new backend is a module and a line here.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-if TYPE_CHECKING:
-    from hub.config import Config
-    from hub.store.base import Backend
+from pydantic import ValidationError
 
-__all__ = ["SCHEMES", "open_backend"]
+from hub.config import BackendConfig, ConfigError
+from hub.store.base import Backend
+
+__all__ = ["SCHEMES", "open_backend", "Backend"]
 
 #: URL scheme -> "module:Class".
 SCHEMES: dict[str, str] = {
@@ -21,10 +22,19 @@ SCHEMES: dict[str, str] = {
 }
 
 
-def open_backend(config: Config) -> Backend:
-    url = config.backend.url
+def open_backend(config: BackendConfig, data_dir: Path) -> Backend:
+    """The backend `config.url` names, with its own options validated (nothing is opened yet:
+    `Backend.start` does). `ConfigError` names the `[backend]` key of every problem."""
+    url = config.url
     scheme = url.split("://", 1)[0] if "://" in url else url
+    if scheme not in SCHEMES:
+        raise ConfigError([("backend.url", f"unknown backend {url!r}; known: {', '.join(sorted(SCHEMES))}")])
     module_name, class_name = SCHEMES[scheme].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    backend: Backend = cls(config)
-    return backend
+    cls: type[Backend] = getattr(importlib.import_module(module_name), class_name)
+    try:
+        options = cls.Options.model_validate(config.options)
+    except ValidationError as exc:
+        raise ConfigError([(".".join(("backend", *(str(p) for p in err["loc"]))),
+                            "unknown key" if err["type"] == "extra_forbidden" else err["msg"])
+                           for err in exc.errors()]) from None
+    return cls(url=url, options=options, data_dir=data_dir)  # type: ignore[call-arg]

@@ -1,23 +1,58 @@
-"""The contract every backend fulfils: a durable, numbered event log that tells the local
-fan-out about every committed event, in `seq` order, exactly once.
+"""The store's contract: what a backend module provides, so a second backend is one more module.
 
-    append(event) ──commit──> AppendResult(seq, duplicate)     (only after the commit is durable)
-                      └─────> on_commit([Event, ...])          (same process, seq order)
-    read(after, ...) ───────> Page(events, next, trimmed_through, head)
+A backend is two things behind one URL scheme (`[backend] url`):
+
+- the **event log**: durable, numbered, deduplicated; it tells this process's fan-out about
+  every commit, in `seq` order, exactly once;
+
+      append(event) ──commit──> AppendResult(seq, duplicate)     (only after the commit is durable)
+                        └─────> on_commit([Event, ...])          (same process, seq order)
+      read(after, ...) ───────> Page(events, next, trimmed_through, head)
+
+- the **rules journal** (`Journal`): which rule actions started and how they ended, how far the
+  rules have evaluated the log (the cursor), and the cooldowns running.
+
+Each backend class declares its own options (`Options`, validated from the `[backend]` table
+beside `url`), keeps its scan budgets to itself, and answers look-ups by the fields this
+contract declares indexed (`INDEXED_FIELDS`), not by arbitrary JSON paths. The behaviour suite
+in `tests/test_store_contract.py` runs against every backend.
 """
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection
-from typing import Any, NamedTuple
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict
 
 from hub.events import Event
 from hub.matcher import TypeFilter
 
-__all__ = ["Backend", "AppendResult", "Page", "CommitListener"]
+__all__ = ["Backend", "Journal", "JournalEntry", "Unfinished", "AppendResult", "Page", "CommitListener",
+           "IndexedField", "INDEXED_FIELDS", "indexed_values", "NoOptions"]
 
 CommitListener = Callable[[list[Event]], None]
+#: Fields of `data` every backend indexes, for look-ups off the hot path (`Backend.find`).
+IndexedField = Literal["call_id", "recording"]
+INDEXED_FIELDS: tuple[IndexedField, ...] = ("call_id", "recording")
+
+
+def indexed_values(event: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """An event's `data.call_id` and `data.recording`, when they are strings (what `find` looks up)."""
+    data = event.get("data")
+    if not isinstance(data, dict):
+        return None, None
+    call_id, recording = data.get("call_id"), data.get("recording")
+    return (call_id if isinstance(call_id, str) else None, recording if isinstance(recording, str) else None)
+
+
+class NoOptions(BaseModel):
+    """A backend without options of its own."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class AppendResult(NamedTuple):
@@ -40,6 +75,11 @@ class Page(NamedTuple):
 
 
 class Backend(ABC):
+    """Constructed as `Backend(url=..., options=<its Options>, data_dir=...)`, opening nothing
+    until `start` (so `callhub check` can build one to validate a config)."""
+
+    #: The backend's own options: the `[backend]` table's keys beside `url`.
+    Options: ClassVar[type[BaseModel]] = NoOptions
     #: Highest seq this process has been told about through `on_commit`.
     head: int = 0
 
@@ -52,22 +92,26 @@ class Backend(ABC):
         """Store `event` (validated, without `seq`) durably; deduplicate on (`source`, `id`)."""
 
     @abstractmethod
-    async def read(
-        self, after: int, *, limit: int, agent: str | None, types: TypeFilter, scan_limit: int
-    ) -> Page:
+    async def read(self, after: int, *, limit: int, agent: str | None, types: TypeFilter) -> Page:
         """Events with seq > `after`, oldest first, at most `limit` of them.
 
-        `agent` set: only events whose `data.agent` equals it. At most `scan_limit` stored
-        events are examined, so a narrow filter cannot make one read unbounded.
+        `agent` set: only events whose `data.agent` equals it. The backend examines a bounded
+        number of stored events per call (its own scan budget), so a narrow filter cannot make
+        one read unbounded: a page may then hold fewer than `limit` events with a `next` still
+        behind the head, and the caller reads on from `next`.
         """
 
     @abstractmethod
-    async def find(self, *, path: str, value: str, agent: str | None, limit: int,
-                   source: str | None = None) -> list[Event]:
-        """Newest first, stored events whose `data.<path>` (dotted) equals `value`.
+    async def get(self, seq: int) -> Event | None:
+        """The stored event with this seq (None if there is none, or retention removed it)."""
 
-        `agent` set: only that agent's events; `source` set: only events from that source. For
-        look-ups such as "which call has this recording"; not for the hot path.
+    @abstractmethod
+    async def find(self, field: IndexedField, value: str, *, agent: str | None, source: str | None,
+                   limit: int) -> list[Event]:
+        """Newest first, at most `limit` stored events whose `data.<field>` equals `value`.
+
+        `agent` set: only that agent's events; `source` set: only that source's. For look-ups such
+        as "which call has this recording"; bounded by the index, not a scan.
         """
 
     @abstractmethod
@@ -94,3 +138,79 @@ class Backend(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Finish pending writes, flush, release everything."""
+
+    @abstractmethod
+    def journal(self) -> Journal:
+        """The rules journal this backend keeps (one per backend; opened by its own `start`)."""
+
+
+# -- the rules journal ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One action about to run (or failed before running: `error`), on its way into the journal."""
+
+    key: str
+    rule: str
+    type: str
+    event_id: str
+    seq: int
+    request: Mapping[str, Any]
+    error: str | None = None
+
+
+class Unfinished(NamedTuple):
+    """An action the journal shows started and not finished (the hub stopped while it ran)."""
+
+    key: str
+    rule: str
+    type: str
+    event_id: str
+    seq: int
+    request: dict[str, Any]
+
+
+class Journal(ABC):
+    """What rule actions need remembered across restarts: each started at most once, how each
+    ended, how far the log was evaluated, and the cooldowns running.
+
+    Writes are applied in the order the calls were made (the futures are made at call time, the
+    writes queued then), which is what lets the cursor be written lazily: a cursor written after
+    a `begin` can never be durable before it.
+    """
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open it (before any other call)."""
+
+    @abstractmethod
+    def begin(self, entries: Sequence[JournalEntry], cursor: int | None,
+              cooldowns: Sequence[tuple[str, str, float]] = ()) -> asyncio.Future[list[bool]]:
+        """Record that these actions start (or failed before starting), the cooldowns their rules
+        started, and move the cursor, in one durable write. The answer says, per entry, whether it
+        is new: an entry already journaled must not run again."""
+
+    @abstractmethod
+    def finish(self, key: str, state: str, result: Any) -> asyncio.Future[None]:
+        """Record how an action ended (`succeeded`, `failed`, `unknown`)."""
+
+    @abstractmethod
+    def set_cursor(self, seq: int) -> asyncio.Future[None]:
+        """Events up to `seq` have been evaluated (the cursor never moves back)."""
+
+    @abstractmethod
+    async def unfinished(self) -> list[Unfinished]:
+        """Actions started and never finished."""
+
+    @abstractmethod
+    async def cursor(self) -> int | None:
+        """The highest seq whose rule firings are all journaled; None for a new journal."""
+
+    @abstractmethod
+    async def cooldowns(self, now: float) -> list[tuple[str, str, float]]:
+        """(rule, key, until) of the cooldowns still running at `now`; expired ones are forgotten."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release everything."""

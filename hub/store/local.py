@@ -9,6 +9,9 @@ answered and the fan-out told, in seq order, on the event loop.
 each event's final JSON, `seq` included, once, before the insert. Retention never lowers
 `trimmed_through`, and the next seq is always above both the highest stored and the
 highest trimmed seq, so a seq is never reused.
+
+The rules journal (`SQLiteJournal`) is a second SQLite file beside it (`actions.db`) with a
+thread of its own: its fsyncs never wait behind the event log's, nor the log's behind it.
 """
 
 from __future__ import annotations
@@ -17,20 +20,31 @@ import asyncio
 import logging
 import os
 import queue
-import re
 import sqlite3
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from hub.config import Config
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
 from hub.events import Event, encode_event
 from hub.exceptions import InvalidEvent, Unavailable
 from hub.matcher import TypeFilter
-from hub.store.base import AppendResult, Backend, CommitListener, Page
+from hub.store.base import (
+    AppendResult,
+    Backend,
+    CommitListener,
+    IndexedField,
+    Journal,
+    JournalEntry,
+    Page,
+    Unfinished,
+    indexed_values,
+)
 
 logger = logging.getLogger("callhub.store")
 
@@ -40,7 +54,13 @@ READER_THREADS = 4
 TRIM_CHUNK = 5000
 #: Rows fetched per round trip while scanning history.
 SCAN_CHUNK = 500
+#: Stored events one `read` examines at most, as a multiple of its page size (at least 100):
+#: a narrow filter or agent scope then returns a short page rather than scanning the log.
+SCAN_FACTOR = 20
 DB_FILE = "events.db"
+JOURNAL_FILE = "actions.db"
+#: The schema version the indexed columns (`call_id`, `recording`) came with.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -50,16 +70,33 @@ CREATE TABLE IF NOT EXISTS events (
     type   TEXT NOT NULL,
     agent  TEXT,
     ts     INTEGER NOT NULL,   -- when the hub stored it, ms since the epoch (for retention by age)
-    body   BLOB NOT NULL       -- the CloudEvent JSON, seq included, exactly as delivered
+    body   BLOB NOT NULL,      -- the CloudEvent JSON, seq included, exactly as delivered
+    call_id   TEXT,            -- data.call_id and data.recording: the indexed fields (INDEXED_FIELDS)
+    recording TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS events_source_id ON events (source, id);
 CREATE INDEX IF NOT EXISTS events_agent_seq ON events (agent, seq);
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
+#: Run after the schema: indexes on the indexed fields (also for a log made before they existed).
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_call_id ON events (call_id, seq) WHERE call_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_recording ON events (recording, seq) WHERE recording IS NOT NULL;
+"""
 
 _STOP = object()
-_DOTTED = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+class LocalOptions(BaseModel):
+    """`[backend]` keys of the local backend (beside `url = "local"`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    #: SQLite `synchronous` mode: `full` fsyncs every group commit (survives power loss);
+    #: `normal` survives a process crash (kill -9) but not a power cut.
+    synchronous: Literal["full", "normal"] = "full"
+    #: Most events written in one transaction (group commit).
+    max_batch: int = Field(512, ge=1, le=100_000)
 
 
 class _Append:
@@ -73,10 +110,13 @@ class _Append:
 
 
 class LocalBackend(Backend):
-    def __init__(self, config: Config) -> None:
-        self.path = Path(config.server.data_dir) / DB_FILE
-        self.synchronous = config.backend.synchronous.upper()
-        self.max_batch = config.backend.max_batch
+    Options = LocalOptions
+
+    def __init__(self, *, url: str, options: LocalOptions, data_dir: Path) -> None:
+        self.path = data_dir / DB_FILE
+        self.synchronous = options.synchronous.upper()
+        self.max_batch = options.max_batch
+        self._journal = SQLiteJournal(data_dir / JOURNAL_FILE)
         self.head = 0
         self.trimmed_through = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -111,13 +151,39 @@ class LocalBackend(Backend):
             await asyncio.to_thread(self._writer.join)
         self._readers.shutdown(wait=True)
 
+    def journal(self) -> SQLiteJournal:
+        return self._journal
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(_SCHEMA)
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version < SCHEMA_VERSION:
+            self._migrate(conn, version)
+        conn.executescript(_INDEXES)
         return conn
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection, version: int) -> None:
+        """A log from before the indexed columns: add them and fill them in from the stored bodies, once."""
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for column in ("call_id", "recording"):
+                if column not in columns:
+                    conn.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
+                    conn.execute(f"UPDATE events SET {column} = json_extract(body, '$.data.{column}') "
+                                 f"WHERE json_type(body, '$.data.{column}') = 'text'")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        logger.info("event store %s: indexed call ids and recordings (schema %d -> %d)", conn, version,
+                    SCHEMA_VERSION)
 
     @staticmethod
     def _initial_state(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -215,9 +281,11 @@ class LocalBackend(Backend):
                     results.append((item.future, InvalidEvent(f"the event cannot be encoded as JSON: {exc}",
                                                               code="unencodable")))
                     continue
+                call_id, recording = indexed_values(event)
                 cur = conn.execute(
-                    "INSERT OR IGNORE INTO events (seq, source, id, type, agent, ts, body) VALUES (?,?,?,?,?,?,?)",
-                    (seq, event["source"], event["id"], event["type"], item.agent, now_ms, body),
+                    "INSERT OR IGNORE INTO events (seq, source, id, type, agent, ts, body, call_id, recording)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (seq, event["source"], event["id"], event["type"], item.agent, now_ms, body, call_id, recording),
                 )
                 if cur.rowcount == 1:
                     results.append((item.future, AppendResult(seq, False)))
@@ -334,26 +402,34 @@ class LocalBackend(Backend):
 
     # -- reads -------------------------------------------------------------------------------
 
-    async def read(
-        self, after: int, *, limit: int, agent: str | None, types: TypeFilter, scan_limit: int
-    ) -> Page:
+    async def read(self, after: int, *, limit: int, agent: str | None, types: TypeFilter) -> Page:
+        scan_limit = max(limit, 100) * SCAN_FACTOR
+        page: Page = await self._in_reader(self._read, after, limit, agent, types, scan_limit)
+        return page
+
+    async def get(self, seq: int) -> Event | None:
+        event: Event | None = await self._in_reader(self._get, seq)
+        return event
+
+    def _get(self, seq: int) -> Event | None:
+        row = self._reader().execute("SELECT seq, type, agent, body FROM events WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else Event(row[0], row[1], row[2], row[3])
+
+    async def _in_reader(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._closed or self._loop is None:
             raise Unavailable("the event store is closed")
-        return await self._loop.run_in_executor(self._readers, self._read, after, limit, agent, types, scan_limit)
+        return await self._loop.run_in_executor(self._readers, fn, *args)
 
-    async def find(self, *, path: str, value: str, agent: str | None, limit: int,
-                   source: str | None = None) -> list[Event]:
-        if self._closed or self._loop is None:
-            raise Unavailable("the event store is closed")
-        if not _DOTTED.fullmatch(path):
-            raise ValueError(f"not a dotted path: {path!r}")
-        return await self._loop.run_in_executor(self._readers, self._find, "$.data." + path, value, agent, limit,
-                                                source)
+    async def find(self, field: IndexedField, value: str, *, agent: str | None, source: str | None,
+                   limit: int) -> list[Event]:
+        if field not in ("call_id", "recording"):
+            raise ValueError(f"{field!r} is not an indexed field")
+        events: list[Event] = await self._in_reader(self._find, field, value, agent, limit, source)
+        return events
 
-    def _find(self, json_path: str, value: str, agent: str | None, limit: int, source: str | None) -> list[Event]:
-        # SQLite's JSON functions read the stored body; the agent index narrows the scan.
-        sql = "SELECT seq, type, agent, body FROM events WHERE json_extract(body, ?) = ?"
-        args: list[Any] = [json_path, value]
+    def _find(self, field: str, value: str, agent: str | None, limit: int, source: str | None) -> list[Event]:
+        sql = f"SELECT seq, type, agent, body FROM events WHERE {field} = ?"  # noqa: S608 (a declared column)
+        args: list[Any] = [value]
         if agent is not None:
             sql += " AND agent = ?"
             args.append(agent)
@@ -368,13 +444,11 @@ class LocalBackend(Backend):
     async def stored_between(
         self, *, since: float, until: float, types: Collection[str], source: str | None, after: int, limit: int
     ) -> list[Event]:
-        if self._closed or self._loop is None:
-            raise Unavailable("the event store is closed")
         if limit < 1 or not types:
             raise ValueError("stored_between needs a positive limit and at least one type")
-        return await self._loop.run_in_executor(
-            self._readers, self._stored_between, since, until, sorted(types), source, after, limit
-        )
+        events: list[Event] = await self._in_reader(self._stored_between, since, until, sorted(types), source, after,
+                                                    limit)
+        return events
 
     def _stored_between(self, since: float, until: float, types: list[str], source: str | None, after: int,
                         limit: int) -> list[Event]:
@@ -445,3 +519,120 @@ class LocalBackend(Backend):
             # Nothing more in this snapshot: the caller may continue from the head.
             cursor = max(cursor, head)
         return Page(events, cursor, trimmed, head)
+
+
+# -- the rules journal ------------------------------------------------------------------------------
+
+_JOURNAL_SCHEMA = """
+CREATE TABLE IF NOT EXISTS actions (key TEXT PRIMARY KEY, rule TEXT, type TEXT, event_id TEXT,
+    state TEXT NOT NULL, request BLOB, started REAL, finished REAL, result BLOB, seq INTEGER);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS cooldowns (rule TEXT NOT NULL, key TEXT NOT NULL, until REAL NOT NULL,
+    PRIMARY KEY (rule, key));
+"""
+
+
+class SQLiteJournal(Journal):
+    """The rules journal in one SQLite file (WAL, fsync per write), written by one thread in call order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="callhub-journal")
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Queue `fn(*args)` on the journal's thread now (so in call order) and return its future."""
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def start(self) -> None:
+        await self._submit(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_JOURNAL_SCHEMA)
+        if "seq" not in {row[1] for row in db.execute("PRAGMA table_info(actions)")}:
+            db.execute("ALTER TABLE actions ADD COLUMN seq INTEGER")  # a journal from before the rules cursor
+        self._db = db
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise Unavailable("the rules journal is not open")
+        return self._db
+
+    def begin(self, entries: Sequence[JournalEntry], cursor: int | None,
+              cooldowns: Sequence[tuple[str, str, float]] = ()) -> asyncio.Future[list[bool]]:
+        future: asyncio.Future[list[bool]] = self._submit(self._begin, list(entries), cursor, list(cooldowns))
+        return future
+
+    def _begin(self, entries: list[JournalEntry], cursor: int | None,
+               cooldowns: list[tuple[str, str, float]]) -> list[bool]:
+        db, now = self._conn, time.time()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            fresh = []
+            for e in entries:
+                state, result = ("failed", orjson.dumps({"error": e.error})) if e.error else ("started", None)
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO actions (key, rule, type, event_id, seq, state, request, started,"
+                    " finished, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.key, e.rule, e.type, e.event_id, e.seq, state, orjson.dumps(dict(e.request), default=str),
+                     now, now if e.error else None, result),
+                )
+                fresh.append(cur.rowcount == 1)
+            if cooldowns:
+                db.executemany("INSERT INTO cooldowns (rule, key, until) VALUES (?, ?, ?) ON CONFLICT"
+                               " (rule, key) DO UPDATE SET until = excluded.until", cooldowns)
+            if cursor is not None:
+                self._write_cursor(cursor)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return fresh
+
+    def finish(self, key: str, state: str, result: Any) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._submit(self._finish, key, state, orjson.dumps(result, default=str))
+        return future
+
+    def _finish(self, key: str, state: str, result: bytes) -> None:
+        self._conn.execute("UPDATE actions SET state = ?, finished = ?, result = ? WHERE key = ?",
+                           (state, time.time(), result, key))
+
+    def set_cursor(self, seq: int) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._submit(self._write_cursor, seq)
+        return future
+
+    def _write_cursor(self, seq: int) -> None:
+        self._conn.execute("INSERT INTO meta (key, value) VALUES ('rules_cursor', ?) ON CONFLICT(key) DO UPDATE"
+                           " SET value = MAX(value, excluded.value)", (seq,))
+
+    async def unfinished(self) -> list[Unfinished]:
+        rows: list[tuple[Any, ...]] = await self._submit(lambda: self._conn.execute(
+            "SELECT key, rule, type, event_id, COALESCE(seq, 0), request FROM actions WHERE state = 'started'"
+        ).fetchall())
+        return [Unfinished(key, rule, type_, event_id, seq, orjson.loads(request))
+                for key, rule, type_, event_id, seq, request in rows]
+
+    async def cursor(self) -> int | None:
+        row = await self._submit(lambda: self._conn.execute(
+            "SELECT value FROM meta WHERE key = 'rules_cursor'").fetchone())
+        return None if row is None else int(row[0])
+
+    async def cooldowns(self, now: float) -> list[tuple[str, str, float]]:
+        rows: list[tuple[str, str, float]] = await self._submit(self._cooldowns, now)
+        return rows
+
+    def _cooldowns(self, now: float) -> list[tuple[str, str, float]]:
+        self._conn.execute("DELETE FROM cooldowns WHERE until <= ?", (now,))
+        rows: list[tuple[str, str, float]] = self._conn.execute("SELECT rule, key, until FROM cooldowns").fetchall()
+        return rows
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._submit(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)

@@ -11,9 +11,8 @@ vendor handlers (`Registry.add_source`, e.g. Vbee). For every delivery, in this 
 
 The signature is computed as the body streams in, and a sender without valid credentials is
 refused before its body is read at all. The event's `id` is the delivery's idempotency key, so
-a redelivery answers the same 200 with the original seq and stores nothing new. The endpoint is
-a plain ASGI app, called straight from `hub.app`: senders burst, and Starlette's middleware
-would cost each request for nothing.
+a redelivery answers the same 200 with the original seq and stores nothing new. The endpoint
+itself is `hub.http.webhooks`.
 """
 
 from __future__ import annotations
@@ -24,20 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-import orjson
 from starlette.datastructures import Headers, QueryParams
-from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
 
-from hub.config import SourceConfig
-from hub.exceptions import HubError, InvalidEvent, MethodNotAllowed, NotFound
-from hub.http.api import error_response, parse_json, read_body
+from hub.config import ConfigError, SourceConfig
+from hub.exceptions import InvalidEvent
 from hub.matcher import lookup
-from hub.service import Hub
 from hub.webhooks.signatures import (
     NO_BODY_CHECK,
     BodyCheck,
-    SignatureError,
     begin_hmac_sha256,
     begin_standard_webhook,
     begin_token,
@@ -47,10 +40,8 @@ from hub.webhooks.signatures import (
 
 logger = logging.getLogger("callhub.webhooks")
 
-__all__ = ["Delivery", "Source", "Verifier", "BodyCheck", "Normalize", "WebhookEndpoint", "mapped_source",
-           "verifier_for", "token_verifier", "PREFIX"]
-
-PREFIX = "/v1/webhooks/"
+__all__ = ["Delivery", "Source", "Verifier", "BodyCheck", "Normalize", "mapped_source", "verifier_for",
+           "token_verifier", "sources_of"]
 
 
 @dataclass
@@ -173,54 +164,11 @@ def mapped_source(config: SourceConfig) -> Source:
     return Source(config.name, verifier_for(config), normalize, config.format)
 
 
-class WebhookEndpoint:
-    """`POST /v1/webhooks/{source}` for every known source."""
-
-    def __init__(self, hub: Hub, sources: dict[str, Source]) -> None:
-        self.hub = hub
-        self.sources = sources
-        metrics = hub.metrics
-        self._received = metrics.webhooks_received
-        self._rejected = metrics.webhooks_rejected
-        self._counters: dict[tuple[str, bool], Any] = {}
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request = Request(scope, receive)
-        name = scope["path"][len(PREFIX):]
-        source = self.sources.get(name)
-        label = name if source is not None else "unknown"
-        try:
-            if source is None:
-                raise NotFound(f"no webhook source named {name[:64]!r}")
-            if scope["method"] != "POST":
-                raise MethodNotAllowed("webhooks are POSTed")
-            try:
-                check = source.verify(request.headers, request.query_params)
-                body = await read_body(request, self.hub.config.server.max_body, on_chunk=check.update)
-                check.finish()
-            except SignatureError as exc:
-                self._rejected.labels(label, exc.reason).inc()
-                raise
-            delivery = Delivery(name, body, request.headers, request.query_params)
-            if source.format == "json":
-                delivery.payload = parse_json(body)
-            event = source.normalize(delivery)
-            result = await self.hub.publish(event, default_source=name)
-        except HubError as exc:
-            if not isinstance(exc, SignatureError):
-                self._rejected.labels(label, exc.code).inc()
-            await error_response(exc)(scope, receive, send)
-            return
-        self._count(label, result.duplicate)
-        # Senders burst: the answer is written as two ready-made ASGI messages.
-        body = orjson.dumps({"id": result.id, "seq": result.seq, "duplicate": result.duplicate})
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
-        await send({"type": "http.response.body", "body": body})
-
-    def _count(self, label: str, duplicate: bool) -> None:
-        key = (label, duplicate)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self._received.labels(label, "duplicate" if duplicate else "stored")
-        counter.inc()
+def sources_of(configured: list[SourceConfig], built_in: list[Source]) -> dict[str, Source]:
+    """`[[sources]]` and the handlers' built-in ones, by name; a name may be used once."""
+    sources: dict[str, Source] = {}
+    for source in [*(mapped_source(c) for c in configured), *built_in]:
+        if source.name in sources:
+            raise ConfigError([("sources", f"webhook source {source.name!r} is defined twice")])
+        sources[source.name] = source
+    return sources

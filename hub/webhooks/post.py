@@ -1,4 +1,4 @@
-"""Webhooks the hub sends: Standard Webhooks signatures and the `webhook.post` rule action.
+"""The `webhook.post` rule action: the triggering event, or a template, POSTed by the one sender.
 
     [[rules.actions]]
     type = "webhook.post"
@@ -13,61 +13,33 @@ Every request carries `webhook-id`, `webhook-timestamp` and `webhook-signature`
 hub generates into `data_dir/webhook.secret`. `webhook-id` is derived from the rule, the event
 and the action, so it is the same on every retry and after a restart: receivers deduplicate on
 it, which is what makes the action safe to retry (5xx, 429, timeouts, refused connections,
-until `retry_for`). Targets pass the SSRF guard in `hub.egress`.
+until `retry_for`). Targets pass the SSRF guard (`hub.outbound.guard`) in `hub.webhooks.sender`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
 from hub.config import WebhookActionConfig
-from hub.exceptions import HubError, InvalidEvent
-from hub.outbound.guard import EgressPolicy
-from hub.outbound.retry import NO_RETRY, RetryPolicy, retry_until, send_with_retry, stable_key
+from hub.exceptions import InvalidEvent
+from hub.outbound.retry import NO_RETRY, retry_until, stable_key
 from hub.rules.actions import ActionContext, ActionSpec, Executor
-from hub.webhooks.signatures import decode_whsec, standard_webhook_signature
+from hub.webhooks.sender import WebhookFailed, WebhookSender, WebhookSigner
 
-__all__ = ["WebhookSigner", "WebhookFailed", "webhook_post_action", "webhook_post_spec", "WEBHOOK_POST", "CORE_ACTIONS"]
+__all__ = ["webhook_post_spec", "WEBHOOK_POST", "CORE_ACTIONS"]
 
 WEBHOOK_POST = "webhook.post"
 #: The action types the core provides, with their required parameters.
 CORE_ACTIONS: dict[str, tuple[str, ...]] = {WEBHOOK_POST: ("url",)}
 #: Largest body the action sends (a rendered template or the event).
 MAX_BODY = 1024 * 1024
-#: How much of the receiver's answer is read (then the connection is let go).
-MAX_ANSWER_BYTES = 4096
 #: Headers a rule may not set: they are the signature's, or the transport's.
 RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection",
                               "webhook-id", "webhook-timestamp", "webhook-signature"})
-USER_AGENT = "callhub-webhooks/1"
-
-
-class WebhookFailed(HubError):
-    """The receiver did not accept the webhook (after retries), or could not be reached."""
-
-    status_code = 502
-    code = "webhook_failed"
-
-
-class WebhookSigner:
-    """Standard Webhooks headers for a message, from a `whsec_…` secret."""
-
-    def __init__(self, secret: str) -> None:
-        self._key = decode_whsec(secret)
-
-    def headers(self, msg_id: str, body: bytes, *, now: float | None = None) -> dict[str, str]:
-        timestamp = str(int(time.time() if now is None else now))
-        return {
-            "webhook-id": msg_id,
-            "webhook-timestamp": timestamp,
-            "webhook-signature": standard_webhook_signature(self._key, msg_id, timestamp, body),
-        }
 
 
 def _body(params: dict[str, Any], event: dict[str, Any]) -> tuple[bytes, str]:
@@ -91,44 +63,32 @@ def _headers(params: dict[str, Any]) -> dict[str, str]:
     return dict(headers)
 
 
-def webhook_post_action(policy: EgressPolicy, signer: WebhookSigner, http: httpx.AsyncClient,
-                        retry: RetryPolicy) -> Executor:
-    """`webhook.post` (`url`, optional `body`, `headers`, `content_type`): POST, signed, retried."""
+def webhook_post_spec(config: WebhookActionConfig, sender: WebhookSender, secret: str) -> ActionSpec:
+    """`webhook.post` (`url`, optional `body`, `headers`, `content_type`): POSTed by the one signed,
+    SSRF-guarded sender, retried until `retry_for`, with a `webhook-id` derived from the action's key
+    (the same on every try and after a restart, so receivers deduplicate on it)."""
+    retry = retry_until(config.retry_for) if config.retry_for > 0 else NO_RETRY
+    signer = WebhookSigner(secret)
 
     async def run(params: dict[str, Any], context: ActionContext) -> dict[str, Any]:
         url = params.get("url")
         if not isinstance(url, str):
             raise InvalidEvent("webhook.post needs url")
         content, content_type = _body(params, dict(context.event))
-        headers = {"User-Agent": USER_AGENT, **_headers(params), "Content-Type": content_type}
         msg_id = stable_key(context.key, prefix="msg")
-        target = await policy.resolve(url)
-
-        def build() -> httpx.Request:  # signed afresh per try: the timestamp must be current
-            return target.pinned_request("POST", headers={**headers, **signer.headers(msg_id, content)},
-                                         content=content)
-
-        try:
-            # Only the status is kept: read no more of the answer than a few kilobytes.
-            response = await send_with_retry(http, build, retry, max_response=MAX_ANSWER_BYTES, truncate=True)
-        except httpx.HTTPError as exc:
-            raise WebhookFailed(f"{target.host} could not be reached: {type(exc).__name__}",
-                                webhook_id=msg_id) from None
+        response = await sender.post(url, content, msg_id=msg_id, signer=signer, retry=retry,
+                                     headers={**_headers(params), "Content-Type": content_type})
         # The receiver's answer is not kept: action.* events go to every subscriber that sees them,
         # and a receiver may echo what it was sent (headers and their credentials included).
         if not response.is_success:
-            raise WebhookFailed(f"{target.host} answered {response.status_code}", status=response.status_code,
+            host = urlsplit(url).hostname
+            raise WebhookFailed(f"{host} answered {response.status_code}", status=response.status_code,
                                 webhook_id=msg_id)
         return {"status": response.status_code, "webhook_id": msg_id}
 
-    return run
-
-
-def webhook_post_spec(config: WebhookActionConfig, policy: EgressPolicy, secret: str,
-                      http: httpx.AsyncClient) -> ActionSpec:
-    retry = retry_until(config.retry_for) if config.retry_for > 0 else NO_RETRY
-    return ActionSpec(WEBHOOK_POST, webhook_post_action(policy, WebhookSigner(secret), http, retry),
-                      idempotent=True, group="webhook", required=CORE_ACTIONS[WEBHOOK_POST], describe=_target_host)
+    executor: Executor = run
+    return ActionSpec(WEBHOOK_POST, executor, idempotent=True, group="webhook", required=CORE_ACTIONS[WEBHOOK_POST],
+                      describe=_target_host)
 
 
 def _target_host(params: Mapping[str, Any]) -> dict[str, Any]:

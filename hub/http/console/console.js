@@ -7,7 +7,7 @@
   const STALE_MS = 4 * 3600e3; // a call silent this long is taken as over (its end was never seen)
   const MAX_RECENT = 50, MAX_ACTIVITY = 50, POLL_MS = 2000;
   const TYPES = ["call.ringing", "call.answered", "call.bridged", "call.held", "call.resumed", "call.ended",
-    "call.enriched", "action.succeeded", "action.failed", "action.click_to_call", "hub.gap",
+    "call.enriched", "action.succeeded", "action.failed", "hub.gap",
     "hub.upstream.connected", "hub.upstream.disconnected"];
 
   // Every label, "English|Tiếng Việt".
@@ -57,8 +57,6 @@
     a_campaign: "Added to Vbee campaign {c}|Đã thêm vào chiến dịch Vbee {c}",
     a_other: "{action} done|{action} đã xong", a_failed: "{action} failed: {m}|{action} thất bại: {m}",
     byRule: "rule {r}|quy tắc {r}",
-    ctc: "Click-to-call {agent} → {number}: {outcome}|Gọi nhanh {agent} → {number}: {outcome}",
-    co_ringing: "ringing|đang đổ chuông", co_device_offline: "phone offline|máy ngoại tuyến", co_failed: "failed|thất bại",
     up: "{u} connected|{u} đã kết nối", down: "{u} disconnected|{u} mất kết nối", connected: "connected|đã kết nối",
     disconnected: "disconnected|mất kết nối", none: "none|không có",
   };
@@ -408,8 +406,6 @@
         const m = typeof d.error === "string" ? d.error : (d.error && d.error.message) || d.status || "";
         return t("a_failed", { action: d.action, m }) + rule;
       }
-      case "action.click_to_call":
-        return t("ctc", { agent: d.agent, number: phone(d.number), outcome: t(`co_${d.outcome}`) });
       case "hub.upstream.connected": return t("up", { u: d.upstream });
       case "hub.upstream.disconnected": return t("down", { u: d.upstream });
     }
@@ -417,8 +413,7 @@
   }
   function activity(ev) {
     const d = ev.data || {};
-    const bad = ev.type === "action.failed" || ev.type === "hub.upstream.disconnected" ||
-      (ev.type === "action.click_to_call" && d.outcome !== "ringing");
+    const bad = ev.type === "action.failed" || ev.type === "hub.upstream.disconnected";
     const li = el("li", bad ? "bad" : "good");
     li._ev = ev;
     li.dataset.agent = d.agent || "";
