@@ -101,10 +101,6 @@ class Phone:
         """The normal form: national for Vietnamese numbers, E.164 for others (the module docstring)."""
         return self.national
 
-    @property
-    def is_vietnamese(self) -> bool:
-        return self.e164.startswith("+" + VN_COUNTRY)
-
     def formatted(self, form: PhoneForm) -> str:
         """The number as a vendor wants it: `e164`, `84` (E.164 digits without the plus) or `national`."""
         if form == "national":

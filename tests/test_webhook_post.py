@@ -325,7 +325,7 @@ def test_a_rule_without_url_is_refused_at_load_time() -> None:
 def test_internal_addresses_are_not_public(address: str) -> None:
     assert not is_public(ipaddress.ip_address(address))
     with pytest.raises(EgressRefused):
-        EgressPolicy().check_literal(f"http://[{address}]/x" if ":" in address else f"http://{address}/x")
+        asyncio.run(EgressPolicy().resolve(f"http://[{address}]/x" if ":" in address else f"http://{address}/x"))
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "203.113.1.1", "2001:4860:4860::8888", "64:ff9b::808:808",

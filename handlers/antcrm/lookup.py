@@ -87,13 +87,6 @@ class CustomerLookup:
         # up does not take the answer away from the others waiting on it.
         return copy.deepcopy(await asyncio.shield(task))
 
-    def forget(self, phone: str) -> None:
-        """Drop what is cached for `phone` (say, after creating a lead for it)."""
-        try:
-            self._cache.pop(parse_phone(phone).e164, None)
-        except InvalidPhoneNumber:
-            pass
-
     async def aclose(self) -> None:
         """Cancel the lookups in flight (callers waiting on them are cancelled too)."""
         tasks = list(self._inflight.values())

@@ -15,7 +15,7 @@ A signal callhub does not map is not thrown away: it becomes `call.signal` with 
 event name in `data.signal`, the call (and its agent) when the payload names a leg, and the raw
 payload, so a rule or subscriber can use it.
 
-Assumptions where the vendor is silent (docs/VENDORS-ASSUMPTIONS.md keeps the list):
+Assumptions where the vendor is silent (docs/ANTRING.md keeps the list):
 - A number of at most `internal_max_digits` digits is an extension, a longer one a phone
   number: a call between two extensions is `internal`, one from a phone number `inbound`,
   one from an extension to a phone number `outbound`.

@@ -154,16 +154,6 @@ class EgressPolicy:
         host = parts.hostname.lower().rstrip(".")
         return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
 
-    def check_literal(self, url: str) -> None:
-        """What can be known without DNS (at rule load time): the URL's shape, and an IP literal's range."""
-        _, host, _ = self.check_url(url)
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return
-        if not self._allowed(host, address):
-            raise EgressRefused(f"{host} is an internal address; list it in [actions] allow_private to call it")
-
     async def resolve(self, url: str) -> Target:
         """Resolve `url`'s host now and check every address; the first one is the target."""
         _, host, port = self.check_url(url)

@@ -68,9 +68,6 @@ class Template:
         self._parts = parts
         self._single = parts[0][0] if len(parts) == 1 and isinstance(parts[0], tuple) else None
 
-    @property
-    def paths(self) -> list[str]:
-        return [p[0] for p in self._parts if isinstance(p, tuple)]
 
     def render(self, event: Mapping[str, Any], *, escape: Callable[[str], str] | None = None) -> Any:
         """The template with the event's values in; `escape` (if given) is applied to each value."""

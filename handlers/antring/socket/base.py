@@ -127,12 +127,6 @@ def error_message(raw: Any) -> str:
     return str(raw) if raw not in (None, "") else "error"
 
 
-def binding_event(binding: str) -> str:
-    """The event a binding delivers: `call.CHANNEL_CREATE.*` → `CHANNEL_CREATE`."""
-    parts = binding.split(".")
-    return parts[1] if len(parts) >= 2 else binding
-
-
 def binding_matches(binding: str, routing_key: str) -> bool:
     """KAZOO (AMQP topic) matching: `*` is exactly one word, `#` zero or more words."""
     return _match(binding.split("."), routing_key.split("."))

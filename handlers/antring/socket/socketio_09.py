@@ -54,9 +54,8 @@ FALLBACK_PING_TIMEOUT = 20.0
 
 # Socket.IO 0.9 packet types.
 DISCONNECT, CONNECT, HEARTBEAT, MESSAGE, JSON_MESSAGE, EVENT, ACK, ERROR, NOOP = "012345678"
-#: Error packet reasons and advice are sent as indexes into these lists.
+#: Error packet reasons are sent as indexes into this list.
 ERROR_REASONS = ["transport not supported", "client not handshaken", "unauthorized"]
-ERROR_ADVICE = ["reconnect"]
 UNAUTHORIZED = "unauthorized"
 
 log = logging.getLogger(__name__)
