@@ -29,7 +29,7 @@ from typing import Any
 
 KEY = "bench-admin-key-0123456789abcdef"
 #: The `[[sources]]` entry bench.ingest posts to.
-WEBHOOK_SOURCE = "bench"
+WEBHOOK_SOURCE = "bench-hook"  # not "bench": bench.fanout publishes under that source, and webhook sources are reserved
 WEBHOOK_SECRET = "bench-webhook-secret-0123456789"
 #: name -> (bench module, its arguments).
 SCENARIOS: dict[str, tuple[str, list[str]]] = {
@@ -64,6 +64,8 @@ data_dir = "{data}"
 log_level = "warning"
 [retention]
 interval = "1h"
+[streams]
+max_per_credential = 0      # the load client opens every connection with one key
 [auth]
 jwt_secret = "bench-jwt-secret-0123456789abcdef0123456789"
 [[auth.keys]]
@@ -104,7 +106,7 @@ body = {{ text = "Missed call from {{data.from.number}}" }}
     rules.append(f"""
 [[rules]]
 name = "rule-{count - 1}"
-on = ["{WEBHOOK_SOURCE}.*"]
+on = ["bench.*"]
 when = {{ "data.status" = "never-sent-by-the-bench" }}
 [[rules.actions]]
 type = "webhook.post"
