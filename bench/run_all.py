@@ -1,6 +1,6 @@
 """Run the standard fan-out and webhook-ingest scenarios side by side and report medians.
 
-    python -m bench.run_all [--repeat 3] [--pin] [--only ws-100,idle-5000|fanout|ingest] [--out bench/results]
+    python -m bench.run_all [--repeat 3] [--pin] [--only ws-100,idle-5000|fanout|ingest|deliver] [--out bench/results]
                             [--variant before=/path/to/old/checkout --variant after=.]
 
 Each run starts a fresh hub (SQLite in a temporary directory, the config below) through
@@ -44,6 +44,12 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
     "ingest-64-dup": ("ingest", ["--senders", "64", "--duplicates", "0.1"]),
     # ingest-64 with RULE_COUNT rules in the config (see `rules_toml`): what evaluating them costs.
     "ingest-64-rules": ("ingest", ["--senders", "64"]),
+    # ingest-64 with 10 active outbound subscriptions (see `subscriptions_toml`) that the webhooks
+    # do not pass: what having subscriptions costs the ingest path.
+    "ingest-64-subs10": ("ingest", ["--senders", "64"]),
+    # Outbound deliveries: one endpoint taking a burst, and 50 endpoints at 50 events/s (2,500 deliveries/s).
+    "deliver-1": ("deliver", ["--endpoints", "1", "--events", "5000", "--rate", "2500"]),
+    "deliver-50": ("deliver", ["--endpoints", "50", "--events", "1000", "--rate", "50"]),
 }
 #: Rules in the `ingest-64-rules` scenario's config.
 RULE_COUNT = 200
@@ -55,7 +61,13 @@ FIGURES = (
     "webhooks_per_s", "errors", "ack_p50_ms", "ack_p90_ms", "ack_p99_ms", "ack_max_ms",
     "dup_ack_p50_ms", "dup_ack_p99_ms", "hub_cpu_pct", "hub_cpu_us_per_webhook", "client_cpu_us_per_webhook", "client_cpu_pct",
     "client_worker_cpu_pct", "machine_busy_pct", "other_processes_cpu_s",
+    "not_ok", "latency_p90_ms", "latency_max_ms", "receiver_cpu_pct",
 )
+#: Lets deliveries reach the bench's endpoints on loopback (scenarios that need it).
+WEBHOOKS_TOML = """
+[webhooks]
+allow_hosts = ["127.0.0.1"]
+"""
 CONFIG = """
 [backend]
 synchronous = "{synchronous}"
@@ -115,6 +127,23 @@ url = "https://hooks.example.com/bench"
     return "".join(rules)
 
 
+def subscriptions_toml(count: int) -> str:
+    """`count` declared subscriptions: half to call events (never published by the bench), half to
+    the bench's own type with a filter its webhooks never pass, so the commit hook parses each
+    webhook once and those workers test the filter, as they would for a busy centre's CRM."""
+    out = [WEBHOOKS_TOML]
+    for i in range(count):
+        types, extra = ('["call.*"]', "") if i % 2 else ('["bench.*"]', 'filter = { "data.status" = "never-sent" }\n')
+        out.append(f"""
+[[webhooks.subscriptions]]
+id = "bench-{i}"
+url = "http://127.0.0.1:9/hook-{i}"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+types = {types}
+{extra}""")
+    return "".join(out)
+
+
 def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str,
              source: Path | None = None, label: str = "") -> dict[str, Any]:
     tag = f"{name}-{label}-{index}" if label else f"{name}-{index}"
@@ -123,6 +152,10 @@ def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str,
     text = CONFIG.format(data=data, key=KEY, synchronous=synchronous, source=WEBHOOK_SOURCE, secret=WEBHOOK_SECRET)
     if name.endswith("-rules"):
         text += rules_toml(RULE_COUNT)
+    if name.endswith("-subs10"):
+        text += subscriptions_toml(10)
+    if name.startswith("deliver"):
+        text += WEBHOOKS_TOML
     config.write_text(text)
     hub_prefix = "taskset -c 0 " if pin else ""
     client_prefix = ["taskset", "-c", "1-1024"] if pin else []
@@ -157,7 +190,7 @@ def median(values: list[Any]) -> Any:
 
 
 def select(only: str | None, parser: argparse.ArgumentParser) -> list[str]:
-    """Scenario names from --only; `fanout` and `ingest` stand for all scenarios of that benchmark."""
+    """Scenario names from --only; `fanout`, `ingest` and `deliver` stand for all scenarios of that benchmark."""
     if not only:
         return list(SCENARIOS)
     names: list[str] = []
@@ -173,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (default 3)")
     parser.add_argument("--pin", action="store_true", help="hub on core 0, client on the others (taskset)")
-    parser.add_argument("--only", help="comma-separated scenario names, or fanout / ingest for a whole group")
+    parser.add_argument("--only", help="comma-separated scenario names, or fanout / ingest / deliver for a whole group")
     parser.add_argument(
         "--synchronous", choices=("full", "normal"), default="full",
         help="the hub's backend.synchronous (full: fsync per commit, the default)",

@@ -26,9 +26,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
+from hub.exceptions import HubError
+from hub.matcher import ConditionError, compile_conditions, flatten_conditions, parse_patterns
 from hub.units import parse_duration, parse_size
 
 __all__ = ["Config", "ConfigError", "HttpUrl", "SocketUrl", "load_config", "config_from_dict", "validate_section", "is_loopback_host"]
@@ -258,6 +261,121 @@ class ActionsConfig(_Section):
     webhook: WebhookActionConfig = WebhookActionConfig()
 
 
+#: The default retry schedule, Svix's: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
+DEFAULT_RETRY_SCHEDULE = [0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+#: A subscription id: what the API and `[[webhooks.subscriptions]]` name it by.
+SUBSCRIPTION_ID = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+
+
+def _check_url(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL with a host")
+    if parts.username or parts.password:
+        raise ValueError("credentials in the URL are not allowed (the request is signed instead)")
+    if parts.fragment:
+        raise ValueError("a URL fragment is never sent; remove it")
+    return value
+
+
+def _check_types(value: list[str]) -> list[str]:
+    try:
+        return list(parse_patterns(value))
+    except HubError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _check_filter(value: dict[str, Any]) -> dict[str, Any]:
+    try:
+        flat = flatten_conditions(value)
+        compile_conditions(flat)
+    except ConditionError as exc:
+        raise ValueError(str(exc)) from None
+    return flat
+
+
+def _check_max_age(value: dict[str, float]) -> dict[str, float]:
+    if len(value) > MAX_AGE_PATTERNS:
+        raise ValueError(f"at most {MAX_AGE_PATTERNS} patterns")
+    for pattern, seconds in value.items():
+        _check_types([pattern])
+        if seconds <= 0:
+            raise ValueError(f"{pattern}: must be a positive number of seconds")
+    return value
+
+
+#: Type patterns `max_age_s` may list.
+MAX_AGE_PATTERNS = 64
+
+
+class SubscriptionSpec(_Section):
+    """What a subscription asks for: the body of `POST /v1/subscriptions`, and (with an `id` and a
+    `secret`) a `[[webhooks.subscriptions]]` table."""
+
+    url: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_check_url)]
+    #: Event-type patterns; none: every event.
+    types: Annotated[list[str], AfterValidator(_check_types)] = []
+    #: Conditions on the event, with the rules' operators (`{"data.direction": "inbound"}`).
+    filter: Annotated[dict[str, Any], AfterValidator(_check_filter)] = {}
+    description: str = Field("", max_length=500)
+    rate_limit_per_s: float | None = Field(None, gt=0, le=10_000)
+    ordering: Literal["per_call", "none"] = "per_call"
+    #: Type pattern -> how old (by the event's `time`) an event may be and still be worth delivering.
+    max_age_s: Annotated[dict[str, Duration], AfterValidator(_check_max_age)] = {}
+    enabled: bool = True
+
+
+class SubscriptionConfig(SubscriptionSpec):
+    """`[[webhooks.subscriptions]]`: a subscription managed as code (read-only through the API)."""
+
+    id: str = Field(pattern=SUBSCRIPTION_ID)
+    #: Its `whsec_…` signing secret (`${ENV}` it): as-code subscriptions bring their own.
+    secret: Annotated[str, AfterValidator(_check_whsec)]
+
+
+class WebhooksConfig(_Section):
+    """`[webhooks]`: outbound webhook subscriptions (docs/WEBHOOKS_OUT.md)."""
+
+    #: Seconds before each attempt, the first one included (jittered); then the delivery has failed.
+    retry_schedule: Annotated[list[Duration], Field(min_length=1, max_length=32)] = DEFAULT_RETRY_SCHEDULE
+    #: Networks (CIDR) or host names deliveries (and `webhook.post`) may reach although internal.
+    allow_hosts: list[Annotated[str, AfterValidator(_check_allow_entry)]] = []
+    #: One attempt's limit.
+    request_timeout: Duration = Field(10.0, gt=0)
+    #: A subscription failing without a success for this long is disabled.
+    disable_after: Duration = Field(5 * 86400.0, gt=0)
+    #: After a rotation, the old secret still signs (beside the new one) this long.
+    secret_overlap: Duration = Field(86400.0, ge=0)
+    #: Deliveries one subscription has in flight at once (different calls in parallel).
+    concurrency: int = Field(16, ge=1, le=256)
+    #: Undelivered events one subscription may hold in memory; past it they are read back from the store.
+    max_queue: int = Field(10_000, ge=100)
+    #: How long the delivery log keeps attempts.
+    log_retention: Duration = Field(7 * 86400.0, gt=0)
+    #: Subscriptions the hub keeps (each has a task, a queue and a connection pool share).
+    max_subscriptions: int = Field(200, ge=1, le=10_000)
+    subscriptions: list[SubscriptionConfig] = []
+
+    @field_validator("retry_schedule")
+    @classmethod
+    def _sane_schedule(cls, value: list[float]) -> list[float]:
+        if any(v > 7 * 86400 for v in value):
+            raise ValueError("a retry may wait at most 7 days")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> WebhooksConfig:
+        ids = [s.id for s in self.subscriptions]
+        duplicated = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicated:
+            raise _LocatedError(("subscriptions",), f"subscription ids must be unique: {', '.join(duplicated)}")
+        return self
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     backend: BackendConfig = BackendConfig()
@@ -266,6 +384,7 @@ class Config(_Section):
     auth: AuthConfig = AuthConfig()
     sources: list[SourceConfig] = []
     actions: ActionsConfig = ActionsConfig()
+    webhooks: WebhooksConfig = WebhooksConfig()
     #: `[[rules]]` tables, validated by `hub.rules` (which reports file, rule and key).
     rules: list[dict[str, Any]] = []
     #: A TOML file of more `[[rules]]`, relative to the working directory; reloadable.

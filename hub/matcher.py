@@ -17,12 +17,13 @@ dict hit.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from hub.exceptions import BadRequest
 
 __all__ = ["TypeFilter", "Glob", "covers", "effective_patterns", "parse_patterns", "lookup", "Condition",
-           "ConditionError", "MATCH_ALL", "OPERATORS"]
+           "ConditionError", "MATCH_ALL", "OPERATORS", "flatten_conditions", "compile_conditions"]
 
 #: Patterns per filter, and characters per pattern: a filter is built per subscriber request.
 MAX_PATTERNS = 64
@@ -217,6 +218,9 @@ def lookup_parts(obj: object, parts: Sequence[str], default: object = None) -> o
 
 #: Operators a condition table may hold.
 OPERATORS = ("eq", "in", "gt", "gte", "lt", "lte", "prefix", "exists", "not")
+#: Conditions one table may hold, and the shape of a path (`data.from.number`, `items.0.id`).
+MAX_CONDITIONS = 64
+_PATH = re.compile(r"[A-Za-z0-9_-]{1,64}(\.[A-Za-z0-9_-]{1,64}){0,15}")
 
 
 class ConditionError(ValueError):
@@ -298,6 +302,39 @@ class Condition:
         if value is _MISSING:
             value = seen[self.path] = lookup_parts(event, self._parts)
         return self.test(value)
+
+
+def flatten_conditions(when: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{ "data.direction" = … }` and `{ data = { direction = … } }` (TOML's unquoted dotted keys)
+    alike: a table whose keys are all operators is a test, any other table goes one path deeper.
+    A table that mixes operators and field names is refused (a misspelt operator would otherwise
+    silently become a field name)."""
+    out: dict[str, Any] = {}
+    for key, value in when.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value and not all(k in OPERATORS for k in value):
+            operators = [k for k in value if k in OPERATORS]
+            if operators:
+                others = [k for k in value if k not in OPERATORS]
+                raise ConditionError(f"{path}.{others[0]}", f"unknown operator beside {operators[0]!r}; use one of "
+                                     f"{', '.join(OPERATORS)}")
+            out.update(flatten_conditions(value, path))
+        else:
+            out[path] = value
+    return out
+
+
+def compile_conditions(when: Mapping[str, Any]) -> list[Condition]:
+    """The conditions of a flat table (dotted path -> value, list or operator table): every table
+    is an operator table. Raises `ConditionError` naming the first path it cannot understand."""
+    if len(when) > MAX_CONDITIONS:
+        raise ConditionError("(filter)", f"at most {MAX_CONDITIONS} conditions")
+    conditions = []
+    for path, spec in when.items():
+        if not isinstance(path, str) or not _PATH.fullmatch(path):
+            raise ConditionError(str(path)[:80], "not a dotted field path (letters, digits, _ and -, joined by dots)")
+        conditions.append(Condition(path, spec))
+    return conditions
 
 
 def _equals(expected: object) -> Callable[[object], bool]:

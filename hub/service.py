@@ -1,7 +1,7 @@
 """The running hub: `build` wires every part from the config, `Hub` starts and stops them as one.
 
-    build(config) ─▶ metrics, credentials, store (log + journal), publisher, fan-out, upstreams,
-                     action runner (+ webhook.post), plugins (handlers register), webhook sources,
+    build(config) ─▶ metrics, credentials, store (log + journal + outbox), publisher, fan-out,
+                     upstreams, webhook sender, deliveries, action runner (+ webhook.post), plugins (handlers register), webhook sources,
                      rules (loaded once), reactions  ─▶  Hub (complete: nothing is added after start)
 
 Each part receives what it uses (a publish function, `Tasks.spawn`, the store, its metrics), not
@@ -36,6 +36,7 @@ from hub.store import open_backend
 from hub.store.base import Backend
 from hub.store.retention import retain
 from hub.tasks import Tasks
+from hub.webhooks.delivery import Deliveries
 from hub.webhooks.inbound import Source, sources_of
 from hub.webhooks.post import webhook_post_spec
 from hub.webhooks.sender import WebhookSender
@@ -133,6 +134,7 @@ class Hub:
     rules: Rules
     reactions: Reactions
     sender: WebhookSender
+    deliveries: Deliveries
     sources: dict[str, Source]
     routes: list[BaseRoute]
     services: list[tuple[str, Service]]
@@ -153,11 +155,13 @@ class Hub:
 
     def _on_commit(self, events: list[Event]) -> None:
         self.fanout.publish(events)  # subscribers first: reactions never delay delivery
+        self.deliveries.on_commit(events)
         self.reactions.on_commit(events)
 
     async def start(self) -> None:
         await self.store.start(self._on_commit)
         await self.reactions.start(self.store.head)
+        await self.deliveries.start()
         self.fanout.start()
         retention = self.config.retention
         if retention.age > 0 or retention.count > 0:
@@ -174,6 +178,7 @@ class Hub:
     async def stop(self) -> None:
         await self.drain()
         await self.tasks.stop(self.config.server.shutdown_grace)
+        await self.deliveries.close()
         await self.reactions.close()
         await self.store.close()
         await self.release()
@@ -220,7 +225,11 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
     upstreams = Upstreams(publisher.publish, metrics)
     runner = ActionRunner(store.journal(), config.actions, publish=publisher.publish, spawn=tasks.spawn,
                           stored_event=store.get, metrics=metrics)
-    sender = WebhookSender(EgressPolicy(config.actions.allow_private), timeout=config.actions.webhook.request_timeout)
+    # One sender (one SSRF guard, one connection pool) for subscriptions and the webhook.post action.
+    policy = EgressPolicy([*config.actions.allow_private, *config.webhooks.allow_hosts])
+    sender = WebhookSender(policy, timeout=config.actions.webhook.request_timeout)
+    deliveries = Deliveries(store.outbox(), store, sender, config.webhooks, publish=publisher.publish,
+                            spawn=tasks.spawn, metrics=metrics)
     secret = _CHECK_SECRET if check_only else ensure_signing_secret(config)
     runner.add(webhook_post_spec(config.actions.webhook, sender, secret))
 
@@ -240,5 +249,5 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
                           trusted_sources=publisher.reserved, config=config.actions, metrics=metrics)
     return Hub(config=config, metrics=metrics, credentials=credentials, auth=auth, store=store, tasks=tasks,
                publisher=publisher, fanout=fanout, upstreams=upstreams, actions=runner, rules=rules,
-               reactions=reactions, sender=sender, sources=sources, routes=registry.routes,
+               reactions=reactions, sender=sender, deliveries=deliveries, sources=sources, routes=registry.routes,
                services=registry.services, cleanups=registry.cleanups)

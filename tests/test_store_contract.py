@@ -21,7 +21,7 @@ from hub.events import Event, agent_of, prepare_event
 from hub.exceptions import Unavailable
 from hub.matcher import MATCH_ALL, TypeFilter
 from hub.store import SCHEMES, open_backend
-from hub.store.base import Backend, JournalEntry, Page
+from hub.store.base import Attempt, Backend, JournalEntry, OutboxChanges, Page, Pending
 from tests.helpers import TICK
 
 T = TypeVar("T")
@@ -662,3 +662,130 @@ def test_cooldowns_are_kept_until_they_end(kind: str, data_dir: Path) -> None:
 
     run(first)
     run(again)
+
+
+def test_seq_at_gives_the_last_seq_stored_before_a_time(kind: str, data_dir: Path) -> None:
+    async def main() -> None:
+        async with Store(kind, data_dir) as s:
+            assert await s.backend.seq_at(time.time()) == 0
+            first = await s.append(id="a")
+            time.sleep(0.02)
+            between = time.time()
+            time.sleep(0.02)
+            await s.append(id="b")
+            assert await s.backend.seq_at(between) == first
+            assert await s.backend.seq_at(time.time() + 1) == first + 1
+            assert await s.backend.seq_at(0) == 0
+
+    run(main)
+
+
+# -- the outbox (outbound webhook subscriptions) ------------------------------------------------------------
+
+
+class Outboxed:
+    """A backend's outbox, started (and closed) on its own."""
+
+    def __init__(self, kind: str, data_dir: Path) -> None:
+        self.outbox = open_backend(BackendConfig(url=kind, **FAST.get(kind, {})), data_dir).outbox()
+
+    async def __aenter__(self) -> Any:
+        await self.outbox.start()
+        return self.outbox
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.outbox.close()
+
+
+def attempt(sub: str, seq: int, outcome: str, *, at: float = 1000.0) -> Attempt:
+    return Attempt(0, sub, seq, f"event-{seq}", f"msg-{seq}", at, 1, outcome, 200, 1.5, None, "ok")
+
+
+def test_subscriptions_keep_their_document_and_cursor_across_restarts(kind: str, data_dir: Path) -> None:
+    async def first() -> None:
+        async with Outboxed(kind, data_dir) as outbox:
+            assert await outbox.subscriptions() == []
+            await outbox.save({"id": "a", "spec": {"url": "https://x"}}, cursor=5)
+            await outbox.save({"id": "b", "spec": {}})
+            await outbox.save({"id": "a", "spec": {"url": "https://y"}})  # the cursor stays
+
+    async def again() -> None:
+        async with Outboxed(kind, data_dir) as outbox:
+            assert await outbox.subscriptions() == [({"id": "a", "spec": {"url": "https://y"}}, 5),
+                                                    ({"id": "b", "spec": {}}, None)]
+
+    run(first)
+    run(again)
+
+
+def test_apply_moves_cursors_forward_only_and_save_sets_one_back(kind: str, data_dir: Path) -> None:
+    async def main() -> None:
+        async with Outboxed(kind, data_dir) as outbox:
+            await outbox.save({"id": "a"}, cursor=10)
+            await outbox.apply(OutboxChanges(cursors={"a": 7}))
+            assert (await outbox.subscriptions())[0][1] == 10
+            await outbox.apply(OutboxChanges(cursors={"a": 12}))
+            assert (await outbox.subscriptions())[0][1] == 12
+            await outbox.save({"id": "a"}, cursor=3)  # a replay
+            assert (await outbox.subscriptions())[0][1] == 3
+
+    run(main)
+
+
+def test_pending_deliveries_are_added_changed_and_settled_in_one_write(kind: str, data_dir: Path) -> None:
+    async def first() -> None:
+        async with Outboxed(kind, data_dir) as outbox:
+            await outbox.save({"id": "a"}, cursor=0)
+            await outbox.apply(OutboxChanges(
+                cursors={"a": 9},
+                pending=[Pending("a", 4, "call-1", 1, 50.0, "retry"), Pending("a", 6, "call-1", 0, 0.0, "waiting"),
+                         Pending("a", 8, None, 2, 70.0, "retry")],
+                attempts=[attempt("a", 4, "retrying"), attempt("a", 5, "delivered")]))
+            await outbox.apply(OutboxChanges(pending=[Pending("a", 4, "call-1", 2, 90.0, "retry")],
+                                             settled=[("a", 8)], attempts=[attempt("a", 8, "failed")]))
+
+    async def again() -> None:
+        async with Outboxed(kind, data_dir) as outbox:
+            assert await outbox.pending("a") == [Pending("a", 4, "call-1", 2, 90.0, "retry"),
+                                                 Pending("a", 6, "call-1", 0, 0.0, "waiting")]
+            assert await outbox.pending("b") == []
+            assert (await outbox.subscriptions())[0][1] == 9
+
+    run(first)
+    run(again)
+
+
+def test_the_delivery_log_pages_filters_and_prunes(kind: str, data_dir: Path) -> None:
+    async def main() -> None:
+        async with Outboxed(kind, data_dir) as outbox:
+            await outbox.save({"id": "a"}, cursor=0)
+            await outbox.apply(OutboxChanges(attempts=[
+                attempt("a", 1, "retrying", at=100.0), attempt("a", 1, "delivered", at=200.0),
+                attempt("a", 2, "failed", at=300.0), attempt("b", 2, "delivered", at=300.0)]))
+            rows = await outbox.attempts("a", outcome=None, after=0, limit=10)
+            assert [(r.seq, r.outcome, r.at, r.message_id) for r in rows] == [
+                (1, "retrying", 100.0, "msg-1"), (1, "delivered", 200.0, "msg-1"), (2, "failed", 300.0, "msg-2")]
+            assert rows[0].id < rows[1].id < rows[2].id
+            page = await outbox.attempts("a", outcome=None, after=rows[0].id, limit=1)
+            assert [r.id for r in page] == [rows[1].id]
+            assert [r.seq for r in await outbox.attempts("a", outcome="failed", after=0, limit=10)] == [2]
+            assert await outbox.prune(250.0) == 2
+            assert [r.outcome for r in await outbox.attempts("a", outcome=None, after=0, limit=10)] == ["failed"]
+
+    run(main)
+
+
+def test_deleting_a_subscription_forgets_its_rows(kind: str, data_dir: Path) -> None:
+    async def main() -> None:
+        async with Outboxed(kind, data_dir) as outbox:
+            await outbox.save({"id": "a"}, cursor=0)
+            await outbox.save({"id": "b"}, cursor=0)
+            await outbox.apply(OutboxChanges(pending=[Pending("a", 1, None, 1, 5.0, "retry"),
+                                                      Pending("b", 1, None, 1, 5.0, "retry")],
+                                             attempts=[attempt("a", 1, "retrying"), attempt("b", 1, "retrying")]))
+            await outbox.delete("a")
+            assert [doc["id"] for doc, _ in await outbox.subscriptions()] == ["b"]
+            assert await outbox.pending("a") == [] and len(await outbox.pending("b")) == 1
+            assert await outbox.attempts("a", outcome=None, after=0, limit=10) == []
+
+    run(main)

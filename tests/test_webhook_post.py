@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub.config import Config, config_from_dict
-from hub.outbound.guard import EgressPolicy, EgressRefused, is_public
+from hub.outbound.guard import EgressPolicy, EgressRefused, GuardedResolver, is_public
 from hub.outbound.retry import NO_RETRY, ResponseTooLarge, send_with_retry
 from hub.rules.engine import load_rules
 from hub.webhooks.post import CORE_ACTIONS
@@ -325,15 +325,14 @@ def test_a_rule_without_url_is_refused_at_load_time() -> None:
 def test_internal_addresses_are_not_public(address: str) -> None:
     assert not is_public(ipaddress.ip_address(address))
     with pytest.raises(EgressRefused):
-        asyncio.run(EgressPolicy().resolve(f"http://[{address}]/x" if ":" in address else f"http://{address}/x"))
+        asyncio.run(EgressPolicy().check(f"http://[{address}]/x" if ":" in address else f"http://{address}/x"))
 
 
 @pytest.mark.parametrize("address", ["8.8.8.8", "203.113.1.1", "2001:4860:4860::8888", "64:ff9b::808:808",
                                      "2002:808:808::1"])
 def test_public_addresses_pass(address: str) -> None:
     assert is_public(ipaddress.ip_address(address))
-    target = asyncio.run(EgressPolicy().resolve(f"https://[{address}]/x" if ":" in address else f"https://{address}/x"))
-    assert str(target.address) == address
+    assert [str(a) for a in asyncio.run(EgressPolicy().addresses(address, 443))] == [address]
 
 
 @pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://x/", "http:///nohost", "https://user:pw@example.com/",
@@ -344,17 +343,17 @@ def test_only_plain_http_urls_are_called(url: str) -> None:
 
 
 def test_an_allowed_network_or_host_name_passes() -> None:
-    assert str(asyncio.run(EgressPolicy(["10.0.0.0/8"]).resolve("http://10.2.3.4/x")).address) == "10.2.3.4"
+    assert [str(a) for a in asyncio.run(EgressPolicy(["10.0.0.0/8"]).addresses("10.2.3.4", 80))] == ["10.2.3.4"]
     with pytest.raises(EgressRefused):
-        asyncio.run(EgressPolicy(["10.0.0.0/8"]).resolve("http://192.168.0.1/x"))
-    assert asyncio.run(EgressPolicy(["localhost"]).resolve("http://localhost:8000/x")).address.is_loopback
+        asyncio.run(EgressPolicy(["10.0.0.0/8"]).check("http://192.168.0.1/x"))
+    assert all(a.is_loopback for a in asyncio.run(EgressPolicy(["localhost"]).addresses("localhost", 8000)))
 
 
-def test_https_is_pinned_to_the_checked_address_and_verified_against_the_name() -> None:
-    """The connection goes to the address that was checked; Host and TLS (SNI, certificate) use the name."""
-    target = asyncio.run(EgressPolicy(["localhost"]).resolve("https://localhost:8443/hooks?a=1"))
-    pinned = target.pinned_request("POST", headers={}, content=b"{}")
-    assert ipaddress.ip_address(pinned.url.host) == target.address and target.address.is_loopback
-    assert pinned.url.port == 8443 and pinned.url.path == "/hooks" and pinned.url.query == b"a=1"
-    assert pinned.headers["host"] == "localhost:8443"
-    assert pinned.extensions["sni_hostname"] == "localhost"
+def test_the_client_connects_only_to_addresses_the_guard_checked() -> None:
+    """aiohttp resolves through the guard: it gets the checked addresses under the name (so Host, SNI and
+    the certificate check use the name), and a name resolving inside is refused before any connection."""
+    answers = asyncio.run(GuardedResolver(EgressPolicy(["localhost"])).resolve("localhost", 8443))
+    assert answers and all(a["hostname"] == "localhost" and ipaddress.ip_address(a["host"]).is_loopback
+                           and a["port"] == 8443 for a in answers)
+    with pytest.raises(EgressRefused):
+        asyncio.run(GuardedResolver(EgressPolicy()).resolve("localhost", 80))

@@ -24,6 +24,7 @@ from hub.config import Config
 from hub.exceptions import HubError
 from hub.http import api, console
 from hub.http import rules as rules_api
+from hub.http import subscriptions as subscriptions_api
 from hub.http.streams import SSEEndpoint, WebSocketEndpoint
 from hub.http.webhooks import PREFIX as WEBHOOKS_PREFIX
 from hub.http.webhooks import WebhookEndpoint
@@ -106,6 +107,7 @@ def app_for(hub: Hub) -> CallhubApp:
     routes = [
         *api.routes(hub),
         *rules_api.routes(hub),
+        *subscriptions_api.routes(hub),
         *hub.routes,
         *(console.routes() if config.server.console else []),
     ]

@@ -83,6 +83,32 @@ class Metrics:
         self.retention_removed = Counter(
             "callhub_retention_removed", "Events removed by retention", registry=r
         )
+        self.webhook_deliveries = Counter(
+            "callhub_webhook_deliveries", "Outbound webhook deliveries settled, by outcome (delivered, failed, expired)",
+            ["outcome"], registry=r,
+        )
+        self.webhook_attempts = Counter(
+            "callhub_webhook_delivery_attempts",
+            "Outbound webhook attempts, by result (delivered, retry, failed: the answer or error decided it)",
+            ["result"], registry=r,
+        )
+        self.webhook_latency = Histogram(
+            "callhub_webhook_delivery_seconds", "From sending a delivery to the endpoint's answer",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=r,
+        )
+        self.webhook_backlog = Gauge(
+            "callhub_webhook_backlog", "Events not yet delivered (waiting, retrying or unread), by subscription state",
+            ["state"], registry=r,
+        )
+        self.webhook_subscriptions = Gauge(
+            "callhub_webhook_subscriptions", "Outbound webhook subscriptions, by state (active, paused, disabled)",
+            ["state"], registry=r,
+        )
+        for state in ("active", "paused", "disabled"):
+            self.webhook_backlog.labels(state)
+            self.webhook_subscriptions.labels(state)
+        for outcome in ("delivered", "failed", "expired"):
+            self.webhook_deliveries.labels(outcome)
         for transport in ("ws", "sse"):
             self.subscribers.labels(transport)
             self.events_delivered.labels(transport)

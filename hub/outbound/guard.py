@@ -1,21 +1,22 @@
-"""Requests to URLs our users choose (rule webhooks), guarded against server-side request forgery.
+"""Requests to URLs our users choose (subscriptions, rule webhooks), guarded against server-side
+request forgery.
 
-A rule can name any URL, and whoever can edit rules should still not be able to make the hub
-reach its own admin API, a cloud metadata service (169.254.169.254) or the office LAN. So:
+Whoever can create a subscription or edit rules should still not be able to make the hub reach
+its own admin API, a cloud metadata service (169.254.169.254) or the office LAN. So:
 
-- only `http` and `https`;
+- only `http` and `https`, and no credentials in the URL;
 - the host is resolved *here*, and every address it resolves to must be public (globally
   routable, not loopback, private, link-local, multicast, reserved or shared address space);
   one internal address refuses the whole name;
-- the request is then sent to the address that was checked, not to the name, so a DNS answer
-  that changes between the check and the connection (DNS rebinding) cannot redirect it. The
-  `Host` header keeps the name, and for HTTPS the TLS server name (SNI) and certificate check
-  use the name too (httpx's `sni_hostname` request extension);
+- the connection then goes to an address that was checked: the sender's HTTP client resolves
+  through `GuardedResolver`, which answers only checked addresses, so a DNS answer that changes
+  between a check and a connection (DNS rebinding) cannot redirect it. The `Host` header, the
+  TLS server name (SNI) and the certificate check keep the name;
 - redirects are never followed (a 3xx is an answer, not a hop), and proxies from the
   environment are ignored, so nothing routes around the check.
 
-`allow` lists networks (CIDR) or host names that are exempt, for a webhook receiver on the LAN
-or a test server on 127.0.0.1; it is empty by default.
+`allow` lists networks (CIDR) or host names that are exempt, for a receiver on the LAN or a test
+server on 127.0.0.1 (`[webhooks] allow_hosts`); it is empty by default.
 """
 
 from __future__ import annotations
@@ -25,16 +26,15 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Iterable
-from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
-import httpx
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from hub.exceptions import HubError
 
 logger = logging.getLogger("callhub.egress")
 
-__all__ = ["EgressPolicy", "EgressRefused", "Target", "IPAddress", "IPNetwork", "is_public", "embedded_ipv4"]
+__all__ = ["EgressPolicy", "EgressRefused", "GuardedResolver", "IPAddress", "IPNetwork", "is_public", "embedded_ipv4"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -45,33 +45,6 @@ class EgressRefused(HubError):
 
     status_code = 422
     code = "url_refused"
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    """A checked URL: where to connect (`address`) and what to call it (`host`)."""
-
-    url: str
-    host: str
-    address: IPAddress
-    port: int
-
-    def pinned_request(self, method: str, *, headers: dict[str, str], content: bytes) -> httpx.Request:
-        """A request that connects to the checked address while naming the host (Host header, SNI)."""
-        parts = urlsplit(self.url)
-        pinned = urlunsplit((parts.scheme, f"{_bracketed(str(self.address))}:{self.port}", parts.path or "/",
-                             parts.query, ""))
-        host_header = _bracketed(self.host)
-        if self.port != (443 if parts.scheme == "https" else 80):
-            host_header += f":{self.port}"
-        extensions = {"sni_hostname": self.host} if parts.scheme == "https" else {}
-        return httpx.Request(method, pinned, headers={**headers, "Host": host_header}, content=content,
-                             extensions=extensions)
-
-
-def _bracketed(host: str) -> str:
-    """A host as it goes in a URL or a Host header: IPv6 literals in brackets."""
-    return f"[{host}]" if ":" in host else host
 
 
 #: IPv6 ranges refused whatever Python's tables say: local-use NAT64 (RFC 8215), whose IPv4
@@ -154,21 +127,35 @@ class EgressPolicy:
         host = parts.hostname.lower().rstrip(".")
         return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
 
-    async def resolve(self, url: str) -> Target:
-        """Resolve `url`'s host now and check every address; the first one is the target."""
+    def check_literal(self, host: str) -> None:
+        """For a host that is an IP address: refuse it unless allowed (no DNS involved)."""
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return
+        if not self._allowed(host, address):
+            raise EgressRefused(f"{host} is an internal address; list it in [webhooks] allow_hosts to call it")
+
+    async def check(self, url: str) -> None:
+        """Whether `url` may be called now: its shape, and every address its host resolves to."""
         _, host, port = self.check_url(url)
-        addresses = await self._addresses(host, port)
+        await self.addresses(host, port)
+
+    async def addresses(self, host: str, port: int) -> list[IPAddress]:
+        """Resolve `host` now and check every address; all of them, or `EgressRefused`."""
+        host = host.lower().rstrip(".")
+        addresses = await self._resolve(host, port)
         refused = [a for a in addresses if not self._allowed(host, a)]
         if refused:
             # The address goes to the log only: the message reaches subscribers (action.failed), and
             # what an internal name resolves to is the operator's business, not theirs.
             logger.warning("refused to call %s: it resolves to the internal address %s", host, refused[0])
             raise EgressRefused(f"{host} resolves to an internal address; "
-                                "list it in [actions] allow_private to call it")
-        return Target(url, host, addresses[0], port)
+                                "list it in [webhooks] allow_hosts to call it")
+        return addresses
 
     @staticmethod
-    async def _addresses(host: str, port: int) -> list[IPAddress]:
+    async def _resolve(host: str, port: int) -> list[IPAddress]:
         try:
             return [ipaddress.ip_address(host)]
         except ValueError:
@@ -182,3 +169,23 @@ class EgressPolicy:
         if not addresses:
             raise EgressRefused(f"{host} resolves to no address")
         return addresses
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver for the sender: it answers only addresses the policy checked, so the
+    connection goes where the check said it may, whatever DNS says later (aiohttp caches the
+    answer for its `ttl_dns_cache`). aiohttp connects to IP literals without asking a resolver:
+    the sender checks those itself (`EgressPolicy.check_literal`)."""
+
+    def __init__(self, policy: EgressPolicy) -> None:
+        self.policy = policy
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[ResolveResult]:
+        return [ResolveResult(hostname=host, host=str(a), port=port,
+                              family=socket.AF_INET6 if a.version == 6 else socket.AF_INET,
+                              proto=0, flags=socket.AI_NUMERICHOST)
+                for a in await self.policy.addresses(host, port)]
+
+    async def close(self) -> None:
+        pass

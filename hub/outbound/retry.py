@@ -13,13 +13,16 @@ import hashlib
 import random
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import httpx
 
-__all__ = ["RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "read_limited", "retry_after_seconds",
-           "stable_key", "ResponseTooLarge", "MAX_RESPONSE_BYTES", "ACCEPT_ENCODING"]
+__all__ = ["RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "retrying", "read_limited",
+           "retry_after_seconds", "stable_key", "ResponseTooLarge", "MAX_RESPONSE_BYTES", "ACCEPT_ENCODING"]
+
+R = TypeVar("R")
 
 #: Most bytes of an answer read (decoded): a vendor's answer, or a webhook receiver's, is never
 #: read whole into memory whatever it sends. Larger answers are an error (`ResponseTooLarge`)
@@ -72,9 +75,8 @@ def stable_key(*parts: str, prefix: str = "callhub") -> str:
     return f"{prefix}-{digest}"
 
 
-def retry_after_seconds(response: httpx.Response, *, now: float | None = None) -> float | None:
-    """The server's `Retry-After` (seconds or an HTTP date), if it sent one."""
-    value = response.headers.get("retry-after")
+def retry_after_seconds(value: str | None, *, now: float | None = None) -> float | None:
+    """A `Retry-After` header's delay in seconds (it holds seconds or an HTTP date), if it is one."""
     if not value:
         return None
     try:
@@ -155,28 +157,43 @@ async def send_with_retry(
     max_response: int = MAX_RESPONSE_BYTES,
     truncate: bool = False,
 ) -> httpx.Response:
-    """Send `build()` and retry on connection errors, timeouts and `policy.statuses`.
+    """Send `build()` and retry on connection errors, timeouts and `policy.statuses` (`retrying`),
+    each answer's body read up to `max_response` bytes (`read_limited`)."""
 
-    Returns the last response (a retryable status included, once tries run out), its body read
-    up to `max_response` bytes (`read_limited`); re-raises the last transport error if no
-    response ever came. `Retry-After` is honoured, capped by `policy.max_delay`.
+    async def once() -> httpx.Response:
+        request = build()
+        request.headers["Accept-Encoding"] = ACCEPT_ENCODING
+        return await read_limited(await client.send(request, stream=True), max_response, truncate=truncate)
+
+    return await retrying(once, policy, errors=(httpx.TransportError, httpx.TimeoutException),
+                          status=lambda r: r.status_code, retry_after=lambda r: r.headers.get("retry-after"),
+                          sleep=sleep)
+
+
+async def retrying(call: Callable[[], Awaitable[R]], policy: RetryPolicy, *, errors: tuple[type[BaseException], ...],
+                   status: Callable[[R], int], retry_after: Callable[[R], str | None],
+                   sleep: Callable[[float], object] = asyncio.sleep) -> R:
+    """The one retry loop: `call()` again on `errors` and on answers whose status is in
+    `policy.statuses`, while tries and the deadline last, after the policy's back-off or the
+    answer's `Retry-After` (capped by `policy.max_delay`).
+
+    Returns the last answer (a retryable status included, once tries run out); re-raises the
+    last error if no answer ever came.
     """
     started = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
-        request = build()
-        request.headers["Accept-Encoding"] = ACCEPT_ENCODING
         try:
-            response = await read_limited(await client.send(request, stream=True), max_response, truncate=truncate)
-        except (httpx.TransportError, httpx.TimeoutException):
+            result = await call()
+        except errors:
             if attempt >= policy.attempts or _past(policy, started):
                 raise
             await _sleep(sleep, policy.backoff(attempt))
             continue
-        if response.status_code not in policy.statuses or attempt >= policy.attempts or _past(policy, started):
-            return response
-        hinted = retry_after_seconds(response)
+        if status(result) not in policy.statuses or attempt >= policy.attempts or _past(policy, started):
+            return result
+        hinted = retry_after_seconds(retry_after(result))
         delay = policy.backoff(attempt) if hinted is None else min(hinted, policy.max_delay)
         await _sleep(sleep, delay)
 

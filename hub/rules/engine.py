@@ -31,7 +31,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from hub.config import ConfigError
-from hub.matcher import OPERATORS, Condition, ConditionError, TypeFilter, parse_patterns
+from hub.matcher import Condition, ConditionError, TypeFilter, flatten_conditions, parse_patterns
 from hub.rules.schedule import Schedule
 from hub.rules.templates import MissingField, Template, TemplateError, compile_params, render_params
 from hub.units import parse_duration
@@ -135,18 +135,6 @@ class Firing:
     cooldown: tuple[str, str, float] | None = None
 
 
-def _flatten(when: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """`{ "data.direction" = … }` and `{ data = { direction = … } }` (TOML's unquoted dotted keys) alike."""
-    out: list[tuple[str, Any]] = []
-    for key, value in when.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value and not all(k in OPERATORS for k in value):
-            out += _flatten(value, path)
-        else:
-            out.append((path, value))
-    return out
-
-
 def _problem(origin: str, name: str, key: str, message: str) -> RuleProblem:
     return RuleProblem(origin, name, key, message)
 
@@ -172,7 +160,12 @@ def compile_rule(raw: Any, origin: str, index: int, known_actions: Mapping[str, 
         problems.append(_problem(origin, name, "on", str(exc)))
         types = TypeFilter(("__invalid__",))
     conditions = []
-    for path, condition in _flatten(spec.when):
+    try:
+        flat = flatten_conditions(spec.when)
+    except ConditionError as exc:
+        problems.append(_problem(origin, name, f"when.{exc.path}", exc.message))
+        flat = {}
+    for path, condition in flat.items():
         try:
             same = (path, repr(condition))
             if same not in shared:

@@ -10,7 +10,9 @@ A backend is two things behind one URL scheme (`[backend] url`):
       read(after, ...) ───────> Page(events, next, trimmed_through, head)
 
 - the **rules journal** (`Journal`): which rule actions started and how they ended, how far the
-  rules have evaluated the log (the cursor), and the cooldowns running.
+  rules have evaluated the log (the cursor), and the cooldowns running;
+- the **outbox** (`Outbox`): outbound webhook subscriptions, how far each has taken the log,
+  the deliveries waiting for a retry (or behind one of the same call), and the delivery log.
 
 Each backend class declares its own options (`Options`, validated from the `[backend]` table
 beside `url`), keeps its scan budgets to itself, and answers look-ups by the fields this
@@ -23,7 +25,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict
@@ -31,8 +33,8 @@ from pydantic import BaseModel, ConfigDict
 from hub.events import Event
 from hub.matcher import TypeFilter
 
-__all__ = ["Backend", "Journal", "JournalEntry", "Unfinished", "AppendResult", "Page", "CommitListener",
-           "IndexedField", "INDEXED_FIELDS", "indexed_values", "NoOptions"]
+__all__ = ["Backend", "Journal", "JournalEntry", "Unfinished", "Outbox", "OutboxChanges", "Pending", "Attempt",
+           "AppendResult", "Page", "CommitListener", "IndexedField", "INDEXED_FIELDS", "indexed_values", "NoOptions"]
 
 CommitListener = Callable[[list[Event]], None]
 #: Fields of `data` every backend indexes, for look-ups off the hot path (`Backend.find`).
@@ -140,8 +142,17 @@ class Backend(ABC):
         """Finish pending writes, flush, release everything."""
 
     @abstractmethod
+    async def seq_at(self, when: float) -> int:
+        """The highest seq stored before `when` (unix seconds, the hub's clock): reading after it
+        gives what was stored from `when` on. 0 if nothing was stored before."""
+
+    @abstractmethod
     def journal(self) -> Journal:
         """The rules journal this backend keeps (one per backend; opened by its own `start`)."""
+
+    @abstractmethod
+    def outbox(self) -> Outbox:
+        """The outbound webhooks' state this backend keeps (one per backend; opened by its own `start`)."""
 
 
 # -- the rules journal ------------------------------------------------------------------------------
@@ -210,6 +221,97 @@ class Journal(ABC):
     @abstractmethod
     async def cooldowns(self, now: float) -> list[tuple[str, str, float]]:
         """(rule, key, until) of the cooldowns still running at `now`; expired ones are forgotten."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release everything."""
+
+
+# -- the outbox (outbound webhook subscriptions) --------------------------------------------------------
+
+
+class Pending(NamedTuple):
+    """A delivery that is not settled and that the cursor has passed: due for a retry at `next_at`
+    (`retry`), or waiting behind an earlier delivery of the same call (`waiting`), or asked for
+    again by an operator (`manual`)."""
+
+    subscription: str
+    seq: int
+    #: The ordering key (the call id) it waits on, if any.
+    key: str | None
+    attempts: int
+    next_at: float
+    state: str
+
+
+class Attempt(NamedTuple):
+    """One line of the delivery log: an attempt, or an outcome without one (`expired`)."""
+
+    id: int
+    subscription: str
+    seq: int
+    event_id: str
+    #: The `webhook-id` the receiver saw.
+    message_id: str
+    at: float
+    attempt: int
+    #: `delivered`, `retrying` (failed, will try again), `failed` (no more tries), `expired`.
+    outcome: str
+    status: int | None
+    latency_ms: float | None
+    error: str | None
+    #: The first bytes of the receiver's answer.
+    response: str | None
+
+
+@dataclass
+class OutboxChanges:
+    """What one durable write applies: cursors moved, pending deliveries added, changed or settled,
+    attempts logged. All of it or none of it."""
+
+    cursors: dict[str, int] = field(default_factory=dict)
+    pending: list[Pending] = field(default_factory=list)
+    settled: list[tuple[str, int]] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.cursors or self.pending or self.settled or self.attempts)
+
+
+class Outbox(ABC):
+    """Durable state of outbound webhook subscriptions (writes applied in the order they were made)."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Open it (before any other call)."""
+
+    @abstractmethod
+    async def subscriptions(self) -> list[tuple[dict[str, Any], int | None]]:
+        """Every stored subscription (its document) with its cursor (None: it has not read the log yet)."""
+
+    @abstractmethod
+    def save(self, document: dict[str, Any], *, cursor: int | None = None) -> asyncio.Future[None]:
+        """Create or replace a subscription's document (keyed by its `id`); `cursor` sets where it starts."""
+
+    @abstractmethod
+    def delete(self, subscription: str) -> asyncio.Future[None]:
+        """Forget a subscription: its document, cursor, pending deliveries and delivery log."""
+
+    @abstractmethod
+    def apply(self, changes: OutboxChanges) -> asyncio.Future[None]:
+        """Apply `changes` in one durable write (a cursor never moves back)."""
+
+    @abstractmethod
+    async def pending(self, subscription: str) -> list[Pending]:
+        """The subscription's pending deliveries, by seq."""
+
+    @abstractmethod
+    async def attempts(self, subscription: str, *, outcome: str | None, after: int, limit: int) -> list[Attempt]:
+        """The delivery log of one subscription, oldest first, after the attempt id `after`."""
+
+    @abstractmethod
+    async def prune(self, before: float) -> int:
+        """Drop log lines older than `before`; how many went."""
 
     @abstractmethod
     async def close(self) -> None:

@@ -36,12 +36,16 @@ from hub.exceptions import InvalidEvent, Unavailable
 from hub.matcher import TypeFilter
 from hub.store.base import (
     AppendResult,
+    Attempt,
     Backend,
     CommitListener,
     IndexedField,
     Journal,
     JournalEntry,
+    Outbox,
+    OutboxChanges,
     Page,
+    Pending,
     Unfinished,
     indexed_values,
 )
@@ -59,6 +63,7 @@ SCAN_CHUNK = 500
 SCAN_FACTOR = 20
 DB_FILE = "events.db"
 JOURNAL_FILE = "actions.db"
+OUTBOX_FILE = "webhooks.db"
 #: The schema version the indexed columns (`call_id`, `recording`) came with.
 SCHEMA_VERSION = 2
 
@@ -117,6 +122,7 @@ class LocalBackend(Backend):
         self.synchronous = options.synchronous.upper()
         self.max_batch = options.max_batch
         self._journal = SQLiteJournal(data_dir / JOURNAL_FILE)
+        self._outbox = SQLiteOutbox(data_dir / OUTBOX_FILE)
         self.head = 0
         self.trimmed_through = 0
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -154,6 +160,9 @@ class LocalBackend(Backend):
     def journal(self) -> SQLiteJournal:
         return self._journal
 
+    def outbox(self) -> SQLiteOutbox:
+        return self._outbox
+
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -166,24 +175,24 @@ class LocalBackend(Backend):
         conn.executescript(_INDEXES)
         return conn
 
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    def _migrate(self, conn: sqlite3.Connection, version: int) -> None:
         """A log from before the indexed columns: add them and fill them in from the stored bodies, once."""
         columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
+        missing = [c for c in ("call_id", "recording") if c not in columns]
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for column in ("call_id", "recording"):
-                if column not in columns:
-                    conn.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
-                    conn.execute(f"UPDATE events SET {column} = json_extract(body, '$.data.{column}') "
-                                 f"WHERE json_type(body, '$.data.{column}') = 'text'")
+            for column in missing:
+                conn.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
+                conn.execute(f"UPDATE events SET {column} = json_extract(body, '$.data.{column}') "
+                             f"WHERE json_type(body, '$.data.{column}') = 'text'")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        logger.info("event store %s: indexed call ids and recordings (schema %d -> %d)", conn, version,
-                    SCHEMA_VERSION)
+        if missing:
+            logger.info("event store %s: indexed call ids and recordings (schema %d -> %d)", self.path, version,
+                        SCHEMA_VERSION)
 
     @staticmethod
     def _initial_state(conn: sqlite3.Connection) -> tuple[int, int]:
@@ -406,6 +415,15 @@ class LocalBackend(Backend):
         scan_limit = max(limit, 100) * SCAN_FACTOR
         page: Page = await self._in_reader(self._read, after, limit, agent, types, scan_limit)
         return page
+
+    async def seq_at(self, when: float) -> int:
+        seq: int = await self._in_reader(self._seq_at, int(when * 1000))
+        return seq
+
+    def _seq_at(self, when_ms: int) -> int:
+        # One writer stamps `ts` as it assigns seqs, so both grow together.
+        row = self._reader().execute("SELECT MAX(seq) FROM events WHERE ts < ?", (when_ms,)).fetchone()
+        return int(row[0] or 0)
 
     async def get(self, seq: int) -> Event | None:
         event: Event | None = await self._in_reader(self._get, seq)
@@ -630,6 +648,135 @@ class SQLiteJournal(Journal):
         self._conn.execute("DELETE FROM cooldowns WHERE until <= ?", (now,))
         rows: list[tuple[str, str, float]] = self._conn.execute("SELECT rule, key, until FROM cooldowns").fetchall()
         return rows
+
+    async def close(self) -> None:
+        if self._db is not None:
+            await self._submit(self._db.close)
+            self._db = None
+        self._thread.shutdown(wait=True)
+
+
+# -- the outbox ---------------------------------------------------------------------------------------------
+
+_OUTBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS subscriptions (id TEXT PRIMARY KEY, document BLOB NOT NULL, cursor INTEGER);
+CREATE TABLE IF NOT EXISTS pending (subscription TEXT NOT NULL, seq INTEGER NOT NULL, key TEXT,
+    attempts INTEGER NOT NULL, next_at REAL NOT NULL, state TEXT NOT NULL, PRIMARY KEY (subscription, seq));
+CREATE TABLE IF NOT EXISTS attempts (id INTEGER PRIMARY KEY AUTOINCREMENT, subscription TEXT NOT NULL,
+    seq INTEGER NOT NULL, event_id TEXT NOT NULL, message_id TEXT NOT NULL, at REAL NOT NULL, attempt INTEGER NOT NULL,
+    outcome TEXT NOT NULL, status INTEGER, latency_ms REAL, error TEXT, response TEXT);
+CREATE INDEX IF NOT EXISTS attempts_subscription ON attempts (subscription, id);
+CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at);
+"""
+
+
+class SQLiteOutbox(Outbox):
+    """The outbox in one SQLite file (WAL, fsync per write), written by one thread in call order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="callhub-outbox")
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def start(self) -> None:
+        await self._submit(self._open)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(_OUTBOX_SCHEMA)
+        self._db = db
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise Unavailable("the outbox is not open")
+        return self._db
+
+    async def subscriptions(self) -> list[tuple[dict[str, Any], int | None]]:
+        rows: list[tuple[bytes, int | None]] = await self._submit(
+            lambda: self._conn.execute("SELECT document, cursor FROM subscriptions ORDER BY id").fetchall())
+        return [(orjson.loads(document), cursor) for document, cursor in rows]
+
+    def save(self, document: dict[str, Any], *, cursor: int | None = None) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._submit(self._save, document["id"], orjson.dumps(document), cursor)
+        return future
+
+    def _save(self, id_: str, document: bytes, cursor: int | None) -> None:
+        self._conn.execute("INSERT INTO subscriptions (id, document, cursor) VALUES (?, ?, ?) ON CONFLICT(id) DO"
+                           " UPDATE SET document = excluded.document, cursor = COALESCE(excluded.cursor, cursor)",
+                           (id_, document, cursor))
+
+    def delete(self, subscription: str) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._submit(self._delete, subscription)
+        return future
+
+    def _delete(self, subscription: str) -> None:
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, column in (("subscriptions", "id"), ("pending", "subscription"), ("attempts", "subscription")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (subscription,))  # noqa: S608
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def apply(self, changes: OutboxChanges) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._submit(self._apply, changes)
+        return future
+
+    def _apply(self, changes: OutboxChanges) -> None:
+        db = self._conn
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if changes.settled:
+                db.executemany("DELETE FROM pending WHERE subscription = ? AND seq = ?", changes.settled)
+            if changes.pending:
+                db.executemany("INSERT INTO pending (subscription, seq, key, attempts, next_at, state)"
+                               " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (subscription, seq) DO UPDATE SET"
+                               " key = excluded.key, attempts = excluded.attempts, next_at = excluded.next_at,"
+                               " state = excluded.state", changes.pending)
+            if changes.attempts:
+                db.executemany("INSERT INTO attempts (subscription, seq, event_id, message_id, at, attempt, outcome,"
+                               " status, latency_ms, error, response) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                               [a[1:] for a in changes.attempts])
+            for subscription, cursor in changes.cursors.items():
+                db.execute("UPDATE subscriptions SET cursor = MAX(COALESCE(cursor, 0), ?) WHERE id = ?",
+                           (cursor, subscription))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def pending(self, subscription: str) -> list[Pending]:
+        rows: list[tuple[Any, ...]] = await self._submit(lambda: self._conn.execute(
+            "SELECT subscription, seq, key, attempts, next_at, state FROM pending WHERE subscription = ?"
+            " ORDER BY seq", (subscription,)).fetchall())
+        return [Pending(*row) for row in rows]
+
+    async def attempts(self, subscription: str, *, outcome: str | None, after: int, limit: int) -> list[Attempt]:
+        sql = ("SELECT id, subscription, seq, event_id, message_id, at, attempt, outcome, status, latency_ms, error,"
+               " response"
+               " FROM attempts WHERE subscription = ? AND id > ?")
+        args: list[Any] = [subscription, after]
+        if outcome is not None:
+            sql += " AND outcome = ?"
+            args.append(outcome)
+        sql += " ORDER BY id LIMIT ?"
+        args.append(limit)
+        rows: list[tuple[Any, ...]] = await self._submit(lambda: self._conn.execute(sql, args).fetchall())
+        return [Attempt(*row) for row in rows]
+
+    async def prune(self, before: float) -> int:
+        removed: int = await self._submit(
+            lambda: self._conn.execute("DELETE FROM attempts WHERE at < ?", (before,)).rowcount)
+        return removed
 
     async def close(self) -> None:
         if self._db is not None:

@@ -76,15 +76,14 @@ def webhook_post_spec(config: WebhookActionConfig, sender: WebhookSender, secret
             raise InvalidEvent("webhook.post needs url")
         content, content_type = _body(params, dict(context.event))
         msg_id = stable_key(context.key, prefix="msg")
-        response = await sender.post(url, content, msg_id=msg_id, signer=signer, retry=retry,
-                                     headers={**_headers(params), "Content-Type": content_type})
+        answer = await sender.post(url, content, msg_id=msg_id, signer=signer, retry=retry,
+                                   headers={**_headers(params), "Content-Type": content_type})
         # The receiver's answer is not kept: action.* events go to every subscriber that sees them,
         # and a receiver may echo what it was sent (headers and their credentials included).
-        if not response.is_success:
+        if not 200 <= answer.status < 300:
             host = urlsplit(url).hostname
-            raise WebhookFailed(f"{host} answered {response.status_code}", status=response.status_code,
-                                webhook_id=msg_id)
-        return {"status": response.status_code, "webhook_id": msg_id}
+            raise WebhookFailed(f"{host} answered {answer.status}", status=answer.status, webhook_id=msg_id)
+        return {"status": answer.status, "webhook_id": msg_id}
 
     executor: Executor = run
     return ActionSpec(WEBHOOK_POST, executor, idempotent=True, group="webhook", required=CORE_ACTIONS[WEBHOOK_POST],

@@ -32,6 +32,9 @@
     transport: "Transport|Giao thức", state: "State|Trạng thái", buffer: "Buffer|Bộ đệm", since: "Since|Từ",
     rules: "Rules|Quy tắc", rule: "Rule|Quy tắc", matched: "Matched|Khớp", ok: "Succeeded|Thành công",
     failed: "Failed|Thất bại", lastFired: "Last fired|Lần cuối",
+    webhooks: "Webhook subscriptions|Đăng ký webhook", endpoint: "Endpoint|Điểm nhận", backlog: "Backlog|Tồn đọng",
+    lastFailure: "Last failure|Lỗi gần nhất", noWebhooks: "No webhook subscriptions.|Chưa có đăng ký webhook nào.",
+    s_active: "Active|Hoạt động", s_paused: "Paused|Tạm dừng", s_disabled: "Disabled|Đã tắt",
     noRules: "No rules configured.|Chưa cấu hình quy tắc nào.", ringing: "Ringing|Đang đổ chuông",
     answered: "Answered|Đang nghe", held: "On hold|Đang giữ máy", ended: "Ended|Đã kết thúc",
     o_answered: "Answered|Đã nghe", o_missed: "Missed|Gọi nhỡ", o_busy: "Busy|Máy bận",
@@ -486,9 +489,10 @@
   }
   const wrap = (node) => { const td = el("td"); td.append(node); return td; };
   async function supervise() {
-    let subs, ready, rules;
+    let subs, ready, rules, hooks;
     try {
-      [subs, ready, rules] = await Promise.all([api("/v1/subscribers"), api("/readyz"), api("/v1/rules")]);
+      [subs, ready, rules, hooks] = await Promise.all([api("/v1/subscribers"), api("/readyz"), api("/v1/rules"),
+        api("/v1/subscriptions")]);
     } catch { $("sup-error").textContent = t("unreachable"); return; }
     $("sup-error").textContent = subs.ok ? "" : errMsg(subs);
     const now = Date.now(), head = subs.body.head ?? ready.body.head;
@@ -513,6 +517,19 @@
     $("rules").tBodies[0].replaceChildren(...rs.map((r) => {
       const tr = row([r.name, r.matched, r.actions_ok, r.actions_failed, r.last_fired ? hhmm(Date.parse(r.last_fired)) : "–"]);
       if (r.actions_failed) tr.cells[3].className = "bad";
+      return tr;
+    }));
+    // Outbound webhook subscriptions: the endpoint's host (a URL may carry a token), state, backlog, last failure.
+    const hs = hooks.body.subscriptions || [];
+    $("hooks-empty").hidden = hs.length > 0;
+    $("hooks").tBodies[0].replaceChildren(...hs.map((h) => {
+      const f = h.last_failure, host = (() => { try { return new URL(h.url).host; } catch { return "?"; } })();
+      const what = f ? `${hhmm(Date.parse(f.at))} · ${f.error || f.outcome}` : "–";
+      const tr = row([h.description ? `${h.description} (${host})` : host, t("s_" + h.state),
+        h.backlog, h.disabled ? `${what} · ${h.disabled.reason}` : what]);
+      tr.dataset.id = h.id;
+      if (h.state !== "active") tr.cells[1].className = "bad";
+      if (f) tr.cells[3].className = "bad";
       return tr;
     }));
   }

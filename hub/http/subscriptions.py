@@ -1,0 +1,129 @@
+"""`/v1/subscriptions` and `/v1/deliveries`: outbound webhook subscriptions, their delivery log,
+replays and retries (admin only; docs/WEBHOOKS_OUT.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from hub.events import event_time
+from hub.exceptions import BadRequest
+from hub.requests import MAX_SEQ, JSONResponse, int_param, parse_json, read_body, require_json
+from hub.service import Hub
+from hub.webhooks.delivery import OUTCOMES
+from hub.webhooks.subscriptions import spec_from
+
+__all__ = ["routes", "LOG_LIMIT_DEFAULT", "LOG_LIMIT_MAX"]
+
+#: `GET /v1/subscriptions/{id}/deliveries` page size: default and maximum.
+LOG_LIMIT_DEFAULT = 100
+LOG_LIMIT_MAX = 1000
+#: Subscription documents are small: a body past this is refused.
+MAX_BODY = 64 * 1024
+
+
+def routes(hub: Hub) -> list[Route]:
+    authenticate, deliveries = hub.authenticate, hub.deliveries
+
+    def admin(request: Request) -> None:
+        authenticate(request).require("admin")
+
+    async def body(request: Request, *, optional: bool = False) -> Any:
+        if optional and not await _has_body(request):
+            return {}
+        require_json(request)
+        obj = parse_json(await read_body(request, MAX_BODY))
+        if not isinstance(obj, dict):
+            raise BadRequest("the body must be a JSON object", code="invalid_body")
+        return obj
+
+    async def collection(request: Request) -> Response:
+        admin(request)
+        if request.method == "GET":
+            subscriptions = deliveries.describe_all()
+            return JSONResponse({"subscriptions": subscriptions, "count": len(subscriptions)})
+        described, secret = await deliveries.create(spec_from(await body(request)))
+        return JSONResponse({**described, "secret": secret}, status_code=201,
+                            headers={"Location": f"/v1/subscriptions/{described['id']}", "Cache-Control": "no-store"})
+
+    async def one(request: Request) -> Response:
+        admin(request)
+        id_ = request.path_params["id"]
+        if request.method == "GET":
+            return JSONResponse(deliveries.describe(deliveries.worker(id_)))
+        if request.method == "DELETE":
+            await deliveries.delete(id_)
+            return Response(status_code=204)
+        patch = await body(request)
+        current = deliveries.worker(id_).sub.spec.model_dump()
+        return JSONResponse(await deliveries.update(id_, spec_from({**current, **patch})))
+
+    async def rotate(request: Request) -> Response:
+        admin(request)
+        described, secret = await deliveries.rotate(request.path_params["id"])
+        return JSONResponse({**described, "secret": secret}, headers={"Cache-Control": "no-store"})
+
+    async def enable(request: Request) -> Response:
+        admin(request)
+        options = await body(request, optional=True)
+        skip = options.get("skip_backlog", False)
+        if not isinstance(skip, bool):
+            raise BadRequest("'skip_backlog' must be true or false", code="invalid_body", field="skip_backlog")
+        return JSONResponse(await deliveries.enable(request.path_params["id"], skip_backlog=skip))
+
+    async def replay(request: Request) -> Response:
+        admin(request)
+        options = await body(request)
+        unknown = sorted(set(options) - {"after_seq", "since"})
+        if unknown:
+            raise BadRequest(f"unknown field {unknown[0]!r}; give 'after_seq' or 'since'", code="invalid_body",
+                             field=unknown[0])
+        after_seq, since = options.get("after_seq"), options.get("since")
+        if after_seq is not None and (not isinstance(after_seq, int) or isinstance(after_seq, bool)
+                                      or not 0 <= after_seq <= MAX_SEQ):
+            raise BadRequest("'after_seq' must be a seq (an integer, 0 or more)", code="invalid_body",
+                             field="after_seq")
+        when = None
+        if since is not None:
+            when = event_time({"time": since}, default=-1.0) if isinstance(since, str) else -1.0
+            if when < 0:
+                raise BadRequest("'since' must be an RFC 3339 time, like 2026-11-25T08:00:00Z", code="invalid_body",
+                                 field="since")
+        result = await deliveries.replay(request.path_params["id"], after_seq=after_seq, since=when)
+        return JSONResponse(result, status_code=202)
+
+    async def log(request: Request) -> Response:
+        admin(request)
+        status = request.query_params.get("status") or None
+        if status is not None and status not in OUTCOMES:
+            raise BadRequest(f"'status' must be one of {', '.join(OUTCOMES)}", code="invalid_parameter",
+                             field="status")
+        after = int_param(request, "after", default=0, low=0, high=MAX_SEQ)
+        limit = int_param(request, "limit", default=LOG_LIMIT_DEFAULT, low=1, high=LOG_LIMIT_MAX)
+        assert after is not None and limit is not None
+        attempts = await deliveries.attempts(request.path_params["id"], outcome=status, after=after, limit=limit)
+        return JSONResponse({"deliveries": attempts, "next": attempts[-1]["id"] if attempts else after})
+
+    async def retry(request: Request) -> Response:
+        admin(request)
+        return JSONResponse(await deliveries.retry(request.path_params["id"]), status_code=202)
+
+    return [
+        Route("/v1/subscriptions", collection, methods=["GET", "POST"]),
+        Route("/v1/subscriptions/{id}", one, methods=["GET", "PATCH", "DELETE"]),
+        Route("/v1/subscriptions/{id}/rotate-secret", rotate, methods=["POST"]),
+        Route("/v1/subscriptions/{id}/enable", enable, methods=["POST"]),
+        Route("/v1/subscriptions/{id}/replay", replay, methods=["POST"]),
+        Route("/v1/subscriptions/{id}/deliveries", log, methods=["GET"]),
+        Route("/v1/deliveries/{id}/retry", retry, methods=["POST"]),
+    ]
+
+
+async def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in ("", "0")
+    return "transfer-encoding" in request.headers

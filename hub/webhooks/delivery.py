@@ -1,0 +1,820 @@
+"""Outbound webhook delivery: every subscription takes the log in order and pushes what it wants to
+its endpoint, at least once, signed, retried, ordered per call (docs/WEBHOOKS_OUT.md).
+
+    store commit ─▶ Deliveries.on_commit ─▶ Worker.incoming (per subscription, bounded)
+                                               │ filter, per-call queue, rate limit, concurrency
+                    store.read (catch-up) ───▶ │ ─▶ WebhookSender.attempt ─▶ the endpoint
+                                               ▼
+                     Outbox.apply every 100 ms: the cursor, pending retries, the delivery log
+
+**Progress is durable before it advances.** A subscription's cursor is the highest seq such that
+every event at or below it is settled (delivered, failed, expired) or held as a pending row
+(waiting for a retry, or behind an earlier event of its call). Rows and cursor move in one
+outbox write; an event merely in flight holds the cursor back, so after a crash (or `kill -9`)
+the log is read again from the cursor and the event is sent again: at least once. The
+receiver deduplicates on `webhook-id`, the same for every attempt at one event.
+
+**One slow endpoint never delays another.** Each subscription has its own worker task, its own
+queue (`[webhooks] max_queue`: past it, the worker stops listening and reads the log back when
+it has room), its own concurrency bound and rate limit. The commit hook only appends to the
+queues of subscriptions whose types match, parsing each such event once for all of them.
+
+**Per call.** With `ordering = "per_call"` the events of one `data.call_id` go one at a time in
+seq order: a failing event holds back the later events of its call only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import math
+import random
+import time
+from bisect import insort
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import orjson
+
+from hub.config import SubscriptionSpec, WebhooksConfig
+from hub.events import HUB_SOURCE, Event, Publish, event_time, hub_event
+from hub.exceptions import BadRequest, HubError, NotFound
+from hub.ops.metrics import Metrics
+from hub.outbound.guard import EgressPolicy, EgressRefused
+from hub.outbound.retry import retry_after_seconds, stable_key
+from hub.store.base import Attempt, Backend, Outbox, OutboxChanges, Pending
+from hub.webhooks.sender import WebhookSender, WebhookUnreachable
+from hub.webhooks.subscriptions import STATES, Subscription, from_config, new_id, new_secret
+
+__all__ = ["Deliveries", "Conflict", "FLUSH_INTERVAL", "OUTCOMES", "delivery_id", "parse_delivery_id"]
+
+logger = logging.getLogger("callhub.webhooks")
+
+#: How often progress, retries and the delivery log are written (one outbox write for all subscriptions).
+FLUSH_INTERVAL = 0.1
+#: Events read per page when a subscription catches up from the log.
+READ_PAGE = 500
+#: Retry delays are spread by this much either way, so retries of many deliveries do not arrive together.
+JITTER = 0.2
+#: Bytes of the endpoint's answer kept in the delivery log.
+RESPONSE_HEAD = 512
+#: How often the delivery log is pruned (`[webhooks] log_retention`).
+PRUNE_EVERY = 3600.0
+#: The delivery log's outcomes.
+OUTCOMES = ("delivered", "retrying", "failed", "expired")
+_CONTENT_TYPE = {"Content-Type": "application/cloudevents+json"}
+
+
+class Conflict(HubError):
+    status_code = 409
+    code = "conflict"
+
+
+def delivery_id(subscription: str, seq: int) -> str:
+    """A delivery's id: its subscription and the event's seq (`sub_1f2e.1042`)."""
+    return f"{subscription}.{seq}"
+
+
+def parse_delivery_id(value: str) -> tuple[str, int]:
+    subscription, _, seq = value.rpartition(".")
+    if not subscription or not seq.isdigit() or len(seq) > 18:
+        raise NotFound(f"no delivery {value[:80]!r}: a delivery id is <subscription>.<seq>", code="unknown_delivery")
+    return subscription, int(seq)
+
+
+class Meta(NamedTuple):
+    """What a delivery needs to know of its event beyond the body."""
+
+    message_id: str
+    event_id: str
+    type: str
+    time: float
+
+
+@dataclass(slots=True, eq=False)
+class Item:
+    """An event one subscription has to deliver and has not settled."""
+
+    seq: int
+    key: str | None
+    meta: Meta | None
+    #: The committed event (its body), while it is about to be sent; None: read it back from the store.
+    event: Event | None
+    attempts: int = 0
+    next_at: float = 0.0
+    #: queued (ready), sending, retry (its timer runs), waiting (behind an earlier event of its call).
+    state: str = "queued"
+    #: A pending row holds it (so it does not hold the cursor back).
+    durable: bool = False
+    #: An operator asked for it (replay, retry): sent whatever its age.
+    forced: bool = False
+
+
+class Worker:
+    """One subscription's delivery: its queue, per-call order, timers, rate and concurrency."""
+
+    def __init__(self, sub: Subscription, engine: Deliveries, cursor: int) -> None:
+        self.sub = sub
+        self.e = engine
+        self.items: dict[int, Item] = {}
+        #: Seqs of items that hold the cursor back (not durable), a heap; stale entries are skipped.
+        self.holding: list[int] = []
+        self.keys: dict[str, list[int]] = {}
+        self.ready: deque[int] = deque()
+        self.timers: list[tuple[float, int]] = []
+        self.read_pos = cursor
+        self.durable_cursor = cursor
+        self.forced_through = 0
+        #: While listening, the commit hook appends here: (event, body) or the seq a batch ended at.
+        self.listening = False
+        self.incoming: deque[tuple[Event, dict[str, Any]] | int] = deque()
+        self.inflight = 0
+        self.wake = asyncio.Event()
+        self.dirty: set[int] = set()
+        self.settled: list[int] = []
+        self.log: list[Attempt] = []
+        self.tokens = math.inf  # a full bucket
+        self.refilled = time.monotonic()
+        self.sending: set[asyncio.Task[None]] = set()
+        self.task: asyncio.Task[None] | None = None
+        self.last_success: float | None = None
+        self.last_failure: dict[str, Any] | None = None
+        self.closed = False
+
+    # -- taking events ----------------------------------------------------------------------------
+
+    def offer(self, event: Event, body: dict[str, Any]) -> None:
+        """Consider one event (its type matches): admit it if the filter wants it."""
+        sub = self.sub
+        if event.seq in self.items or not sub.wants(event, body):
+            return
+        now = time.time()
+        meta = _meta(sub.id, event, body, now)
+        item = Item(event.seq, sub.key_of(body) if sub.ordered else None, meta, event,
+                    next_at=now + self.e.schedule[0], forced=event.seq <= self.forced_through)
+        self.admit(item)
+
+    def admit(self, item: Item) -> None:
+        self.items[item.seq] = item
+        if not item.durable:
+            heapq.heappush(self.holding, item.seq)
+        key = item.key
+        if key is not None:
+            queue = self.keys.setdefault(key, [])
+            insort(queue, item.seq)
+            if queue[0] != item.seq:
+                item.state = "waiting"
+                if self.items[queue[0]].durable and not item.durable:
+                    self.dirty.add(item.seq)  # behind a retry: a row, so the cursor moves on
+                return
+            if len(queue) > 1:  # it went before the call's earlier head (a replay, a retry): that one waits
+                previous = self.items[queue[1]]
+                if previous.state in ("queued", "retry"):
+                    previous.state = "waiting"
+        self.schedule(item)
+
+    def schedule(self, item: Item) -> None:
+        if item.next_at <= time.time():
+            item.state = "queued"
+            self.ready.append(item.seq)
+        else:
+            item.state = "retry"
+            heapq.heappush(self.timers, (item.next_at, item.seq))
+
+    def take_incoming(self) -> None:
+        incoming = self.incoming
+        while incoming:
+            entry = incoming.popleft()
+            if isinstance(entry, int):
+                if entry > self.read_pos:
+                    self.read_pos = entry
+                continue
+            event, body = entry
+            if event.seq <= self.read_pos:
+                continue
+            self.read_pos = event.seq
+            self.offer(event, body)
+
+    async def catch_up(self) -> None:
+        """Read the log after `read_pos` while there is room; listen again once at the head."""
+        self.set_listening(True)  # buffer what commits meanwhile; the overlap is skipped by seq
+        store, room = self.e.store, self.e.config.max_queue
+        while len(self.items) < room and not self.closed:
+            page = await store.read(self.read_pos, limit=READ_PAGE, agent=None, types=self.sub.types)
+            if page.trimmed_through > self.read_pos:
+                logger.warning("subscription %s: events %d..%d were removed by retention before delivery",
+                               self.sub.id, self.read_pos + 1, page.trimmed_through)
+            for event in page.events:
+                if event.seq > self.read_pos:
+                    self.read_pos = event.seq
+                    self.offer(event, orjson.loads(event.body))
+            self.read_pos = max(self.read_pos, page.next)
+            if page.next >= page.head:
+                return
+        self.set_listening(False)  # full: read on from the log when there is room again
+
+    def set_listening(self, listening: bool) -> None:
+        self.listening = listening
+        self.incoming.clear()
+        self.e.refresh_listening()
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while not self.closed:
+                try:
+                    await self.step()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("subscription %s: delivery loop failed; going on in a second", self.sub.id)
+                    await asyncio.sleep(1.0)
+        finally:
+            for task in list(self.sending):
+                task.cancel()
+
+    async def step(self) -> None:
+        self.wake.clear()
+        self.take_incoming()
+        if not self.listening and len(self.items) < self.e.config.max_queue:
+            await self.catch_up()
+            self.take_incoming()
+        now = time.time()
+        while self.timers and self.timers[0][0] <= now:
+            _, seq = heapq.heappop(self.timers)
+            item = self.items.get(seq)
+            if item is not None and item.state == "retry" and item.next_at <= now:
+                item.state = "queued"
+                self.ready.append(seq)
+        timeout = 5.0
+        if self.sub.state == "active":
+            timeout = min(timeout, self.dispatch())
+        if self.timers:
+            timeout = min(timeout, max(0.0, self.timers[0][0] - time.time()))
+        if not self.wake.is_set() and timeout > 0:
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def dispatch(self) -> float:
+        """Start what is ready within the concurrency bound and the rate limit; how long until a
+        token comes if the rate limit stopped it (else a long time)."""
+        limit, rate = self.e.config.concurrency, self.sub.spec.rate_limit_per_s
+        while self.ready and self.inflight < limit:
+            if rate is not None:
+                wait = self._take_token(rate)
+                if wait > 0:
+                    return wait
+            seq = self.ready.popleft()
+            item = self.items.get(seq)
+            if item is None or item.state != "queued":
+                if rate is not None:
+                    self.tokens += 1.0  # not spent
+                continue
+            item.state = "sending"
+            self.inflight += 1
+            task = asyncio.get_running_loop().create_task(self.deliver(item), name=f"callhub:deliver:{self.sub.id}")
+            self.sending.add(task)
+            task.add_done_callback(self.sending.discard)
+        return 5.0
+
+    def _take_token(self, rate: float) -> float:
+        now = time.monotonic()
+        burst = max(1.0, rate)
+        self.tokens = min(burst, self.tokens + (now - self.refilled) * rate)
+        self.refilled = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / rate
+
+    # -- one attempt ------------------------------------------------------------------------------
+
+    async def deliver(self, item: Item) -> None:
+        try:
+            await self._attempt(item)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("subscription %s: delivering seq %d failed unexpectedly", self.sub.id, item.seq)
+            self._retry_or_fail(item, time.time(), None, "internal error (see the hub's log)", None, None)
+        finally:
+            self.inflight -= 1
+            self.wake.set()
+
+    async def _attempt(self, item: Item) -> None:
+        e, sub = self.e, self.sub
+        event = item.event
+        if event is None:
+            event = await e.store.get(item.seq)
+            if event is None:
+                self.settle(item, "expired", error="the event is no longer stored (retention)")
+                return
+        now = time.time()
+        if item.meta is None:
+            item.meta = _meta(sub.id, event, orjson.loads(event.body), now)
+        meta = item.meta
+        max_age = None if item.forced else sub.max_age(meta.type)
+        if max_age is not None and now - meta.time > max_age:
+            self.settle(item, "expired", error=f"older than its max_age_s ({max_age:g} s)")
+            return
+        item.attempts += 1
+        try:
+            answer = await e.sender.attempt(sub.spec.url, event.body, msg_id=meta.message_id, signer=sub.signer(now),
+                                            headers=_CONTENT_TYPE, timeout=e.config.request_timeout)
+        except EgressRefused as exc:
+            self.fail(item, time.time(), None, f"refused: {exc.message}", None, None, reason="refused")
+            return
+        except WebhookUnreachable as exc:
+            e.metrics.webhook_latency.observe(time.time() - now)
+            self._retry_or_fail(item, time.time(), None, exc.message, None, None)
+            return
+        done = time.time()
+        e.metrics.webhook_latency.observe(answer.elapsed)
+        latency = round(answer.elapsed * 1000, 3)
+        head = answer.head[:RESPONSE_HEAD].decode("utf-8", "replace")
+        status = answer.status
+        if 200 <= status < 300:
+            self.log_attempt(item, done, "delivered", status, latency, None, head)
+            self.settle(item, "delivered")
+            self.succeeded(done)
+        elif status == 410:
+            self.fail(item, done, status, "the endpoint answered 410 Gone", latency, head, reason="gone")
+            await e.disable(self, "the endpoint answered 410 Gone")
+        elif status in (408, 429) or status >= 500:
+            self._retry_or_fail(item, done, status, f"HTTP {status}", latency, head,
+                                retry_after=retry_after_seconds(answer.retry_after))
+        else:
+            hint = " (redirects are not followed)" if 300 <= status < 400 else ""
+            self.fail(item, done, status, f"HTTP {status}: final{hint}", latency, head, reason="rejected")
+
+    def _retry_or_fail(self, item: Item, now: float, status: int | None, error: str, latency: float | None,
+                       head: str | None, *, retry_after: float | None = None) -> None:
+        schedule = self.e.schedule
+        if item.attempts >= len(schedule):
+            self.fail(item, now, status, error, latency, head, reason="exhausted")
+            return
+        delay = schedule[item.attempts] * random.uniform(1 - JITTER, 1 + JITTER)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.e.longest_delay))
+        self.log_attempt(item, now, "retrying", status, latency, error, head)
+        self.e.metrics.webhook_attempts.labels("retry").inc()
+        item.next_at = now + delay
+        item.event = None  # read back when due: a long backlog of retries holds no bodies
+        self.dirty.add(item.seq)
+        if item.key is not None:  # the later events of its call wait: rows for them too
+            for seq in self.keys.get(item.key, ())[1:]:
+                if not self.items[seq].durable:
+                    self.dirty.add(seq)
+        self.schedule(item)
+        self.failed_attempt(now, status, error)
+
+    def fail(self, item: Item, now: float, status: int | None, error: str, latency: float | None,
+             head: str | None, *, reason: str) -> None:
+        """No more tries: log it, settle it, say so with `hub.delivery.exhausted`."""
+        self.log_attempt(item, now, "failed", status, latency, error, head)
+        self.settle(item, "failed")
+        self.failed_attempt(now, status, error)
+        meta = item.meta
+        data = {"subscription": self.sub.id, "delivery": delivery_id(self.sub.id, item.seq), "seq": item.seq,
+                "event_id": meta.event_id if meta else None, "event_type": meta.type if meta else None,
+                "attempts": item.attempts, "status": status, "error": error, "reason": reason}
+        self.e.announce("hub.delivery.exhausted", data, subject=self.sub.id)
+
+    def settle(self, item: Item, outcome: str, *, error: str | None = None) -> None:
+        """It is done with (delivered, failed, expired): forget it and let its call go on."""
+        if outcome == "expired":
+            self.log_attempt(item, time.time(), "expired", None, None, error, None)
+        self.items.pop(item.seq, None)
+        self.dirty.discard(item.seq)
+        if item.durable:
+            self.settled.append(item.seq)
+        self.e.metrics.webhook_deliveries.labels(outcome).inc()
+        if item.key is None:
+            return
+        queue = self.keys.get(item.key)
+        if queue is None:
+            return
+        try:
+            queue.remove(item.seq)
+        except ValueError:
+            pass
+        if not queue:
+            del self.keys[item.key]
+            return
+        following = self.items[queue[0]]
+        if following.state == "waiting":
+            self.schedule(following)
+            self.wake.set()
+
+    def log_attempt(self, item: Item, at: float, outcome: str, status: int | None, latency: float | None,
+                    error: str | None, head: str | None) -> None:
+        meta = item.meta
+        self.log.append(Attempt(0, self.sub.id, item.seq, meta.event_id if meta else "",
+                                meta.message_id if meta else "", at, item.attempts, outcome, status, latency,
+                                error, head))
+        if outcome in ("delivered", "failed"):
+            self.e.metrics.webhook_attempts.labels(outcome).inc()
+        if outcome != "delivered":
+            self.last_failure = {"at": at, "delivery": delivery_id(self.sub.id, item.seq), "status": status,
+                                 "error": error, "outcome": outcome}
+
+    def succeeded(self, now: float) -> None:
+        self.last_success = now
+        if self.sub.document.get("failing_since") is not None:
+            self.sub.document["failing_since"] = None
+            self.e.save(self.sub)
+
+    def failed_attempt(self, now: float, status: int | None, error: str) -> None:
+        """A failure of the endpoint: start, or check, how long it has been failing without a success."""
+        doc = self.sub.document
+        since = doc.get("failing_since")
+        if since is None:
+            doc["failing_since"] = now
+            self.e.save(self.sub)
+        elif now - since >= self.e.config.disable_after and self.sub.state == "active":
+            days = (now - since) / 86400
+            self.e.spawn(self.e.disable(self, f"failing without a success for {days:.1f} days ({error})"),
+                         name=f"disable:{self.sub.id}")
+
+    # -- progress -----------------------------------------------------------------------------------
+
+    def cursor(self) -> int:
+        holding, items = self.holding, self.items
+        while holding:
+            item = items.get(holding[0])
+            if item is None or item.durable:
+                heapq.heappop(holding)
+                continue
+            return min(self.read_pos, holding[0] - 1)
+        return self.read_pos
+
+    def collect(self, changes: OutboxChanges) -> None:
+        """Move what this worker changed into `changes` (the next outbox write)."""
+        sub = self.sub.id
+        for seq in self.dirty:
+            item = self.items.get(seq)
+            if item is not None:
+                state = "waiting" if item.state == "waiting" else "retry"
+                changes.pending.append(Pending(sub, seq, item.key, item.attempts, item.next_at, state))
+                item.durable = True
+        self.dirty.clear()
+        if self.settled:
+            changes.settled.extend((sub, seq) for seq in self.settled)
+            self.settled.clear()
+        if self.log:
+            changes.attempts.extend(self.log)
+            self.log.clear()
+        cursor = self.cursor()
+        if cursor > self.durable_cursor:
+            changes.cursors[sub] = cursor
+            self.durable_cursor = cursor
+
+    def backlog(self, head: int) -> int:
+        return len(self.items) + max(0, head - self.read_pos)
+
+    def restore(self, rows: list[Pending]) -> None:
+        for row in rows:
+            if row.seq in self.items:
+                continue
+            self.admit(Item(row.seq, row.key, None, None, attempts=row.attempts,
+                            next_at=row.next_at if row.state == "retry" else 0.0, durable=True,
+                            forced=row.state == "manual"))
+
+
+def _meta(subscription: str, event: Event, body: dict[str, Any], now: float) -> Meta:
+    event_id, source = str(body.get("id", "")), str(body.get("source", ""))
+    return Meta(stable_key(subscription, source, event_id, prefix="msg"), event_id, event.type,
+                event_time(body, default=now))
+
+
+class Deliveries:
+    """Every subscription's worker, the shared outbox writer, and what the API asks of them."""
+
+    def __init__(self, outbox: Outbox, store: Backend, sender: WebhookSender, config: WebhooksConfig, *,
+                 publish: Publish, spawn: Callable[..., asyncio.Task[Any]], metrics: Metrics) -> None:
+        self.outbox = outbox
+        self.store = store
+        self.sender = sender
+        self.config = config
+        self.schedule = list(config.retry_schedule)
+        self.longest_delay = max(max(self.schedule), 3600.0)
+        self.metrics = metrics
+        self._publish = publish
+        self.spawn = spawn
+        self.workers: dict[str, Worker] = {}
+        self._listening: list[Worker] = []
+        self._unapplied: OutboxChanges | None = None
+        self._flushing = False
+        self._pruned = 0.0
+        self.started = False
+
+    @property
+    def policy(self) -> EgressPolicy:
+        return self.sender.policy
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the outbox, bring `[[webhooks.subscriptions]]` in, and start every worker."""
+        await self.outbox.start()
+        head = self.store.head
+        stored = {doc["id"]: (doc, cursor) for doc, cursor in await self.outbox.subscriptions()}
+        now = time.time()
+        declared = {entry.id for entry in self.config.subscriptions}
+        for entry in self.config.subscriptions:
+            doc = from_config(entry, now)
+            old = stored.get(entry.id)
+            if old is not None:
+                previous, cursor = old
+                doc.update({k: previous.get(k) for k in ("disabled", "failing_since", "created")})
+                if previous.get("managed") == "config" and previous["secrets"][0]["secret"] != entry.secret:
+                    # The config's secret changed: the old one signs beside it for the overlap.
+                    doc["secrets"].append({"secret": previous["secrets"][0]["secret"],
+                                           "expires": now + self.config.secret_overlap})
+            else:
+                cursor = head
+            await self.outbox.save(doc, cursor=cursor)
+            stored[entry.id] = (doc, cursor)
+        for id_, (doc, _) in list(stored.items()):
+            if doc.get("managed") == "config" and id_ not in declared:
+                await self.outbox.delete(id_)  # no longer declared: gone, as the config says
+                del stored[id_]
+        for id_, (doc, cursor) in stored.items():
+            worker = Worker(Subscription(doc), self, head if cursor is None else cursor)
+            worker.restore(await self.outbox.pending(id_))
+            self._start(worker)
+        self.spawn(self._flusher(), name="deliveries:flush")
+        self.started = True
+
+    def _start(self, worker: Worker) -> None:
+        self.workers[worker.sub.id] = worker
+        worker.task = self.spawn(worker.run(), name=f"deliveries:{worker.sub.id}")
+
+    async def close(self) -> None:
+        """After the workers were cancelled: write what they did, close the outbox."""
+        for worker in self.workers.values():
+            worker.closed = True
+        if self.started:
+            await self.flush()
+        await self.outbox.close()
+
+    # -- the commit hook (the ingest path: cheap) --------------------------------------------------------
+
+    def on_commit(self, events: list[Event]) -> None:
+        listening = self._listening
+        if not listening or not events:
+            return
+        limit = self.config.max_queue
+        for event in events:
+            body: dict[str, Any] | None = None
+            for worker in listening:
+                if worker.sub.types.matches(event.type):
+                    if body is None:
+                        body = orjson.loads(event.body)
+                    worker.incoming.append((event, body))
+        last = events[-1].seq
+        overflowed = False
+        for worker in listening:
+            worker.incoming.append(last)
+            if len(worker.incoming) > limit:  # it will read these back from the log when it has room
+                worker.incoming.clear()
+                worker.listening = False
+                overflowed = True
+            worker.wake.set()
+        if overflowed:
+            self._listening = [w for w in listening if w.listening]
+
+    def refresh_listening(self) -> None:
+        self._listening = [w for w in self.workers.values() if w.listening]
+
+    # -- durability -------------------------------------------------------------------------------
+
+    async def _flusher(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            try:
+                self.refresh_listening()
+                await self.flush()
+                self._gauges()
+                if time.time() - self._pruned > PRUNE_EVERY:
+                    self._pruned = time.time()
+                    await self.outbox.prune(self._pruned - self.config.log_retention)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("writing webhook delivery progress failed; trying again")
+
+    async def flush(self) -> None:
+        """Write every worker's progress in one outbox write (retried next time if it fails)."""
+        changes = self._unapplied or OutboxChanges()
+        self._unapplied = None
+        for worker in self.workers.values():
+            worker.collect(changes)
+        if not changes:
+            return
+        try:
+            await self.outbox.apply(changes)
+        except BaseException:
+            self._unapplied = changes
+            raise
+
+    def save(self, sub: Subscription) -> None:
+        """Write a subscription's document (state changes the workers make); logged if it fails."""
+        sub.document["updated"] = time.time()
+        future = self.outbox.save(dict(sub.document))
+        future.add_done_callback(_log_failure)
+
+    def _gauges(self) -> None:
+        head = self.store.head
+        counts = dict.fromkeys(STATES, 0)
+        backlog = dict.fromkeys(STATES, 0)
+        for worker in self.workers.values():
+            state = worker.sub.state
+            counts[state] += 1
+            backlog[state] += worker.backlog(head)
+        for state in STATES:
+            self.metrics.webhook_subscriptions.labels(state).set(counts[state])
+            self.metrics.webhook_backlog.labels(state).set(backlog[state])
+
+    def announce(self, type_: str, data: dict[str, Any], *, subject: str) -> None:
+        """Publish a hub event about deliveries (never awaited by the worker)."""
+
+        async def publish() -> None:
+            try:
+                await self.flush()  # the delivery log shows what the event reports by the time it is out
+                await self._publish(hub_event(type_, data, subject=subject), default_source=HUB_SOURCE)
+            except HubError as exc:
+                logger.warning("could not publish %s for %s: %s", type_, subject, exc.message)
+
+        self.spawn(publish(), name=f"announce:{type_}")
+
+    async def disable(self, worker: Worker, reason: str) -> None:
+        sub = worker.sub
+        if sub.document.get("disabled"):
+            return
+        now = time.time()
+        sub.document["disabled"] = {"at": now, "reason": reason}
+        self.save(sub)
+        logger.warning("subscription %s disabled: %s", sub.id, reason)
+        self.announce("hub.subscription.disabled", {"subscription": sub.id, "reason": reason,
+                                                     "failing_since": sub.document.get("failing_since")},
+                      subject=sub.id)
+
+    # -- what the API asks ----------------------------------------------------------------------------
+
+    def worker(self, id_: str) -> Worker:
+        worker = self.workers.get(id_)
+        if worker is None:
+            raise NotFound(f"no subscription {id_[:80]!r}", code="unknown_subscription")
+        return worker
+
+    def _editable(self, id_: str) -> Worker:
+        worker = self.worker(id_)
+        if worker.sub.managed_by_config:
+            raise Conflict(f"subscription {id_!r} is declared in the config file: change it there",
+                           code="managed_by_config")
+        return worker
+
+    def describe(self, worker: Worker) -> dict[str, Any]:
+        out = worker.sub.describe()
+        failure = worker.last_failure
+        out["backlog"] = worker.backlog(self.store.head)
+        out["cursor"] = worker.durable_cursor
+        out["last_success"] = _iso(worker.last_success)
+        out["last_failure"] = None if failure is None else {**failure, "at": _iso(failure["at"])}
+        return out
+
+    def describe_all(self) -> list[dict[str, Any]]:
+        return [self.describe(w) for w in sorted(self.workers.values(), key=lambda w: w.sub.document["created"])]
+
+    async def create(self, spec: SubscriptionSpec) -> tuple[dict[str, Any], str]:
+        """A new subscription, starting at the head of the log; its secret (shown once)."""
+        if len(self.workers) >= self.config.max_subscriptions:
+            raise Conflict(f"at most {self.config.max_subscriptions} subscriptions ([webhooks] max_subscriptions)",
+                           code="too_many_subscriptions")
+        await self.policy.check(spec.url)
+        now, secret = time.time(), new_secret()
+        doc = {"id": new_id(), "spec": spec.model_dump(), "managed": "api",
+               "secrets": [{"secret": secret, "expires": None}], "disabled": None, "failing_since": None,
+               "created": now, "updated": now}
+        head = self.store.head
+        await self.outbox.save(doc, cursor=head)
+        worker = Worker(Subscription(doc), self, head)
+        self._start(worker)
+        return self.describe(worker), secret
+
+    async def update(self, id_: str, spec: SubscriptionSpec) -> dict[str, Any]:
+        worker = self._editable(id_)
+        if spec.url != worker.sub.spec.url:
+            await self.policy.check(spec.url)
+        doc = dict(worker.sub.document)
+        doc["spec"], doc["updated"] = spec.model_dump(), time.time()
+        await self.outbox.save(doc)
+        worker.sub.document = doc
+        worker.sub.refresh()
+        worker.wake.set()
+        return self.describe(worker)
+
+    async def delete(self, id_: str) -> None:
+        worker = self._editable(id_)
+        worker.closed = True
+        if worker.task is not None:
+            worker.task.cancel()
+        del self.workers[id_]
+        self.refresh_listening()
+        await self.outbox.delete(id_)
+
+    async def rotate(self, id_: str) -> tuple[dict[str, Any], str]:
+        worker = self._editable(id_)
+        secret = worker.sub.rotate(self.config.secret_overlap, time.time())
+        await self.outbox.save(dict(worker.sub.document))
+        return self.describe(worker), secret
+
+    async def enable(self, id_: str, *, skip_backlog: bool) -> dict[str, Any]:
+        """Clear a disable (410, continuous failure) and, unless managed by config, a pause. With
+        `skip_backlog`, what was committed meanwhile is not delivered: it starts at the head."""
+        worker = self.worker(id_)
+        doc = worker.sub.document
+        doc["disabled"], doc["failing_since"] = None, None
+        if not worker.sub.managed_by_config:
+            doc["spec"] = {**doc["spec"], "enabled": True}
+        cursor = None
+        if skip_backlog:
+            cursor = self.store.head
+            self._rewind(worker, cursor, forced=False)
+        doc["updated"] = time.time()
+        await self.outbox.save(dict(doc), cursor=cursor)
+        worker.sub.refresh()
+        worker.wake.set()
+        return self.describe(worker)
+
+    async def replay(self, id_: str, *, after_seq: int | None, since: float | None) -> dict[str, Any]:
+        """Send the stored events after `after_seq` (or committed from `since` on) again, then go on live."""
+        worker = self.worker(id_)
+        if (after_seq is None) == (since is None):
+            raise BadRequest("give one of 'after_seq' or 'since'", code="invalid_replay")
+        head = self.store.head
+        if since is not None:
+            after_seq = await self.store.seq_at(since)
+        assert after_seq is not None
+        if after_seq > head:
+            raise BadRequest(f"'after_seq' is past the head of the log ({head})", code="invalid_replay")
+        self._rewind(worker, after_seq, forced=True)
+        await self.outbox.save(dict(worker.sub.document), cursor=after_seq)
+        return {"subscription": id_, "from_seq": after_seq + 1, "through_seq": head}
+
+    def _rewind(self, worker: Worker, after: int, *, forced: bool) -> None:
+        worker.read_pos = after
+        worker.durable_cursor = after
+        if forced:
+            worker.forced_through = self.store.head
+        worker.set_listening(False)
+        worker.wake.set()
+
+    async def retry(self, delivery: str) -> dict[str, Any]:
+        """Send one delivery again now (whatever its outcome was, and its age)."""
+        id_, seq = parse_delivery_id(delivery)
+        worker = self.worker(id_)
+        item = worker.items.get(seq)
+        if item is not None:
+            if item.state == "retry":
+                item.next_at, item.forced = time.time(), True
+                item.state = "queued"
+                worker.ready.append(seq)
+                worker.wake.set()
+            return {"delivery": delivery, "state": "sending" if item.state in ("queued", "sending") else item.state}
+        event = await self.store.get(seq)
+        if event is None:
+            raise NotFound(f"event {seq} is not stored (never, or removed by retention)", code="unknown_delivery")
+        body = orjson.loads(event.body)
+        key = Subscription.key_of(body) if worker.sub.ordered else None
+        await self.outbox.apply(OutboxChanges(pending=[Pending(id_, seq, key, 0, 0.0, "manual")]))
+        worker.admit(Item(seq, key, _meta(id_, event, body, time.time()), event, durable=True, forced=True))
+        worker.wake.set()
+        return {"delivery": delivery, "state": "queued"}
+
+    async def attempts(self, id_: str, *, outcome: str | None, after: int, limit: int) -> list[dict[str, Any]]:
+        self.worker(id_)
+        rows = await self.outbox.attempts(id_, outcome=outcome, after=after, limit=limit)
+        return [{"id": a.id, "delivery": delivery_id(a.subscription, a.seq), "seq": a.seq, "event_id": a.event_id,
+                 "webhook_id": a.message_id, "at": _iso(a.at), "attempt": a.attempt, "outcome": a.outcome,
+                 "status": a.status, "latency_ms": a.latency_ms, "error": a.error, "response": a.response}
+                for a in rows]
+
+
+def _iso(at: float | None) -> str | None:
+    if at is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
+
+
+def _log_failure(future: asyncio.Future[None]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        logger.error("saving a subscription failed", exc_info=future.exception())
+
