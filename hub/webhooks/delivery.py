@@ -132,7 +132,11 @@ class Worker:
         self.listening = False
         self.incoming: deque[tuple[Event, dict[str, Any]] | int] = deque()
         self.inflight = 0
-        self.wake = asyncio.Event()
+        #: Set by `poke` (new work, a finished attempt); the loop sleeps on `_waiter` otherwise.
+        self.woken = False
+        self._waiter: asyncio.Future[None] | None = None
+        #: The last seq of the newest committed batch, when it brought this worker nothing.
+        self.seen_through = cursor
         self.dirty: set[int] = set()
         self.settled: list[int] = []
         self.log: list[Attempt] = []
@@ -146,10 +150,11 @@ class Worker:
 
     # -- taking events ----------------------------------------------------------------------------
 
-    def offer(self, event: Event, body: dict[str, Any]) -> None:
-        """Consider one event (its type matches): admit it if the filter wants it."""
+    def offer(self, event: Event, body: dict[str, Any], *, wanted: bool = False) -> None:
+        """Consider one event (its type matches): admit it if the filter wants it (`wanted`: the
+        commit hook already checked)."""
         sub = self.sub
-        if event.seq in self.items or not sub.wants(event, body):
+        if event.seq in self.items or not (wanted or sub.wants(event, body)):
             return
         now = time.time()
         meta = _meta(sub.id, event, body, now)
@@ -184,6 +189,25 @@ class Worker:
             item.state = "retry"
             heapq.heappush(self.timers, (item.next_at, item.seq))
 
+    def poke(self) -> None:
+        """Wake the loop (cheaper than an `asyncio.Event` with `wait_for`, which makes a task per wait)."""
+        self.woken = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def sleep(self, timeout: float) -> None:
+        if self.woken or timeout <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _release, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
     def take_incoming(self) -> None:
         incoming = self.incoming
         while incoming:
@@ -196,7 +220,9 @@ class Worker:
             if event.seq <= self.read_pos:
                 continue
             self.read_pos = event.seq
-            self.offer(event, body)
+            self.offer(event, body, wanted=True)
+        if self.listening and self.seen_through > self.read_pos:
+            self.read_pos = self.seen_through  # batches with nothing for it moved it on
 
     async def catch_up(self) -> None:
         """Read the log after `read_pos` while there is room; listen again once at the head."""
@@ -219,6 +245,7 @@ class Worker:
     def set_listening(self, listening: bool) -> None:
         self.listening = listening
         self.incoming.clear()
+        self.seen_through = self.read_pos
         self.e.refresh_listening()
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -238,7 +265,7 @@ class Worker:
                 task.cancel()
 
     async def step(self) -> None:
-        self.wake.clear()
+        self.woken = False
         self.take_incoming()
         if not self.listening and len(self.items) < self.e.config.max_queue:
             await self.catch_up()
@@ -255,11 +282,7 @@ class Worker:
             timeout = min(timeout, self.dispatch())
         if self.timers:
             timeout = min(timeout, max(0.0, self.timers[0][0] - time.time()))
-        if not self.wake.is_set() and timeout > 0:
-            try:
-                await asyncio.wait_for(self.wake.wait(), timeout)
-            except TimeoutError:
-                pass
+        await self.sleep(timeout)
 
     def dispatch(self) -> float:
         """Start what is ready within the concurrency bound and the rate limit; how long until a
@@ -305,7 +328,7 @@ class Worker:
             self._retry_or_fail(item, time.time(), None, "internal error (see the hub's log)", None, None)
         finally:
             self.inflight -= 1
-            self.wake.set()
+            self.poke()
 
     async def _attempt(self, item: Item) -> None:
         e, sub = self.e, self.sub
@@ -410,7 +433,7 @@ class Worker:
         following = self.items[queue[0]]
         if following.state == "waiting":
             self.schedule(following)
-            self.wake.set()
+            self.poke()
 
     def log_attempt(self, item: Item, at: float, outcome: str, status: int | None, latency: float | None,
                     error: str | None, head: str | None) -> None:
@@ -457,6 +480,8 @@ class Worker:
     def collect(self, changes: OutboxChanges) -> None:
         """Move what this worker changed into `changes` (the next outbox write)."""
         sub = self.sub.id
+        if self.listening and not self.incoming and self.seen_through > self.read_pos:
+            self.read_pos = self.seen_through  # quiet batches: the cursor moves without waking the worker
         for seq in self.dirty:
             item = self.items.get(seq)
             if item is not None:
@@ -476,7 +501,9 @@ class Worker:
             self.durable_cursor = cursor
 
     def backlog(self, head: int) -> int:
-        return len(self.items) + max(0, head - self.read_pos)
+        """Undelivered events: those it holds, and those after what it has read (quiet batches included)."""
+        position = max(self.read_pos, self.seen_through) if self.listening else self.read_pos
+        return len(self.items) + max(0, head - position)
 
     def restore(self, rows: list[Pending]) -> None:
         for row in rows:
@@ -571,22 +598,29 @@ class Deliveries:
         if not listening or not events:
             return
         limit = self.config.max_queue
+        fed: set[Worker] = set()
         for event in events:
             body: dict[str, Any] | None = None
             for worker in listening:
-                if worker.sub.types.matches(event.type):
+                sub = worker.sub
+                if sub.types.matches(event.type):
                     if body is None:
                         body = orjson.loads(event.body)
-                    worker.incoming.append((event, body))
+                    if sub.wants(event, body):
+                        worker.incoming.append((event, body))
+                        fed.add(worker)
         last = events[-1].seq
         overflowed = False
         for worker in listening:
+            if worker not in fed:  # nothing for it: its position moves on without waking it
+                worker.seen_through = last
+                continue
             worker.incoming.append(last)
             if len(worker.incoming) > limit:  # it will read these back from the log when it has room
                 worker.incoming.clear()
                 worker.listening = False
                 overflowed = True
-            worker.wake.set()
+            worker.poke()
         if overflowed:
             self._listening = [w for w in listening if w.listening]
 
@@ -718,7 +752,7 @@ class Deliveries:
         await self.outbox.save(doc)
         worker.sub.document = doc
         worker.sub.refresh()
-        worker.wake.set()
+        worker.poke()
         return self.describe(worker)
 
     async def delete(self, id_: str) -> None:
@@ -751,7 +785,7 @@ class Deliveries:
         doc["updated"] = time.time()
         await self.outbox.save(dict(doc), cursor=cursor)
         worker.sub.refresh()
-        worker.wake.set()
+        worker.poke()
         return self.describe(worker)
 
     async def replay(self, id_: str, *, after_seq: int | None, since: float | None) -> dict[str, Any]:
@@ -775,7 +809,7 @@ class Deliveries:
         if forced:
             worker.forced_through = self.store.head
         worker.set_listening(False)
-        worker.wake.set()
+        worker.poke()
 
     async def retry(self, delivery: str) -> dict[str, Any]:
         """Send one delivery again now (whatever its outcome was, and its age)."""
@@ -787,7 +821,7 @@ class Deliveries:
                 item.next_at, item.forced = time.time(), True
                 item.state = "queued"
                 worker.ready.append(seq)
-                worker.wake.set()
+                worker.poke()
             return {"delivery": delivery, "state": "sending" if item.state in ("queued", "sending") else item.state}
         event = await self.store.get(seq)
         if event is None:
@@ -796,7 +830,7 @@ class Deliveries:
         key = Subscription.key_of(body) if worker.sub.ordered else None
         await self.outbox.apply(OutboxChanges(pending=[Pending(id_, seq, key, 0, 0.0, "manual")]))
         worker.admit(Item(seq, key, _meta(id_, event, body, time.time()), event, durable=True, forced=True))
-        worker.wake.set()
+        worker.poke()
         return {"delivery": delivery, "state": "queued"}
 
     async def attempts(self, id_: str, *, outcome: str | None, after: int, limit: int) -> list[dict[str, Any]]:
@@ -812,6 +846,11 @@ def _iso(at: float | None) -> str | None:
     if at is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
+
+
+def _release(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _log_failure(future: asyncio.Future[None]) -> None:
