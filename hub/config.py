@@ -25,6 +25,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     ValidationError,
     field_validator,
     model_validator,
@@ -279,6 +280,10 @@ def _check_url(value: str) -> str:
         raise ValueError("credentials in the URL are not allowed (the request is signed instead)")
     if parts.fragment:
         raise ValueError("a URL fragment is never sent; remove it")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        raise ValueError("the host is not a valid host name") from None
     return value
 
 
@@ -326,7 +331,7 @@ class SubscriptionSpec(_Section):
     ordering: Literal["per_call", "none"] = "per_call"
     #: Type pattern -> how old (by the event's `time`) an event may be and still be worth delivering.
     max_age_s: Annotated[dict[str, Duration], AfterValidator(_check_max_age)] = {}
-    enabled: bool = True
+    enabled: StrictBool = True
 
 
 class SubscriptionConfig(SubscriptionSpec):

@@ -19,6 +19,10 @@ _SIZE_UNITS = {
 }
 
 
+#: The longest duration accepted (a bigger number is a typo, or an attack on arithmetic).
+MAX_DURATION = 100 * 365 * 86400.0
+
+
 def parse_duration(value: str | int | float) -> float:
     """Seconds from `30`, `1.5`, `"250ms"`, `"15s"`, `"10m"`, `"8h"` or `"7d"`."""
     if isinstance(value, bool):
@@ -26,11 +30,15 @@ def parse_duration(value: str | int | float) -> float:
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return float(value)
-    match = _DURATION.match(value)
-    if match is None:
-        raise ValueError(f"{value!r} is not a duration such as 15s, 10m, 8h or 7d")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value[:40]!r} is not a duration such as 15s, 10m, 8h or 7d")
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not seconds <= MAX_DURATION:  # NaN and infinity too
+        raise ValueError("a duration may be at most 100 years")
+    return seconds
 
 
 def parse_size(value: str | int) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 from collections.abc import Iterable
 from urllib.parse import urlsplit
@@ -96,6 +97,10 @@ def is_public(address: IPAddress) -> bool:
     return address.is_global and not address.is_multicast
 
 
+#: A host name made only of numeric or hex labels: never a name, and not a canonical address either.
+_NUMERIC_HOST = re.compile(r"(?:(?:0x[0-9a-f]*|[0-9]+)\.?)+")
+
+
 class EgressPolicy:
     """Which URLs the hub may call on its users' behalf (see the module's docstring)."""
 
@@ -125,6 +130,16 @@ class EgressPolicy:
         if parts.username or parts.password:
             raise EgressRefused("credentials in the URL are not allowed; use headers")
         host = parts.hostname.lower().rstrip(".")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if _NUMERIC_HOST.fullmatch(host):  # 127.1, 2130706433, 0x7f.1: resolvers read these as addresses
+                raise EgressRefused(f"{host!r} is a numeric host name that is not a plain IP address; "
+                                    "write the address in full") from None
+            try:
+                host.encode("idna")
+            except UnicodeError:
+                raise EgressRefused(f"{host[:80]!r} is not a valid host name") from None
         return parts.scheme, host, port or (443 if parts.scheme == "https" else 80)
 
     def check_literal(self, host: str) -> None:
@@ -164,6 +179,8 @@ class EgressPolicy:
             infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise EgressRefused(f"cannot resolve {host}: {exc.strerror or exc}") from None
+        except UnicodeError:  # an empty label (a..b), a label past 63 characters
+            raise EgressRefused(f"{host[:80]!r} is not a valid host name") from None
         # A scoped IPv6 address (fe80::1%eth0) is checked without its zone; it is link-local either way.
         addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
         if not addresses:

@@ -79,10 +79,9 @@ def retry_after_seconds(value: str | None, *, now: float | None = None) -> float
     """A `Retry-After` header's delay in seconds (it holds seconds or an HTTP date), if it is one."""
     if not value:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    value = value.strip()
+    if value.isascii() and value.isdigit():  # delay-seconds = 1*DIGIT (RFC 9110); "1_000" or "inf" is not
+        return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError):

@@ -277,6 +277,21 @@ class OutboxChanges:
     def __bool__(self) -> bool:
         return bool(self.cursors or self.pending or self.settled or self.attempts)
 
+    def merged(self, later: OutboxChanges) -> OutboxChanges:
+        """These changes, then `later`, as one: for each delivery the last word counts (a row
+        settled after it was written stays settled; one written again after it settled comes back)."""
+        last: dict[tuple[str, int], Pending | None] = {}
+        for changes in (self, later):
+            for key in changes.settled:
+                last[key] = None
+            for row in changes.pending:
+                last[(row.subscription, row.seq)] = row
+        cursors = dict(self.cursors)
+        for sub, cursor in later.cursors.items():
+            cursors[sub] = max(cursor, cursors.get(sub, cursor))
+        return OutboxChanges(cursors=cursors, pending=[r for r in last.values() if r is not None],
+                             settled=[k for k, r in last.items() if r is None], attempts=self.attempts + later.attempts)
+
 
 class Outbox(ABC):
     """Durable state of outbound webhook subscriptions (writes applied in the order they were made)."""

@@ -64,6 +64,8 @@ SCAN_FACTOR = 20
 DB_FILE = "events.db"
 JOURNAL_FILE = "actions.db"
 OUTBOX_FILE = "webhooks.db"
+#: Delivery-log rows one pruning write removes.
+PRUNE_SLICE = 5000
 #: The schema version the indexed columns (`call_id`, `recording`) came with.
 SCHEMA_VERSION = 2
 
@@ -422,8 +424,9 @@ class LocalBackend(Backend):
 
     def _seq_at(self, when_ms: int) -> int:
         # One writer stamps `ts` as it assigns seqs, so both grow together.
-        row = self._reader().execute("SELECT MAX(seq) FROM events WHERE ts < ?", (when_ms,)).fetchone()
-        return int(row[0] or 0)
+        row = self._reader().execute("SELECT seq FROM events WHERE ts < ? ORDER BY ts DESC, seq DESC LIMIT 1",
+                                     (when_ms,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     async def get(self, seq: int) -> Event | None:
         event: Event | None = await self._in_reader(self._get, seq)
@@ -666,20 +669,33 @@ CREATE TABLE IF NOT EXISTS attempts (id INTEGER PRIMARY KEY AUTOINCREMENT, subsc
     seq INTEGER NOT NULL, event_id TEXT NOT NULL, message_id TEXT NOT NULL, at REAL NOT NULL, attempt INTEGER NOT NULL,
     outcome TEXT NOT NULL, status INTEGER, latency_ms REAL, error TEXT, response TEXT);
 CREATE INDEX IF NOT EXISTS attempts_subscription ON attempts (subscription, id);
+CREATE INDEX IF NOT EXISTS attempts_outcome ON attempts (subscription, outcome, id);
 CREATE INDEX IF NOT EXISTS attempts_at ON attempts (at);
 """
 
 
 class SQLiteOutbox(Outbox):
-    """The outbox in one SQLite file (WAL, fsync per write), written by one thread in call order."""
+    """The outbox in one SQLite file (WAL, fsync per write), written by one thread in call order;
+    reads (the delivery log, start-up) on a second connection and thread, so a long read never
+    holds the writes of every subscription back."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="callhub-outbox")
+        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="callhub-outbox-read")
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         return asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> asyncio.Future[list[Any]]:
+        def run() -> list[Any]:
+            if self._reader is None:
+                raise Unavailable("the outbox is not open")
+            return self._reader.execute(sql, args).fetchall()
+
+        return asyncio.get_running_loop().run_in_executor(self._read_thread, run)
 
     async def start(self) -> None:
         await self._submit(self._open)
@@ -691,6 +707,7 @@ class SQLiteOutbox(Outbox):
         db.execute("PRAGMA synchronous=FULL")
         db.executescript(_OUTBOX_SCHEMA)
         self._db = db
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     @property
     def _conn(self) -> sqlite3.Connection:
@@ -699,8 +716,7 @@ class SQLiteOutbox(Outbox):
         return self._db
 
     async def subscriptions(self) -> list[tuple[dict[str, Any], int | None]]:
-        rows: list[tuple[bytes, int | None]] = await self._submit(
-            lambda: self._conn.execute("SELECT document, cursor FROM subscriptions ORDER BY id").fetchall())
+        rows = await self._read("SELECT document, cursor FROM subscriptions ORDER BY id")
         return [(orjson.loads(document), cursor) for document, cursor in rows]
 
     def save(self, document: dict[str, Any], *, cursor: int | None = None) -> asyncio.Future[None]:
@@ -755,9 +771,8 @@ class SQLiteOutbox(Outbox):
             raise
 
     async def pending(self, subscription: str) -> list[Pending]:
-        rows: list[tuple[Any, ...]] = await self._submit(lambda: self._conn.execute(
-            "SELECT subscription, seq, key, attempts, next_at, state FROM pending WHERE subscription = ?"
-            " ORDER BY seq", (subscription,)).fetchall())
+        rows = await self._read("SELECT subscription, seq, key, attempts, next_at, state FROM pending"
+                                " WHERE subscription = ? ORDER BY seq", (subscription,))
         return [Pending(*row) for row in rows]
 
     async def attempts(self, subscription: str, *, outcome: str | None, after: int, limit: int) -> list[Attempt]:
@@ -770,16 +785,25 @@ class SQLiteOutbox(Outbox):
             args.append(outcome)
         sql += " ORDER BY id LIMIT ?"
         args.append(limit)
-        rows: list[tuple[Any, ...]] = await self._submit(lambda: self._conn.execute(sql, args).fetchall())
-        return [Attempt(*row) for row in rows]
+        return [Attempt(*row) for row in await self._read(sql, args)]
 
     async def prune(self, before: float) -> int:
-        removed: int = await self._submit(
-            lambda: self._conn.execute("DELETE FROM attempts WHERE at < ?", (before,)).rowcount)
-        return removed
+        """In slices of PRUNE_SLICE rows, each its own write: other writes go in between."""
+        removed = 0
+        while True:
+            count: int = await self._submit(lambda: self._conn.execute(
+                "DELETE FROM attempts WHERE id IN (SELECT id FROM attempts WHERE at < ? LIMIT ?)",
+                (before, PRUNE_SLICE)).rowcount)
+            removed += count
+            if count < PRUNE_SLICE:
+                return removed
 
     async def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            await asyncio.get_running_loop().run_in_executor(self._read_thread, reader.close)
         if self._db is not None:
             await self._submit(self._db.close)
             self._db = None
         self._thread.shutdown(wait=True)
+        self._read_thread.shutdown(wait=True)

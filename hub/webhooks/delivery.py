@@ -47,7 +47,14 @@ from hub.outbound.guard import EgressPolicy, EgressRefused
 from hub.outbound.retry import retry_after_seconds, stable_key
 from hub.store.base import Attempt, Backend, Outbox, OutboxChanges, Pending
 from hub.webhooks.sender import WebhookSender, WebhookUnreachable
-from hub.webhooks.subscriptions import STATES, Subscription, from_config, new_id, new_secret
+from hub.webhooks.subscriptions import (
+    HUB_DELIVERY_TYPES,
+    STATES,
+    Subscription,
+    from_config,
+    new_id,
+    new_secret,
+)
 
 __all__ = ["Deliveries", "Conflict", "FLUSH_INTERVAL", "OUTCOMES", "delivery_id", "parse_delivery_id"]
 
@@ -59,6 +66,8 @@ FLUSH_INTERVAL = 0.1
 READ_PAGE = 500
 #: Retry delays are spread by this much either way, so retries of many deliveries do not arrive together.
 JITTER = 0.2
+#: How often a cursor that moved only past unwanted events is written (fsyncs of an idle subscription).
+QUIET_CURSOR_EVERY = 1.0
 #: Bytes of the endpoint's answer kept in the delivery log.
 RESPONSE_HEAD = 512
 #: How often the delivery log is pruned (`[webhooks] log_retention`).
@@ -80,7 +89,7 @@ def delivery_id(subscription: str, seq: int) -> str:
 
 def parse_delivery_id(value: str) -> tuple[str, int]:
     subscription, _, seq = value.rpartition(".")
-    if not subscription or not seq.isdigit() or len(seq) > 18:
+    if not subscription or not (seq.isascii() and seq.isdigit()) or len(seq) > 18:
         raise NotFound(f"no delivery {value[:80]!r}: a delivery id is <subscription>.<seq>", code="unknown_delivery")
     return subscription, int(seq)
 
@@ -127,6 +136,7 @@ class Worker:
         self.timers: list[tuple[float, int]] = []
         self.read_pos = cursor
         self.durable_cursor = cursor
+        self.cursor_written = 0.0
         self.forced_through = 0
         #: While listening, the commit hook appends here: (event, body) or the seq a batch ended at.
         self.listening = False
@@ -137,6 +147,12 @@ class Worker:
         self._waiter: asyncio.Future[None] | None = None
         #: The last seq of the newest committed batch, when it brought this worker nothing.
         self.seen_through = cursor
+        #: A catch-up read is in flight (`seen_through` must not move `read_pos` meanwhile).
+        self.reading = False
+        #: Bumped by a rewind (replay, skip): a catch-up read from before it is thrown away.
+        self.generation = 0
+        #: Items not yet held by a pending row: what `max_queue` bounds.
+        self.volatile = 0
         self.dirty: set[int] = set()
         self.settled: list[int] = []
         self.log: list[Attempt] = []
@@ -163,8 +179,11 @@ class Worker:
         self.admit(item)
 
     def admit(self, item: Item) -> None:
+        if item.seq in self.items:  # already held (a retry racing the live feed, a replay): once is enough
+            return
         self.items[item.seq] = item
         if not item.durable:
+            self.volatile += 1
             heapq.heappush(self.holding, item.seq)
         key = item.key
         if key is not None:
@@ -172,14 +191,21 @@ class Worker:
             insort(queue, item.seq)
             if queue[0] != item.seq:
                 item.state = "waiting"
-                if self.items[queue[0]].durable and not item.durable:
+                head = self.items.get(queue[0])
+                if not item.durable and head is not None and (head.durable or head.state == "retry"):
                     self.dirty.add(item.seq)  # behind a retry: a row, so the cursor moves on
                 return
             if len(queue) > 1:  # it went before the call's earlier head (a replay, a retry): that one waits
-                previous = self.items[queue[1]]
-                if previous.state in ("queued", "retry"):
+                previous = self.items.get(queue[1])
+                if previous is not None and previous.state in ("queued", "retry"):
                     previous.state = "waiting"
         self.schedule(item)
+
+    def room(self) -> int:
+        """How many more events it may take: `max_queue` of them not yet held by a pending row,
+        and ten times that in all (rows included)."""
+        limit = self.e.config.max_queue
+        return min(limit - self.volatile, 10 * limit - len(self.items))
 
     def schedule(self, item: Item) -> None:
         if item.next_at <= time.time():
@@ -221,26 +247,38 @@ class Worker:
                 continue
             self.read_pos = event.seq
             self.offer(event, body, wanted=True)
-        if self.listening and self.seen_through > self.read_pos:
-            self.read_pos = self.seen_through  # batches with nothing for it moved it on
+        self.skip_quiet()
+
+    def skip_quiet(self) -> None:
+        """Batches with nothing for it move it on, once nothing it was fed is unread and no read of the
+        log is in flight (that read would be cut short)."""
+        if self.listening and not self.reading and not self.incoming and self.seen_through > self.read_pos:
+            self.read_pos = self.seen_through
 
     async def catch_up(self) -> None:
         """Read the log after `read_pos` while there is room; listen again once at the head."""
+        generation = self.generation
         self.set_listening(True)  # buffer what commits meanwhile; the overlap is skipped by seq
-        store, room = self.e.store, self.e.config.max_queue
-        while len(self.items) < room and not self.closed:
-            page = await store.read(self.read_pos, limit=READ_PAGE, agent=None, types=self.sub.types)
-            if page.trimmed_through > self.read_pos:
-                logger.warning("subscription %s: events %d..%d were removed by retention before delivery",
-                               self.sub.id, self.read_pos + 1, page.trimmed_through)
-            for event in page.events:
-                if event.seq > self.read_pos:
-                    self.read_pos = event.seq
-                    self.offer(event, orjson.loads(event.body))
-            self.read_pos = max(self.read_pos, page.next)
-            if page.next >= page.head:
-                return
-        self.set_listening(False)  # full: read on from the log when there is room again
+        self.reading = True
+        try:
+            while (room := self.room()) > 0 and not self.closed:
+                page = await self.e.store.read(self.read_pos, limit=min(READ_PAGE, room), agent=None,
+                                               types=self.sub.types)
+                if generation != self.generation:
+                    return  # rewound meanwhile (a replay): the next step reads from the new position
+                if page.trimmed_through > self.read_pos:
+                    logger.warning("subscription %s: events %d..%d were removed by retention before delivery",
+                                   self.sub.id, self.read_pos + 1, page.trimmed_through)
+                for event in page.events:
+                    if event.seq > self.read_pos:
+                        self.read_pos = event.seq
+                        self.offer(event, orjson.loads(event.body))
+                self.read_pos = max(self.read_pos, page.next)
+                if page.next >= page.head:
+                    return
+            self.set_listening(False)  # full: read on from the log when there is room again
+        finally:
+            self.reading = False
 
     def set_listening(self, listening: bool) -> None:
         self.listening = listening
@@ -266,8 +304,11 @@ class Worker:
 
     async def step(self) -> None:
         self.woken = False
+        active = self.sub.state == "active"
+        if not active and self.listening:
+            self.set_listening(False)  # paused or disabled: it reads on from the log once enabled
         self.take_incoming()
-        if not self.listening and len(self.items) < self.e.config.max_queue:
+        if active and not self.listening and self.room() > 0:
             await self.catch_up()
             self.take_incoming()
         now = time.time()
@@ -278,7 +319,7 @@ class Worker:
                 item.state = "queued"
                 self.ready.append(seq)
         timeout = 5.0
-        if self.sub.state == "active":
+        if active:
             timeout = min(timeout, self.dispatch())
         if self.timers:
             timeout = min(timeout, max(0.0, self.timers[0][0] - time.time()))
@@ -385,6 +426,14 @@ class Worker:
         delay = schedule[item.attempts] * random.uniform(1 - JITTER, 1 + JITTER)
         if retry_after is not None:
             delay = max(delay, min(retry_after, self.e.longest_delay))
+        max_age = None if item.forced or item.meta is None else self.sub.max_age(item.meta.type)
+        if max_age is not None and now + delay - item.meta.time > max_age:  # type: ignore[union-attr]
+            # Its next attempt would come too late to be worth it: expired now, and its call goes on.
+            self.log_attempt(item, now, "expired", status, latency,
+                             f"{error}; its next attempt would be past its max_age_s ({max_age:g} s)", head)
+            self.settle(item, "expired")
+            self.failed_attempt(now, status, error)
+            return
         self.log_attempt(item, now, "retrying", status, latency, error, head)
         self.e.metrics.webhook_attempts.labels("retry").inc()
         item.next_at = now + delay
@@ -404,19 +453,25 @@ class Worker:
         self.settle(item, "failed")
         self.failed_attempt(now, status, error)
         meta = item.meta
+        if meta is not None and meta.type in HUB_DELIVERY_TYPES:
+            return  # a report about a delivery that failed: no report of the report (two dead endpoints would loop)
         data = {"subscription": self.sub.id, "delivery": delivery_id(self.sub.id, item.seq), "seq": item.seq,
                 "event_id": meta.event_id if meta else None, "event_type": meta.type if meta else None,
-                "attempts": item.attempts, "status": status, "error": error, "reason": reason}
+                "attempts": item.attempts, "status": status, "error": _public(status, reason), "reason": reason}
         self.e.announce("hub.delivery.exhausted", data, subject=self.sub.id)
 
     def settle(self, item: Item, outcome: str, *, error: str | None = None) -> None:
-        """It is done with (delivered, failed, expired): forget it and let its call go on."""
-        if outcome == "expired":
+        """It is done with (delivered, failed, expired): forget it and let its call go on. An
+        `error` is logged as an `expired` line without an attempt (callers that attempted log their own)."""
+        if error is not None:
             self.log_attempt(item, time.time(), "expired", None, None, error, None)
-        self.items.pop(item.seq, None)
+        if self.items.pop(item.seq, None) is None:
+            return
         self.dirty.discard(item.seq)
         if item.durable:
             self.settled.append(item.seq)
+        else:
+            self.volatile -= 1
         self.e.metrics.webhook_deliveries.labels(outcome).inc()
         if item.key is None:
             return
@@ -430,8 +485,8 @@ class Worker:
         if not queue:
             del self.keys[item.key]
             return
-        following = self.items[queue[0]]
-        if following.state == "waiting":
+        following = self.items.get(queue[0])
+        if following is not None and following.state == "waiting":
             self.schedule(following)
             self.poke()
 
@@ -462,7 +517,8 @@ class Worker:
             self.e.save(self.sub)
         elif now - since >= self.e.config.disable_after and self.sub.state == "active":
             days = (now - since) / 86400
-            self.e.spawn(self.e.disable(self, f"failing without a success for {days:.1f} days ({error})"),
+            last = _public(status, "failed")  # the reason is published: never the endpoint's host
+            self.e.spawn(self.e.disable(self, f"failing without a success for {days:.1f} days (last: {last})"),
                          name=f"disable:{self.sub.id}")
 
     # -- progress -----------------------------------------------------------------------------------
@@ -480,14 +536,16 @@ class Worker:
     def collect(self, changes: OutboxChanges) -> None:
         """Move what this worker changed into `changes` (the next outbox write)."""
         sub = self.sub.id
-        if self.listening and not self.incoming and self.seen_through > self.read_pos:
-            self.read_pos = self.seen_through  # quiet batches: the cursor moves without waking the worker
+        self.skip_quiet()  # quiet batches: the cursor moves without waking the worker
+        changed = bool(self.dirty or self.settled or self.log)
         for seq in self.dirty:
             item = self.items.get(seq)
             if item is not None:
                 state = "waiting" if item.state == "waiting" else "retry"
                 changes.pending.append(Pending(sub, seq, item.key, item.attempts, item.next_at, state))
-                item.durable = True
+                if not item.durable:
+                    item.durable = True
+                    self.volatile -= 1
         self.dirty.clear()
         if self.settled:
             changes.settled.extend((sub, seq) for seq in self.settled)
@@ -496,9 +554,13 @@ class Worker:
             changes.attempts.extend(self.log)
             self.log.clear()
         cursor = self.cursor()
-        if cursor > self.durable_cursor:
+        now = time.monotonic()
+        # Past events it did not want, the cursor is written lazily: losing that progress in a crash
+        # only means reading those events again, never sending one twice.
+        if cursor > self.durable_cursor and (changed or now - self.cursor_written >= QUIET_CURSOR_EVERY):
             changes.cursors[sub] = cursor
             self.durable_cursor = cursor
+            self.cursor_written = now
 
     def backlog(self, head: int) -> int:
         """Undelivered events: those it holds, and those after what it has read (quiet batches included)."""
@@ -537,7 +599,7 @@ class Deliveries:
         self.workers: dict[str, Worker] = {}
         self._listening: list[Worker] = []
         self._unapplied: OutboxChanges | None = None
-        self._flushing = False
+        self._flush_lock = asyncio.Lock()
         self._pruned = 0.0
         self.started = False
 
@@ -560,10 +622,10 @@ class Deliveries:
             if old is not None:
                 previous, cursor = old
                 doc.update({k: previous.get(k) for k in ("disabled", "failing_since", "created")})
-                if previous.get("managed") == "config" and previous["secrets"][0]["secret"] != entry.secret:
-                    # The config's secret changed: the old one signs beside it for the overlap.
-                    doc["secrets"].append({"secret": previous["secrets"][0]["secret"],
-                                           "expires": now + self.config.secret_overlap})
+                if previous.get("managed") == "config":
+                    # A changed secret: the ones before it keep signing beside it until their overlap ends.
+                    doc["secrets"] += _older_secrets(previous.get("secrets") or [], entry.secret, now,
+                                                     self.config.secret_overlap)
             else:
                 cursor = head
             await self.outbox.save(doc, cursor=cursor)
@@ -573,7 +635,12 @@ class Deliveries:
                 await self.outbox.delete(id_)  # no longer declared: gone, as the config says
                 del stored[id_]
         for id_, (doc, cursor) in stored.items():
-            worker = Worker(Subscription(doc), self, head if cursor is None else cursor)
+            try:
+                sub = Subscription(doc)
+            except Exception:  # one unreadable document must not keep the hub (and every other one) down
+                logger.exception("subscription %s: its stored document cannot be read; it is not delivered", id_)
+                continue
+            worker = Worker(sub, self, head if cursor is None else cursor)
             worker.restore(await self.outbox.pending(id_))
             self._start(worker)
         self.spawn(self._flusher(), name="deliveries:flush")
@@ -645,21 +712,27 @@ class Deliveries:
                 logger.exception("writing webhook delivery progress failed; trying again")
 
     async def flush(self) -> None:
-        """Write every worker's progress in one outbox write (retried next time if it fails)."""
-        changes = self._unapplied or OutboxChanges()
-        self._unapplied = None
-        for worker in self.workers.values():
-            worker.collect(changes)
-        if not changes:
-            return
-        try:
-            await self.outbox.apply(changes)
-        except BaseException:
-            self._unapplied = changes
-            raise
+        """Write every worker's progress in one outbox write; one that failed is merged into the next."""
+        async with self._flush_lock:
+            changes = OutboxChanges()
+            for worker in self.workers.values():
+                worker.collect(changes)
+            if self._unapplied is not None:
+                changes = self._unapplied.merged(changes)
+                self._unapplied = None
+            if not changes:
+                return
+            try:
+                await self.outbox.apply(changes)
+            except BaseException:
+                self._unapplied = changes
+                raise
 
     def save(self, sub: Subscription) -> None:
-        """Write a subscription's document (state changes the workers make); logged if it fails."""
+        """Write a subscription's document (state changes the workers make); logged if it fails.
+        Nothing for a subscription deleted meanwhile (it would come back)."""
+        if self.workers.get(sub.id) is None or self.workers[sub.id].sub is not sub:
+            return
         sub.document["updated"] = time.time()
         future = self.outbox.save(dict(sub.document))
         future.add_done_callback(_log_failure)
@@ -733,6 +806,9 @@ class Deliveries:
             raise Conflict(f"at most {self.config.max_subscriptions} subscriptions ([webhooks] max_subscriptions)",
                            code="too_many_subscriptions")
         await self.policy.check(spec.url)
+        if len(self.workers) >= self.config.max_subscriptions:  # again: others may have been made meanwhile
+            raise Conflict(f"at most {self.config.max_subscriptions} subscriptions ([webhooks] max_subscriptions)",
+                           code="too_many_subscriptions")
         now, secret = time.time(), new_secret()
         doc = {"id": new_id(), "spec": spec.model_dump(), "managed": "api",
                "secrets": [{"secret": secret, "expires": None}], "disabled": None, "failing_since": None,
@@ -747,12 +823,13 @@ class Deliveries:
         worker = self._editable(id_)
         if spec.url != worker.sub.spec.url:
             await self.policy.check(spec.url)
-        doc = dict(worker.sub.document)
+            worker = self._editable(id_)  # deleted meanwhile?
+        # Changed in place (a disable the worker made meanwhile stays), then written as it now is.
+        doc = worker.sub.document
         doc["spec"], doc["updated"] = spec.model_dump(), time.time()
-        await self.outbox.save(doc)
-        worker.sub.document = doc
         worker.sub.refresh()
         worker.poke()
+        await self.outbox.save(dict(doc))
         return self.describe(worker)
 
     async def delete(self, id_: str) -> None:
@@ -781,11 +858,14 @@ class Deliveries:
         cursor = None
         if skip_backlog:
             cursor = self.store.head
-            self._rewind(worker, cursor, forced=False)
+            for item in sorted(worker.items.values(), key=lambda i: i.seq):
+                if item.state != "sending":
+                    worker.settle(item, "expired", error="skipped: enabled with skip_backlog")
+            self._rewind(worker, cursor, forward=True)
         doc["updated"] = time.time()
-        await self.outbox.save(dict(doc), cursor=cursor)
         worker.sub.refresh()
         worker.poke()
+        await self.outbox.save(dict(doc), cursor=cursor)
         return self.describe(worker)
 
     async def replay(self, id_: str, *, after_seq: int | None, since: float | None) -> dict[str, Any]:
@@ -799,39 +879,47 @@ class Deliveries:
         assert after_seq is not None
         if after_seq > head:
             raise BadRequest(f"'after_seq' is past the head of the log ({head})", code="invalid_replay")
-        self._rewind(worker, after_seq, forced=True)
-        await self.outbox.save(dict(worker.sub.document), cursor=after_seq)
+        worker.forced_through = max(worker.forced_through, head)  # sent whatever their age: an operator asked
+        cursor = self._rewind(worker, after_seq)
+        await self.outbox.save(dict(worker.sub.document), cursor=cursor)
         return {"subscription": id_, "from_seq": after_seq + 1, "through_seq": head}
 
-    def _rewind(self, worker: Worker, after: int, *, forced: bool) -> None:
-        worker.read_pos = after
-        worker.durable_cursor = after
-        if forced:
-            worker.forced_through = self.store.head
+    def _rewind(self, worker: Worker, after: int, *, forward: bool = False) -> int:
+        """Read the log from `after` on (never past what it has not read yet, unless `forward`);
+        the cursor to write, set in the same breath so no flush in between writes an older one."""
+        worker.read_pos = after if forward else min(worker.read_pos, after)
+        worker.generation += 1  # a catch-up read in flight is thrown away
         worker.set_listening(False)
+        worker.durable_cursor = worker.cursor() if not forward else after
         worker.poke()
+        return worker.durable_cursor
 
     async def retry(self, delivery: str) -> dict[str, Any]:
         """Send one delivery again now (whatever its outcome was, and its age)."""
         id_, seq = parse_delivery_id(delivery)
         worker = self.worker(id_)
-        item = worker.items.get(seq)
-        if item is not None:
-            if item.state == "retry":
-                item.next_at, item.forced = time.time(), True
-                item.state = "queued"
-                worker.ready.append(seq)
+        if seq not in worker.items:
+            event = await self.store.get(seq)
+            if event is None:
+                raise NotFound(f"event {seq} is not stored (never, or removed by retention)", code="unknown_delivery")
+            body = orjson.loads(event.body)
+            if not (worker.sub.types.matches(event.type) and worker.sub.wants(event, body)):
+                raise NotFound(f"event {seq} is not one subscription {id_!r} takes (its types and filter)",
+                               code="unknown_delivery")
+            key = Subscription.key_of(body) if worker.sub.ordered else None
+            await self.outbox.apply(OutboxChanges(pending=[Pending(id_, seq, key, 0, 0.0, "manual")]))
+            worker = self.worker(id_)  # deleted meanwhile?
+            if seq not in worker.items:  # else taken meanwhile (another retry, the live feed): once is enough
+                worker.admit(Item(seq, key, _meta(id_, event, body, time.time()), event, durable=True, forced=True))
                 worker.poke()
-            return {"delivery": delivery, "state": "sending" if item.state in ("queued", "sending") else item.state}
-        event = await self.store.get(seq)
-        if event is None:
-            raise NotFound(f"event {seq} is not stored (never, or removed by retention)", code="unknown_delivery")
-        body = orjson.loads(event.body)
-        key = Subscription.key_of(body) if worker.sub.ordered else None
-        await self.outbox.apply(OutboxChanges(pending=[Pending(id_, seq, key, 0, 0.0, "manual")]))
-        worker.admit(Item(seq, key, _meta(id_, event, body, time.time()), event, durable=True, forced=True))
-        worker.poke()
-        return {"delivery": delivery, "state": "queued"}
+                return {"delivery": delivery, "state": worker.items[seq].state}
+        item = worker.items[seq]
+        if item.state == "retry":
+            item.next_at, item.forced = time.time(), True
+            item.state = "queued"
+            worker.ready.append(seq)
+            worker.poke()
+        return {"delivery": delivery, "state": item.state}
 
     async def attempts(self, id_: str, *, outcome: str | None, after: int, limit: int) -> list[dict[str, Any]]:
         self.worker(id_)
@@ -846,6 +934,25 @@ def _iso(at: float | None) -> str | None:
     if at is None:
         return None
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}Z"
+
+
+def _older_secrets(previous: list[dict[str, Any]], current: str, now: float, overlap: float) -> list[dict[str, Any]]:
+    """The secrets a declared subscription had before its config changed to `current`, still in
+    force: each until its own end, the one that was in force until `overlap` from now."""
+    kept = []
+    for entry in previous:
+        if entry["secret"] == current or (entry["expires"] is not None and entry["expires"] <= now):
+            continue
+        kept.append({"secret": entry["secret"], "expires": entry["expires"] or now + overlap})
+    return kept if overlap > 0 else []
+
+
+def _public(status: int | None, reason: str) -> str:
+    """What a published report says went wrong: never the endpoint's host or its answer (the
+    delivery log, admin only, has those)."""
+    if status is not None:
+        return f"HTTP {status}"
+    return {"refused": "refused by the SSRF guard"}.get(reason, "no answer (timeout or connection failure)")
 
 
 def _release(waiter: asyncio.Future[None]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from hub.config import SubscriptionConfig, SubscriptionSpec
-from hub.events import Event
+from hub.events import HUB_SOURCE, Event
 from hub.exceptions import HubError
 from hub.matcher import OPERATORS, Condition, Glob, TypeFilter, compile_conditions, lookup_parts
 from hub.webhooks.sender import WebhookSigner
@@ -127,7 +127,7 @@ class Subscription:
     def wants(self, event: Event, body: dict[str, Any]) -> bool:
         """Whether the event (already known to match `types`) passes the filter; never the hub's
         own reports about this subscription (a dead endpoint would feed itself)."""
-        if event.type in HUB_DELIVERY_TYPES:
+        if event.type in HUB_DELIVERY_TYPES and body.get("source") == HUB_SOURCE:
             data = body.get("data")
             if isinstance(data, dict) and data.get("subscription") == self.id:
                 return False
