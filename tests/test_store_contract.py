@@ -559,18 +559,26 @@ def test_a_window_with_nothing_stored_is_empty(kind: str, data_dir: Path) -> Non
 # -- the rules journal ---------------------------------------------------------------------------------------
 
 
-class Journaled:
-    """A backend's journal, started (and closed) on its own."""
+class Opened:
+    """A backend's side store (`journal()`, `outbox()`), started and closed on its own."""
 
-    def __init__(self, kind: str, data_dir: Path) -> None:
-        self.journal = open_backend(BackendConfig(url=kind, **FAST.get(kind, {})), data_dir).journal()
+    def __init__(self, kind: str, data_dir: Path, part: str) -> None:
+        self.part = getattr(open_backend(BackendConfig(url=kind, **FAST.get(kind, {})), data_dir), part)()
 
     async def __aenter__(self) -> Any:
-        await self.journal.start()
-        return self.journal
+        await self.part.start()
+        return self.part
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self.journal.close()
+        await self.part.close()
+
+
+def Journaled(kind: str, data_dir: Path) -> Opened:  # noqa: N802 - reads as the context it makes
+    return Opened(kind, data_dir, "journal")
+
+
+def Outboxed(kind: str, data_dir: Path) -> Opened:  # noqa: N802
+    return Opened(kind, data_dir, "outbox")
 
 
 def entry(key: str, *, seq: int = 1, error: str | None = None) -> JournalEntry:
@@ -681,20 +689,6 @@ def test_seq_at_gives_the_last_seq_stored_before_a_time(kind: str, data_dir: Pat
 
 
 # -- the outbox (outbound webhook subscriptions) ------------------------------------------------------------
-
-
-class Outboxed:
-    """A backend's outbox, started (and closed) on its own."""
-
-    def __init__(self, kind: str, data_dir: Path) -> None:
-        self.outbox = open_backend(BackendConfig(url=kind, **FAST.get(kind, {})), data_dir).outbox()
-
-    async def __aenter__(self) -> Any:
-        await self.outbox.start()
-        return self.outbox
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.outbox.close()
 
 
 def attempt(sub: str, seq: int, outcome: str, *, at: float = 1000.0) -> Attempt:

@@ -23,8 +23,9 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +69,28 @@ OUTBOX_FILE = "webhooks.db"
 PRUNE_SLICE = 5000
 #: The schema version the indexed columns (`call_id`, `recording`) came with.
 SCHEMA_VERSION = 2
+
+
+@contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """`BEGIN IMMEDIATE` … `COMMIT`, or `ROLLBACK` on any error (the error goes on)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _open_durable(path: Path, schema: str) -> sqlite3.Connection:
+    """A side file (rules journal, outbox): WAL, fsync per commit, its schema made if new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -181,17 +204,12 @@ class LocalBackend(Backend):
         """A log from before the indexed columns: add them and fill them in from the stored bodies, once."""
         columns = {row[1] for row in conn.execute("PRAGMA table_info(events)")}
         missing = [c for c in ("call_id", "recording") if c not in columns]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             for column in missing:
                 conn.execute(f"ALTER TABLE events ADD COLUMN {column} TEXT")
                 conn.execute(f"UPDATE events SET {column} = json_extract(body, '$.data.{column}') "
                              f"WHERE json_type(body, '$.data.{column}') = 'text'")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         if missing:
             logger.info("event store %s: indexed call ids and recordings (schema %d -> %d)", self.path, version,
                         SCHEMA_VERSION)
@@ -569,11 +587,7 @@ class SQLiteJournal(Journal):
         await self._submit(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_JOURNAL_SCHEMA)
+        db = _open_durable(self.path, _JOURNAL_SCHEMA)
         if "seq" not in {row[1] for row in db.execute("PRAGMA table_info(actions)")}:
             db.execute("ALTER TABLE actions ADD COLUMN seq INTEGER")  # a journal from before the rules cursor
         self._db = db
@@ -592,8 +606,7 @@ class SQLiteJournal(Journal):
     def _begin(self, entries: list[JournalEntry], cursor: int | None,
                cooldowns: list[tuple[str, str, float]]) -> list[bool]:
         db, now = self._conn, time.time()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(db):
             fresh = []
             for e in entries:
                 state, result = ("failed", orjson.dumps({"error": e.error})) if e.error else ("started", None)
@@ -609,10 +622,6 @@ class SQLiteJournal(Journal):
                                " (rule, key) DO UPDATE SET until = excluded.until", cooldowns)
             if cursor is not None:
                 self._write_cursor(cursor)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         return fresh
 
     def finish(self, key: str, state: str, result: Any) -> asyncio.Future[None]:
@@ -701,12 +710,7 @@ class SQLiteOutbox(Outbox):
         await self._submit(self._open)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(_OUTBOX_SCHEMA)
-        self._db = db
+        self._db = _open_durable(self.path, _OUTBOX_SCHEMA)
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     @property
@@ -733,24 +737,16 @@ class SQLiteOutbox(Outbox):
         return future
 
     def _delete(self, subscription: str) -> None:
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._conn) as db:
             for table, column in (("subscriptions", "id"), ("pending", "subscription"), ("attempts", "subscription")):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (subscription,))  # noqa: S608
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     def apply(self, changes: OutboxChanges) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self._submit(self._apply, changes)
         return future
 
     def _apply(self, changes: OutboxChanges) -> None:
-        db = self._conn
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(self._conn) as db:
             if changes.settled:
                 db.executemany("DELETE FROM pending WHERE subscription = ? AND seq = ?", changes.settled)
             if changes.pending:
@@ -765,10 +761,6 @@ class SQLiteOutbox(Outbox):
             for subscription, cursor in changes.cursors.items():
                 db.execute("UPDATE subscriptions SET cursor = MAX(COALESCE(cursor, 0), ?) WHERE id = ?",
                            (cursor, subscription))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
 
     async def pending(self, subscription: str) -> list[Pending]:
         rows = await self._read("SELECT subscription, seq, key, attempts, next_at, state FROM pending"
