@@ -194,6 +194,33 @@ def test_filters_use_the_rules_operators(data_dir: Path, endpoint: tuple[Endpoin
     assert sorted(d.event["data"]["call_id"] for d in state.received) == ["a", "d"]
 
 
+def test_subscriptions_sharing_a_filter_each_get_their_events_and_a_type_change_applies_at_once(
+        data_dir: Path) -> None:
+    """The commit hook remembers which subscriptions listen to a type and decides a shared filter
+    once per event: neither may leak an event to the wrong endpoint or keep an old type."""
+    a, b, c = Endpoint(), Endpoint(), Endpoint()
+    inbound = {"data.direction": "inbound"}
+    with AppServer(a.app()) as sa, AppServer(b.app()) as sb, AppServer(c.app()) as sc, \
+            ServerThread(hub_config(data_dir)) as hub:
+        first = subscribe(hub, f"{sa.url}/hook", types=["call.ended"], filter=inbound)
+        subscribe(hub, f"{sb.url}/hook", types=["call.*"], filter=inbound)
+        subscribe(hub, f"{sc.url}/hook", types=["call.ended"], filter={"data.direction": "outbound"})
+        hub.publish(call("call.ended", "in-1", direction="inbound"), call("call.ended", "out-1", direction="outbound"))
+        wait_until(lambda: len(a.received) + len(b.received) + len(c.received) == 3, what="three deliveries")
+        r = api(hub, "PATCH", f"/v1/subscriptions/{first['id']}", json={"types": ["call.ringing"]})
+        assert r.status_code == 200, r.text
+        hub.publish(call("call.ended", "in-2", direction="inbound"), call("call.ringing", "in-3", direction="inbound"))
+        wait_until(lambda: len(a.received) + len(b.received) == 5, what="the events after the change")
+        time.sleep(10 * TICK)
+
+    def calls(endpoint: Endpoint) -> list[str]:
+        return sorted(d.event["data"]["call_id"] for d in endpoint.received)
+
+    assert calls(a) == ["in-1", "in-3"]
+    assert calls(b) == ["in-1", "in-2", "in-3"]
+    assert calls(c) == ["out-1"]
+
+
 def test_retries_carry_one_webhook_id_and_the_log_shows_every_attempt(
     data_dir: Path, endpoint: tuple[Endpoint, AppServer]
 ) -> None:

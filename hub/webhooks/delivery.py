@@ -72,6 +72,8 @@ QUIET_CURSOR_EVERY = 1.0
 RESPONSE_HEAD = 512
 #: How often the delivery log is pruned (`[webhooks] log_retention`).
 PRUNE_EVERY = 3600.0
+#: Event types whose matching subscriptions the commit hook remembers (then it starts over).
+MAX_ROUTES = 4096
 #: The delivery log's outcomes.
 OUTCOMES = ("delivered", "retrying", "failed", "expired")
 _CONTENT_TYPE = {"Content-Type": "application/cloudevents+json"}
@@ -598,6 +600,8 @@ class Deliveries:
         self.spawn = spawn
         self.workers: dict[str, Worker] = {}
         self._listening: list[Worker] = []
+        #: event type -> the listening workers whose `types` match it (cleared whenever either changes)
+        self._routes: dict[str, list[Worker]] = {}
         self._unapplied: OutboxChanges | None = None
         self._flush_lock = asyncio.Lock()
         self._pruned = 0.0
@@ -665,17 +669,22 @@ class Deliveries:
         if not listening or not events:
             return
         limit = self.config.max_queue
+        routes = self._routes
         fed: set[Worker] = set()
         for event in events:
-            body: dict[str, Any] | None = None
-            for worker in listening:
-                sub = worker.sub
-                if sub.types.matches(event.type):
-                    if body is None:
-                        body = orjson.loads(event.body)
-                    if sub.wants(event, body):
-                        worker.incoming.append((event, body))
-                        fed.add(worker)
+            route = routes.get(event.type)
+            if route is None:
+                route = self._route(event.type)
+            if not route:
+                continue
+            body: dict[str, Any] = orjson.loads(event.body)
+            # Subscriptions with the same filter decide once per event.
+            decided: dict[str, bool] = {}
+            seen: dict[str, object] = {}
+            for worker in route:
+                if worker.sub.wants(event, body, decided, seen):
+                    worker.incoming.append((event, body))
+                    fed.add(worker)
         last = events[-1].seq
         overflowed = False
         for worker in listening:
@@ -689,10 +698,22 @@ class Deliveries:
                 overflowed = True
             worker.poke()
         if overflowed:
-            self._listening = [w for w in listening if w.listening]
+            self._set_listening([w for w in listening if w.listening])
+
+    def _route(self, type_: str) -> list[Worker]:
+        routes = self._routes
+        if len(routes) >= MAX_ROUTES:  # many distinct types: start over rather than grow without bound
+            routes.clear()
+        route = routes[type_] = [w for w in self._listening if w.sub.types.matches(type_)]
+        return route
+
+    def _set_listening(self, listening: list[Worker]) -> None:
+        if listening != self._listening:
+            self._routes = {}
+        self._listening = listening
 
     def refresh_listening(self) -> None:
-        self._listening = [w for w in self.workers.values() if w.listening]
+        self._set_listening([w for w in self.workers.values() if w.listening])
 
     # -- durability -------------------------------------------------------------------------------
 
@@ -828,6 +849,7 @@ class Deliveries:
         doc = worker.sub.document
         doc["spec"], doc["updated"] = spec.model_dump(), time.time()
         worker.sub.refresh()
+        self._routes = {}  # its types may have changed
         worker.poke()
         await self.outbox.save(dict(doc))
         return self.describe(worker)
@@ -864,6 +886,7 @@ class Deliveries:
             self._rewind(worker, cursor, forward=True)
         doc["updated"] = time.time()
         worker.sub.refresh()
+        self._routes = {}  # its types may have changed
         worker.poke()
         await self.outbox.save(dict(doc), cursor=cursor)
         return self.describe(worker)

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from pydantic import ValidationError
 
 from hub.config import SubscriptionConfig, SubscriptionSpec
@@ -92,8 +93,8 @@ class Subscription:
     types: TypeFilter = field(init=False)
     conditions: list[Condition] = field(init=False)
     max_ages: list[tuple[Glob, float]] = field(init=False)
-    #: Whether deciding on an event needs its JSON (a filter, per-call ordering, a max age).
-    needs_body: bool = field(init=False)
+    #: The filter in one canonical form: subscriptions with the same one decide an event once.
+    filter_key: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.refresh()
@@ -103,6 +104,7 @@ class Subscription:
         self.spec = SubscriptionSpec.model_validate(self.document["spec"])
         self.types = TypeFilter(tuple(self.spec.types))
         self.conditions = compile_conditions(self.spec.filter)
+        self.filter_key = orjson.dumps(self.spec.filter, option=orjson.OPT_SORT_KEYS).decode()
         # The most specific pattern decides: the longest one that matches.
         self.max_ages = [(Glob([p]), s) for p, s in sorted(self.spec.max_age_s.items(), key=lambda i: -len(i[0]))]
 
@@ -124,15 +126,25 @@ class Subscription:
     def ordered(self) -> bool:
         return self.spec.ordering == "per_call"
 
-    def wants(self, event: Event, body: dict[str, Any]) -> bool:
+    def wants(self, event: Event, body: dict[str, Any], decided: dict[str, bool] | None = None,
+              seen: dict[str, object] | None = None) -> bool:
         """Whether the event (already known to match `types`) passes the filter; never the hub's
-        own reports about this subscription (a dead endpoint would feed itself)."""
+        own reports about this subscription (a dead endpoint would feed itself). `decided` and
+        `seen` memoise, for one event, filter results by `filter_key` and looked-up paths."""
         if event.type in HUB_DELIVERY_TYPES and body.get("source") == HUB_SOURCE:
             data = body.get("data")
             if isinstance(data, dict) and data.get("subscription") == self.id:
                 return False
-        seen: dict[str, object] = {}
-        return all(c.matches(body, seen) for c in self.conditions)
+        if not self.conditions:
+            return True
+        if decided is None:
+            return all(c.matches(body, {}) for c in self.conditions)
+        result = decided.get(self.filter_key)
+        if result is None:
+            if seen is None:
+                seen = {}
+            result = decided[self.filter_key] = all(c.matches(body, seen) for c in self.conditions)
+        return result
 
     def max_age(self, type_: str) -> float | None:
         for glob, seconds in self.max_ages:
