@@ -71,6 +71,7 @@ from hub.webhooks.inbound import Delivery, Source, token_verifier
 __all__ = [
     # the registry and what it offers
     "Registry", "PluginContext", "Service", "EventListener", "Authenticate", "RunAction", "EventStore",
+    "PluginState",
     "load_plugins", "handler_sections", "demo_overrides",
     # types and helpers handlers use
     "ActionContext", "ActionSpec", "Executor", "Outcome", "public_params",
@@ -114,6 +115,17 @@ class EventStore(Protocol):
                              after: int, limit: int) -> list[Event]: ...
 
 
+class PluginState(Protocol):
+    """A handler's small durable key/value state (JSON values), in the hub's store (`Journal.state_*`).
+
+    Each handler keeps to its own `namespace` (its name). Writes apply in the order they were made.
+    """
+
+    async def state_get(self, namespace: str, key: str) -> Any: ...
+
+    def state_put(self, namespace: str, key: str, value: Any) -> Awaitable[None]: ...
+
+
 @dataclass(frozen=True)
 class PluginContext:
     """What the hub offers a handler. Valid from `register` on; usable once the hub has started."""
@@ -125,6 +137,8 @@ class PluginContext:
     run_action: RunAction
     #: Report on an upstream connection the handler owns (`/readyz`, metrics, `hub.upstream.*`).
     upstream: Callable[..., Upstream]
+    #: Durable key/value state (usable once the hub has started: services run after the store opens).
+    state: PluginState
 
 
 @dataclass

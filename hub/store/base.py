@@ -10,7 +10,8 @@ A backend is two things behind one URL scheme (`[backend] url`):
       read(after, ...) ───────> Page(events, next, trimmed_through, head)
 
 - the **rules journal** (`Journal`): which rule actions started and how they ended, how far the
-  rules have evaluated the log (the cursor), and the cooldowns running;
+  rules have evaluated the log (the cursor), the cooldowns running, and the handlers' small
+  key/value state (a vendor poller's cursor: `state_get` / `state_put`, one namespace each);
 - the **outbox** (`Outbox`): outbound webhook subscriptions, how far each has taken the log,
   the deliveries waiting for a retry (or behind one of the same call), and the delivery log.
 
@@ -221,6 +222,14 @@ class Journal(ABC):
     @abstractmethod
     async def cooldowns(self, now: float) -> list[tuple[str, str, float]]:
         """(rule, key, until) of the cooldowns still running at `now`; expired ones are forgotten."""
+
+    @abstractmethod
+    async def state_get(self, namespace: str, key: str) -> Any:
+        """A handler's stored value (JSON: what `state_put` stored), or None if there is none."""
+
+    @abstractmethod
+    def state_put(self, namespace: str, key: str, value: Any) -> asyncio.Future[None]:
+        """Store a JSON-able value durably under (`namespace`, `key`), replacing the old one; None forgets it."""
 
     @abstractmethod
     async def close(self) -> None:
