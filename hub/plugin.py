@@ -47,7 +47,15 @@ from hub.exceptions import (
 )
 from hub.matcher import TypeFilter, lookup
 from hub.ops.upstreams import Upstream
-from hub.outbound.retry import NO_RETRY, RetryPolicy, retry_until, send_with_retry, stable_key
+from hub.outbound.retry import (
+    NO_RETRY,
+    RetryPolicy,
+    maybe_sent,
+    retry_until,
+    send_unsent_retry,
+    send_with_retry,
+    stable_key,
+)
 from hub.outbound.vendor import MAX_VENDOR_MESSAGE, VendorClient, VendorError, json_or_none, vendor_text
 from hub.phone import (
     EXTENSION_MIN_DIGITS,
@@ -82,7 +90,7 @@ __all__ = [
     "Phone", "PhoneForm", "InvalidPhoneNumber", "parse_phone", "normal_number", "number_key", "parse_extension",
     "call_party", "EXTENSION_MIN_DIGITS",
     "JSONResponse", "read_body", "parse_json", "require_json",
-    "RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "stable_key",
+    "RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "send_unsent_retry", "maybe_sent", "stable_key",
     "VendorClient", "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE",
     "HttpUrl", "SocketUrl", "parse_duration", "EVENT_LIMITS", "event_time", "hub_event", "now_rfc3339",
     "lookup", "TypeFilter",
