@@ -138,13 +138,14 @@ class SimState:
             self.cdr.append(row)
         return row
 
-    def dial_due(self, now: datetime, *, answer: bool = True) -> list[dict[str, Any]]:
-        """The dialer's round: call every alarm due by `now` and every new contact of a started
-        campaign's phonebooks; each call becomes a CDR row (the demo runs this on a timer)."""
+    def dial_due(self, now: datetime, *, answer: bool = True, ahead: float = 0.0) -> list[dict[str, Any]]:
+        """The dialer's round at `now`: call every alarm due within `ahead` seconds and every new
+        contact of a started campaign's phonebooks; each call becomes a CDR row (the demo runs
+        this on a timer)."""
         made = []
         for alarm in [a for a in self.alarms if not a["called"]]:
             due = _read_date(alarm.get("date_start_notice"), self.zone) or now
-            if due <= now:
+            if due <= now + timedelta(seconds=ahead):
                 alarm["called"] = True
                 alarm["status"] = 5 if answer else 3
                 made.append(self.add_call(alarm["alarm_phonenumber"], started=now, alarm=True,
