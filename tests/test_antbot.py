@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from handlers.antbot import AntBotConfig
 from handlers.antbot.client import AntBotAuthError, AntBotClient, AntBotError, AntBotUnavailable
 from handlers.antbot.simulator import SimState, build_app
-from hub.config import config_from_dict
+from hub.config import ConfigError, config_from_dict
 from hub.plugin import handler_sections
 from tests.helpers import ADMIN, TICK, WAIT, AppServer, ServerThread, SwappableApp, raw_config, wait_until
 
@@ -201,6 +201,18 @@ def test_cdr_rows_become_call_ended_events_with_the_common_call_fields(sim: tupl
     assert by_id[f"cdr-{reminder['id']}"]["data"]["alarm"] is True
 
 
+def test_configured_cdr_filters_narrow_what_is_published(sim: tuple[SimState, str], data_dir: Path) -> None:
+    """`cdr_filters = {alarm = true}`: only reminder calls become events; an undocumented filter is refused."""
+    state, url = sim
+    state.add_call("0912345678", started=ago(20))
+    reminder = state.add_call("0912345679", started=ago(10), alarm=True)
+    with antbot_hub(data_dir, url, cdr_filters={"alarm": True}) as hub:
+        wait_polls(state, 2)
+        assert [e["id"] for e in calls(hub)] == [f"cdr-{reminder['id']}"]
+    with pytest.raises(ConfigError, match="not a CDR filter: colour"):
+        antbot_hub(data_dir, url, cdr_filters={"colour": "red"})
+
+
 def test_unreadable_rows_are_skipped_and_counted_and_the_rest_published(sim: tuple[SimState, str], data_dir: Path) -> None:
     """Rows that are not objects or have no id are skipped (counted in the upstream metrics); good rows go on."""
     state, url = sim
@@ -337,6 +349,17 @@ def test_bad_contact_input_is_a_422_and_nothing_is_sent(sim: tuple[SimState, str
         r = post(hub, "/v1/antbot/contacts", body)
         assert r.status_code == 422, r.text
     assert writes(state) == []
+
+
+def test_add_contact_failures_are_clear(sim: tuple[SimState, str], hub: ServerThread) -> None:
+    """A phonebook AntBot does not have: 502 with its answer; AntBot down: 503; both action.failed."""
+    state, _ = sim
+    r = post(hub, "/v1/antbot/contacts", {"phonebook": 99, "phone_number": "0912345678"})
+    assert r.status_code == 502 and "phonebook" in r.json()["error"]["message"]
+    state.down = True
+    r = post(hub, "/v1/antbot/contacts", {"phonebook": 1, "phone_number": "0912345678"})
+    assert r.status_code == 503 and state.contacts == []
+    assert [e["data"]["action"] for e in history(hub, "action.failed")] == ["antbot.add_contact"] * 2
 
 
 def test_campaign_status_changes_the_campaign(sim: tuple[SimState, str], hub: ServerThread) -> None:

@@ -61,6 +61,11 @@ DEFAULT_OUTCOMES: dict[str, Outcome] = {
 }
 
 
+#: The document's CDR report filters a poll may add (`from_date` / `to_date` are the poller's own).
+CDR_FILTERS = frozenset({"callid", "callerid", "phone_number", "duration", "billsec", "disposition", "hangup_cause",
+                         "sip_term_status", "sip_term_cause", "endpoint_disposition", "campaign", "alarm", "otp"})
+
+
 class RemindersConfig(BaseModel):
     """`[antbot.reminders]`: the calendar objects `antbot.reminder_call` creates its events in."""
 
@@ -92,6 +97,8 @@ class AntBotConfig(BaseModel):
     #: Each poll reads again from this far behind where the last one ended: longer than the
     #: longest call plus the delay before its CDR row shows (rows are filtered by their start).
     lookback: Duration = 900.0
+    #: More CDR filters on every poll, from the document's (`campaign`, `alarm`, `otp`, `disposition`, ...).
+    cdr_filters: dict[str, str | int | bool] = Field(default_factory=dict)
     #: Publish campaign status changes (`GET /rest-api/campaigns/`) as `campaign.status`.
     campaigns: bool = True
     request_timeout: Duration = 10.0
@@ -124,6 +131,14 @@ class AntBotConfig(BaseModel):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Ho_Chi_Minh)") from None
         return value
+
+    @field_validator("cdr_filters")
+    @classmethod
+    def _documented_filters(cls, value: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        unknown = sorted(set(value) - CDR_FILTERS)
+        if unknown:
+            raise ValueError(f"not a CDR filter: {', '.join(unknown)} (one of {', '.join(sorted(CDR_FILTERS))})")
+        return {k: ("true" if v else "false") if isinstance(v, bool) else v for k, v in value.items()}
 
     @field_validator("outcomes")
     @classmethod

@@ -245,7 +245,8 @@ class Poller:
         seen_in = saved.get("seen")
         seen: dict[str, float] = dict(seen_in) if isinstance(seen_in, dict) else {}
         since = (until if isinstance(until, (int, float)) else now) - config.lookback
-        params = {"from_date": self._date(since), "to_date": self._date(now), "page_size": config.page_size}
+        params = {**config.cdr_filters, "from_date": self._date(since), "to_date": self._date(now),
+                  "page_size": config.page_size}
         rows = await self.client.list(CDR_PATH, params, max_pages=config.max_pages)
         new = 0
         for row in rows:
