@@ -290,6 +290,33 @@ def test_campaign_status_changes_become_events_but_the_first_read_only_records(
         {"campaign_id": cid, "name": "renewals", "status": "started", "status_code": 1, "previous": "waiting"}
 
 
+def test_campaign_statuses_are_remembered_across_a_restart(sim: tuple[SimState, str], data_dir: Path) -> None:
+    """After a restart nothing is published for unchanged campaigns; a change made while down is published once."""
+    state, url = sim
+    cid = state.add_campaign("renewals", status=1)
+    with antbot_hub(data_dir, url) as hub:
+        wait_polls(state, 2)
+    state.campaigns[cid]["status"] = 3
+    with antbot_hub(data_dir, url) as hub:
+        wait_until(lambda: len(history(hub, "campaign.status")) == 1, what="the change made while down")
+        wait_polls(state, 2)
+        (event,) = history(hub, "campaign.status")
+    assert (event["data"]["status"], event["data"]["previous"]) == ("paused", "started")
+
+
+def test_the_poller_fetches_a_new_token_when_antbot_expires_it(sim: tuple[SimState, str], data_dir: Path) -> None:
+    """Tokens expired at AntBot: the next poll logs in again once and goes on publishing."""
+    state, url = sim
+    with antbot_hub(data_dir, url) as hub:
+        wait_polls(state, 2)
+        assert state.token_requests == 1
+        state.expire_tokens()
+        row = state.add_call("0912345678", started=ago(5))
+        wait_until(lambda: [e["id"] for e in calls(hub)] == [f"cdr-{row['id']}"], what="the call")
+        wait_polls(state, 2)
+        assert state.token_requests == 2 and upstream(hub)["connected"] is True
+
+
 # -- actions through the admin endpoints --------------------------------------------------------------------
 
 
