@@ -242,14 +242,19 @@ def test_a_call_is_published_once_however_many_polls_and_restarts_see_it(sim: tu
 
 
 def test_the_poll_cursor_survives_a_restart(sim: tuple[SimState, str], data_dir: Path) -> None:
-    """A call that started while the hub was down, longer ago than `lookback`, is still read after the restart."""
+    """A call that started while the hub was down, longer ago than `lookback`, is still read after the restart
+    (the gap read in slices of `max_window`)."""
     state, url = sim
     with antbot_hub(data_dir, url, lookback="1s") as hub:
         wait_polls(state, 2)
     missed = state.add_call("0912000111", started=datetime.now(UTC))
     time.sleep(2.5)  # dates have whole seconds: the hub is down for more than lookback + 1 s
-    with antbot_hub(data_dir, url, lookback="1s") as hub:
+    before = len(state.requests)
+    with antbot_hub(data_dir, url, lookback="1s", max_window="1s", poll_interval="1h") as hub:
         wait_until(lambda: [e["id"] for e in calls(hub)] == [f"cdr-{missed['id']}"], what="the missed call")
+        # The gap is read in slices of max_window, back to back (the next poll is an hour away).
+        wait_until(lambda: sum(p == "/rest-api/cdr/" for _, p, _ in state.requests[before:]) >= 2,
+                   what="a second slice")
 
 
 def test_an_outage_delays_events_but_loses_none(sim: tuple[SimState, str], data_dir: Path) -> None:

@@ -99,6 +99,9 @@ class AntBotConfig(BaseModel):
     lookback: Duration = 900.0
     #: More CDR filters on every poll, from the document's (`campaign`, `alarm`, `otp`, `disposition`, ...).
     cdr_filters: dict[str, str | int | bool] = Field(default_factory=dict)
+    #: The longest stretch one poll reads past `lookback`: after a long outage the poller catches
+    #: up one such slice at a time, without waiting between them.
+    max_window: Duration = 3600.0
     #: Publish campaign status changes (`GET /rest-api/campaigns/`) as `campaign.status`.
     campaigns: bool = True
     request_timeout: Duration = 10.0
@@ -152,7 +155,7 @@ class AntBotConfig(BaseModel):
         value = value.rstrip("/")
         return value[: -len("/rest-api")] if value.endswith("/rest-api") else value
 
-    @field_validator("poll_interval", "request_timeout")
+    @field_validator("poll_interval", "request_timeout", "max_window")
     @classmethod
     def _positive(cls, value: float) -> float:
         if value <= 0:

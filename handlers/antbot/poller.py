@@ -4,7 +4,8 @@ Every `poll_interval` the poller reads
 
 - `GET /rest-api/cdr/?from_date=..&to_date=..` for the window from `lookback` before where the last
   complete poll ended up to now (all pages), and publishes each row as one `call.ended`
-  (`cdr_event`). The event id is `cdr-<row id>`, and the hub's store drops an event whose
+  (`cdr_event`); after an outage longer than `max_window` it catches up one `max_window` at a
+  time, poll after poll without waiting. The event id is `cdr-<row id>`, and the hub's store drops an event whose
   (source, id) it already holds, so a row seen by several polls is published once; the ids of the
   rows seen within the window are also kept (`seen`) so overlapping polls do not even try again;
 - `GET /rest-api/campaigns/` and compares each campaign's `status` with the one it recorded:
@@ -201,15 +202,19 @@ class Poller:
         self._state = state
         self._upstream = upstream
         self._clock = clock
+        #: The last window read ended before now (`max_window`): the next poll follows at once.
+        self.behind = False
         #: Rows published so far, rows skipped as unreadable (this process).
         self.published = 0
         self.skipped = 0
 
     async def run(self) -> None:
-        """The service: poll, wait `poll_interval`, again, until cancelled."""
+        """The service: poll, wait `poll_interval`, again, until cancelled (no wait while catching up)."""
         while True:
             started = time.monotonic()
-            await self.poll()
+            if await self.poll() and self.behind:
+                await asyncio.sleep(0)
+                continue
             await asyncio.sleep(max(0.0, self.config.poll_interval - (time.monotonic() - started)))
 
     async def poll(self) -> bool:
@@ -245,7 +250,9 @@ class Poller:
         seen_in = saved.get("seen")
         seen: dict[str, float] = dict(seen_in) if isinstance(seen_in, dict) else {}
         since = (until if isinstance(until, (int, float)) else now) - config.lookback
-        params = {**config.cdr_filters, "from_date": self._date(since), "to_date": self._date(now),
+        # After a long outage, catch up in slices: each poll's pages stay bounded.
+        end = min(now, since + config.lookback + config.max_window)
+        params = {**config.cdr_filters, "from_date": self._date(since), "to_date": self._date(end),
                   "page_size": config.page_size}
         rows = await self.client.list(CDR_PATH, params, max_pages=config.max_pages)
         new = 0
@@ -271,12 +278,13 @@ class Poller:
             if not result.duplicate:
                 new += 1
                 self._upstream.signal("cdr")
-        keep_from = now - config.lookback - SEEN_MARGIN
+        keep_from = end - config.lookback - SEEN_MARGIN
         kept = sorted(((k, t) for k, t in seen.items() if t >= keep_from), key=lambda kv: kv[1])[-MAX_SEEN:]
-        await self._state.state_put(NAMESPACE, CDR_KEY, {"until": now, "seen": dict(kept)})
+        await self._state.state_put(NAMESPACE, CDR_KEY, {"until": end, "seen": dict(kept)})
+        self.behind = end < now
         self.published += new
         detail = self._upstream.detail
-        detail["cdr_until"] = _rfc3339(datetime.fromtimestamp(now, UTC))
+        detail["cdr_until"] = _rfc3339(datetime.fromtimestamp(end, UTC))
         detail["calls_published"] = self.published
         detail["rows_skipped"] = self.skipped
         return new
