@@ -146,6 +146,8 @@ async def test_lists_are_read_page_by_page_but_never_off_the_host(sim: tuple[Sim
     async with client_for(url) as client:
         rows = await client.list("/rest-api/dnc-contact/")
         assert [r["phone_number"] for r in rows] == [f"09000000{i:02d}" for i in range(25)]
+        state.next_host = "https://127.0.0.1"  # a proxy's view of itself: the configured scheme and port are kept
+        assert len(await client.list("/rest-api/dnc-contact/")) == 25
         state.next_host = "http://203.0.113.9:8080"
         with pytest.raises(AntBotError, match="another host"):
             await client.list("/rest-api/dnc-contact/")

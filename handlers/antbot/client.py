@@ -7,7 +7,8 @@ The token is cached and fetched again only when a request is refused with 401, o
 Neither the password nor the token is ever logged, put in an error, a repr or a URL.
 
 Lists page the DRF way, `{"count", "next", "previous", "results"}`: `next` is followed only while
-it stays on the configured host (a bare list is read as one page).
+it stays on the configured host, always with the configured scheme and port (a bare list is read
+as one page).
 
 Errors (every one a `hub.exceptions.HubError`, with the HTTP `status`, the vendor's message and
 the request `path`, never a secret):
@@ -29,7 +30,7 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import httpx
 
@@ -144,11 +145,17 @@ class AntBotClient(VendorClient):
             following = body.get("next")
             if not isinstance(following, str) or not following:
                 return items
-            url = urljoin(url, following)
-            if urlsplit(url)[:2] != urlsplit(self.base_url)[:2]:
-                raise AntBotError("AntBot's next page is on another host; not followed", status=200, path=path)
+            url = self._same_host(urljoin(url, following), path)
             query = None  # `next` carries the query
         raise AntBotError(f"more than {max_pages} pages; not read to the end", status=200, path=path)
+
+    def _same_host(self, url: str, path: str) -> str:
+        """`next` on the configured host, always with the configured scheme and port: Django behind a
+        TLS proxy often writes `http://` links, and the token must not go out in clear text."""
+        link, base = urlsplit(url), urlsplit(self.base_url)
+        if (link.hostname or "").lower() != (base.hostname or "").lower():
+            raise AntBotError("AntBot's next page is on another host; not followed", status=200, path=path)
+        return urlunsplit((base.scheme, base.netloc, link.path, link.query, ""))
 
     # -- writes -------------------------------------------------------------------------------------
 

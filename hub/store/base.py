@@ -185,7 +185,8 @@ class Unfinished(NamedTuple):
 
 class Journal(ABC):
     """What rule actions need remembered across restarts: each started at most once, how each
-    ended, how far the log was evaluated, and the cooldowns running.
+    ended, how far the log was evaluated, and the cooldowns running; and the handlers' small
+    key/value state (a poller's cursor, `state_get` / `state_put`).
 
     Writes are applied in the order the calls were made (the futures are made at call time, the
     writes queued then), which is what lets the cursor be written lazily: a cursor written after
