@@ -334,6 +334,13 @@ def hub(sim: tuple[SimState, str], data_dir: Path) -> Iterator[ServerThread]:
         yield h
 
 
+def test_a_caught_up_poller_waits_its_interval(sim: tuple[SimState, str], hub: ServerThread) -> None:
+    """With `poll_interval = 1h`: one poll at start, then none (catching up never becomes a busy loop)."""
+    state, _ = sim
+    time.sleep(20 * TICK)
+    assert polls(state) == 1
+
+
 def post(hub: ServerThread, path: str, body: Any, headers: dict[str, str] = ADMIN) -> httpx.Response:
     return httpx.post(hub.url + path, json=body, headers=headers, timeout=WAIT)
 

@@ -249,9 +249,12 @@ class Poller:
         until = saved.get("until")
         seen_in = saved.get("seen")
         seen: dict[str, float] = dict(seen_in) if isinstance(seen_in, dict) else {}
-        since = (until if isinstance(until, (int, float)) else now) - config.lookback
-        # After a long outage, catch up in slices: each poll's pages stay bounded.
-        end = min(now, since + config.lookback + config.max_window)
+        # A clock set back must not move the window backwards past what was read.
+        since = (min(until, now) if isinstance(until, (int, float)) else now) - config.lookback
+        # After a long outage, catch up in slices: each poll's pages stay bounded. The end is a whole
+        # second, as `to_date` is written: the cursor is exactly where the filter stopped.
+        limit = since + config.lookback + config.max_window
+        end = float(math.floor(min(now, limit)))
         params = {**config.cdr_filters, "from_date": self._date(since), "to_date": self._date(end),
                   "page_size": config.page_size}
         rows = await self.client.list(CDR_PATH, params, max_pages=config.max_pages)
@@ -281,7 +284,7 @@ class Poller:
         keep_from = end - config.lookback - SEEN_MARGIN
         kept = sorted(((k, t) for k, t in seen.items() if t >= keep_from), key=lambda kv: kv[1])[-MAX_SEEN:]
         await self._state.state_put(NAMESPACE, CDR_KEY, {"until": end, "seen": dict(kept)})
-        self.behind = end < now
+        self.behind = limit < now
         self.published += new
         detail = self._upstream.detail
         detail["cdr_until"] = _rfc3339(datetime.fromtimestamp(end, UTC))
