@@ -448,7 +448,11 @@ def test_reminder_call_failures_say_what_was_created(sim: tuple[SimState, str], 
     error = r.json()["error"]
     assert error["maybe_sent"] is True and error["event_id"] == state.events[0]["id"]
     assert "its alarm was not" in error["message"] and state.alarms == []
-    assert post(hub, "/v1/antbot/reminders", {"phone_number": "0912345678", "at": "soon"}).status_code == 422
+    for bad in ({"at": "soon"}, {"at": "0001-01-01T00:00:00+14:00"}, {"at": "9999-12-31T00:00:00"},
+                {"delay": "-5m"}, {"delay": True}, {"title": 5}, {"phonenumber_transfer": "12"}):
+        r = post(hub, "/v1/antbot/reminders", {"phone_number": "0912345678", **bad})
+        assert r.status_code == 422, (bad, r.text)
+    assert len(state.alarms) == 0
 
 
 def test_admin_endpoints_need_the_admin_role(sim: tuple[SimState, str], hub: ServerThread) -> None:

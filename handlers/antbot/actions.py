@@ -63,8 +63,10 @@ MAX_BULK = 10_000
 CONTACT_FIELDS = ("first_name", "last_name", "email", "description", "address", "city", "country",
                   "additional_vars", "status")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-#: A reminder more than this far ahead is refused as a mistake.
+#: A reminder more than this far ahead is refused as a mistake; one in the past too (beyond a
+#: minute of clock difference or delay on its way).
 MAX_AHEAD = 366 * 86400.0
+MAX_BEHIND = 60.0
 
 
 class DoNotCall(HubError):
@@ -215,8 +217,11 @@ def parse_reminder(params: dict[str, Any], config: AntBotConfig, *, now: float |
             raise InvalidEvent(f"'delay': {exc}", field="delay") from None
     else:
         at = current
-    if (at - current).total_seconds() > MAX_AHEAD:
+    ahead = (at - current).total_seconds()
+    if ahead > MAX_AHEAD:
         raise InvalidEvent("a reminder may be at most a year ahead", field="at")
+    if ahead < -MAX_BEHIND:
+        raise InvalidEvent("a reminder may not be in the past", field="at")
     title = params.get("title")
     if title is not None and (not isinstance(title, str) or not title.strip() or len(title) > 200):
         raise InvalidEvent("'title' must be a text of 1-200 characters", field="title")
