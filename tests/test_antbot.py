@@ -14,14 +14,11 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
-from handlers.antbot import AntBotConfig
 from handlers.antbot.client import AntBotAuthError, AntBotClient, AntBotError, AntBotUnavailable
 from handlers.antbot.simulator import SimState, build_app
-from hub.config import ConfigError, config_from_dict
-from hub.plugin import handler_sections
-from tests.helpers import ADMIN, TICK, WAIT, AppServer, ServerThread, SwappableApp, raw_config, wait_until
-
-USER, PASSWORD = "sim-user", "sim-password"
+from hub.config import ConfigError
+from tests.antbot_env import PASSWORD, USER, antbot_hub
+from tests.helpers import ADMIN, TICK, WAIT, AppServer, ServerThread, SwappableApp, wait_until
 
 
 @pytest.fixture
@@ -33,24 +30,6 @@ def sim(sim_server: tuple[AppServer, SwappableApp]) -> Iterator[tuple[SimState, 
     swappable.app = build_app(state)
     yield state, server.url
     swappable.app = Starlette()
-
-
-def antbot_section(url: str, **extra: Any) -> dict[str, Any]:
-    section: dict[str, Any] = {
-        "base_url": url, "username": USER, "password": PASSWORD, "poll_interval": 4 * TICK,
-        "lookback": "15m", "request_timeout": 40 * TICK, "reminders": {"calendar": 1, "creator": 1},
-    }
-    section.update(extra)
-    return section
-
-
-def antbot_hub(data_dir: Path, url: str, *, extra_config: dict[str, Any] | None = None, **extra: Any) -> ServerThread:
-    raw = raw_config(data_dir)
-    raw["antbot"] = antbot_section(url, **extra)
-    raw.update(extra_config or {})
-    config = config_from_dict(raw, env={}, handler_sections=handler_sections())
-    assert isinstance(config.handlers["antbot"], AntBotConfig)
-    return ServerThread(config)
 
 
 def history(hub: ServerThread, types: str = "*") -> list[dict[str, Any]]:

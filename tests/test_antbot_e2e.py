@@ -12,9 +12,9 @@ import httpx
 
 from handlers.antbot.simulator import SimState, build_app
 from handlers.antring.simulator.calls import inbound_missed
+from tests.antbot_env import antbot_hub, antbot_section
 from tests.antring_env import ACCOUNT, BOB, antring_world
 from tests.helpers import ADMIN, SUBSCRIBER_KEY, WAIT, AppServer, SSEReader, wait_until
-from tests.test_antbot import antbot_hub, antbot_section
 
 REMIND_RULE: dict[str, Any] = {
     "name": "missed-call-reminder",
