@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from handlers import antcrm, antring, demo, vbee
+from handlers import antbot, antcrm, antring, demo, vbee
 from hub.plugin import Registry
 
 #: Top-level config sections owned by handlers, with the models that validate them.
@@ -15,6 +15,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "antring": antring.AntRingConfig,
     "vbee": vbee.VbeeConfig,
     "antcrm": antcrm.AntCRMConfig,
+    "antbot": antbot.AntBotConfig,
 }
 
 
@@ -27,3 +28,4 @@ def register(registry: Registry) -> None:
     antring.register(registry)
     vbee.register(registry)
     antcrm.register(registry)
+    antbot.register(registry)

@@ -10,9 +10,13 @@ vendor sections at them (see `demo_overrides`):
   tickets and leads the rules create land here.
 - Vbee AICall: the call-back campaign. Missed callers are pushed into it by a rule, and the
   simulated campaign calls them and reports the results to the hub's Vbee webhook.
+- AntBot (Alice): a reminder call is set for every missed caller; the simulated dialer rings it
+  (ahead of its time, so the demo shows it) and the hub's poller reads the call from AntBot's
+  CDR report as `call.ended` (source `antbot`).
 
 And rules: a missed inbound call opens an AntCRM ticket, rings the agent who missed it to call
-back, and puts the caller into the Vbee call-back campaign (once per caller per minute).
+back, puts the caller into the Vbee call-back campaign and sets an AntBot reminder call (once per
+caller per minute).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import itertools
 import logging
 import random
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 from starlette.routing import Mount
 
+from handlers.antbot.simulator import SimState as AntBotState
+from handlers.antbot.simulator import build_app as build_antbot_app
 from handlers.antcrm.simulator.app import SimState as CRMState
 from handlers.antcrm.simulator.app import build_app as build_crm_app
 from handlers.antring.simulator.calls import (
@@ -67,6 +74,11 @@ VBEE_API_KEY = "demo-vbee-app"
 VBEE_API_SECRET = "demo-vbee-secret-not-for-production-0123"
 VBEE_WEBHOOK_TOKEN = "demo-vbee-webhook-token"
 CALLBACK_CAMPAIGN = "demo-callback"
+ANTBOT_MOUNT = "/_sim/antbot"
+ANTBOT_USER = "demo-antbot"
+ANTBOT_PASSWORD = "demo-antbot-password-not-for-production"
+#: How far ahead reminders are set, and how far ahead the simulated AntBot dialer rings them.
+REMINDER_DELAY = 60.0
 #: Seconds between two runs of the simulated Vbee call-back campaign.
 CAMPAIGN_INTERVAL = 6.0
 AGENTS = (Party("alice", "101", "u-alice"), Party("bob", "102", "u-bob"), Party("chi", "103", "u-chi"))
@@ -95,6 +107,8 @@ DEMO_RULES: list[dict[str, Any]] = [
             {"type": "antring.click_to_call", "agent": "{data.agent}", "number": "{data.from.number}"},
             {"type": "vbee.add_contacts", "campaign_id": CALLBACK_CAMPAIGN, "phone_number": "{data.from.number}",
              "ho_ten": "Khách {data.from.number}"},
+            {"type": "antbot.reminder_call", "phone_number": "{data.from.number}", "delay": f"{int(REMINDER_DELAY)}s",
+             "title": "Gọi nhắc lại {data.from.number}"},
         ],
     },
 ]
@@ -120,6 +134,8 @@ def demo_overrides(port: int) -> dict[str, Any]:
         "antcrm": {"base_url": base + CRM_MOUNT, "api_key": CRM_API_KEY, "lookup_timeout": 0.4},
         "vbee": {"base_url": base + VBEE_MOUNT + VBEE_API_PREFIX, "api_key": VBEE_API_KEY,
                  "api_secret": VBEE_API_SECRET, "webhook_token": VBEE_WEBHOOK_TOKEN},
+        "antbot": {"base_url": base + ANTBOT_MOUNT, "username": ANTBOT_USER, "password": ANTBOT_PASSWORD,
+                   "poll_interval": 2.0, "reminders": {"calendar": 1, "creator": 1}},
         "antring": {
             "base_url": base + API_MOUNT,
             "app_id": APP_ID,
@@ -177,8 +193,17 @@ def register(registry: Registry) -> None:
             except Exception as exc:  # the hub restarting under it, say: try again next round
                 logger.warning("demo Vbee campaign run failed: %s", exc)
 
+    antbot = AntBotState(users={ANTBOT_USER: ANTBOT_PASSWORD})
+    registry.add_route(Mount(ANTBOT_MOUNT, app=build_antbot_app(antbot)))
+
+    async def antbot_dialer() -> None:
+        while True:  # AntBot rings the reminders the rules set; its CDR report then holds the calls
+            await asyncio.sleep(CAMPAIGN_INTERVAL * demo.speed)
+            antbot.dial_due(datetime.now(UTC), answer=random.random() < 0.7, ahead=REMINDER_DELAY)
+
     registry.add_service("demo-calls", play)
     registry.add_service("demo-vbee-campaign", call_back)
+    registry.add_service("demo-antbot-dialer", antbot_dialer)
 
 
 def _script(n: int, rng: random.Random) -> ScriptedCall:

@@ -47,7 +47,15 @@ from hub.exceptions import (
 )
 from hub.matcher import TypeFilter, lookup
 from hub.ops.upstreams import Upstream
-from hub.outbound.retry import NO_RETRY, RetryPolicy, retry_until, send_with_retry, stable_key
+from hub.outbound.retry import (
+    NO_RETRY,
+    RetryPolicy,
+    maybe_sent,
+    retry_until,
+    send_unsent_retry,
+    send_with_retry,
+    stable_key,
+)
 from hub.outbound.vendor import MAX_VENDOR_MESSAGE, VendorClient, VendorError, json_or_none, vendor_text
 from hub.phone import (
     EXTENSION_MIN_DIGITS,
@@ -71,6 +79,7 @@ from hub.webhooks.inbound import Delivery, Source, token_verifier
 __all__ = [
     # the registry and what it offers
     "Registry", "PluginContext", "Service", "EventListener", "Authenticate", "RunAction", "EventStore",
+    "PluginState",
     "load_plugins", "handler_sections", "demo_overrides",
     # types and helpers handlers use
     "ActionContext", "ActionSpec", "Executor", "Outcome", "public_params",
@@ -81,7 +90,7 @@ __all__ = [
     "Phone", "PhoneForm", "InvalidPhoneNumber", "parse_phone", "normal_number", "number_key", "parse_extension",
     "call_party", "EXTENSION_MIN_DIGITS",
     "JSONResponse", "read_body", "parse_json", "require_json",
-    "RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "stable_key",
+    "RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "send_unsent_retry", "maybe_sent", "stable_key",
     "VendorClient", "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE",
     "HttpUrl", "SocketUrl", "parse_duration", "EVENT_LIMITS", "event_time", "hub_event", "now_rfc3339",
     "lookup", "TypeFilter",
@@ -114,6 +123,17 @@ class EventStore(Protocol):
                              after: int, limit: int) -> list[Event]: ...
 
 
+class PluginState(Protocol):
+    """A handler's small durable key/value state (JSON values), in the hub's store (`Journal.state_*`).
+
+    Each handler keeps to its own `namespace` (its name). Writes apply in the order they were made.
+    """
+
+    async def state_get(self, namespace: str, key: str) -> Any: ...
+
+    def state_put(self, namespace: str, key: str, value: Any) -> Awaitable[None]: ...
+
+
 @dataclass(frozen=True)
 class PluginContext:
     """What the hub offers a handler. Valid from `register` on; usable once the hub has started."""
@@ -125,6 +145,8 @@ class PluginContext:
     run_action: RunAction
     #: Report on an upstream connection the handler owns (`/readyz`, metrics, `hub.upstream.*`).
     upstream: Callable[..., Upstream]
+    #: Durable key/value state (usable once the hub has started: services run after the store opens).
+    state: PluginState
 
 
 @dataclass

@@ -39,7 +39,7 @@ def test_demo_streams_antring_calls_through_the_whole_pipeline(tmp_path: Path) -
 
 def test_demo_shows_screen_pops_rule_actions_and_vbee_campaign_results(tmp_path: Path) -> None:
     """The whole product in one stream: AntCRM screen-pops, missed calls firing the rules (ticket,
-    call-back ring, Vbee campaign), and the Vbee campaign's results coming back as events."""
+    call-back ring, Vbee campaign, AntBot reminder), and the Vbee and AntBot calls coming back as events."""
     port = free_port()
     raw = raw_config(tmp_path / "data")
     raw.update(demo_overrides(port))
@@ -55,10 +55,12 @@ def test_demo_shows_screen_pops_rule_actions_and_vbee_campaign_results(tmp_path:
             return f"{event['type']}:{data['action']}"
         if event["source"] == "vbee" and event["type"] == "call.ended":
             return "vbee-result"
+        if event["source"] == "antbot" and event["type"] == "call.ended":
+            return "antbot-result"
         return None
 
     needed = {"screen-pop", "action.succeeded:antcrm.create_ticket", "action.succeeded:vbee.add_contacts",
-              "vbee-result"}
+              "vbee-result", "action.succeeded:antbot.reminder_call", "antbot-result"}
     with ServerThread(config, port=port) as server, \
             connect(f"{server.ws_url}/v1/ws?token={ADMIN_KEY}&after=0") as ws:
         deadline = time.monotonic() + 6 * WAIT

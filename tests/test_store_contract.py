@@ -642,6 +642,28 @@ def test_the_cursor_only_moves_forward_and_starts_unset(kind: str, data_dir: Pat
     run(again)
 
 
+def test_handler_state_is_kept_per_namespace_across_restarts(kind: str, data_dir: Path) -> None:
+    """`state_put` stores a JSON value under (namespace, key), replacing the old one; None forgets it."""
+
+    async def first() -> None:
+        async with Journaled(kind, data_dir) as journal:
+            assert await journal.state_get("antbot", "cursor") is None
+            await journal.state_put("antbot", "cursor", {"to": "2026-01-01T00:00:00Z", "seen": ["a"]})
+            await journal.state_put("antbot", "cursor", {"to": "2026-01-02T00:00:00Z", "seen": ["b"]})
+            await journal.state_put("other", "cursor", 7)
+            await journal.state_put("antbot", "gone", [1])
+            await journal.state_put("antbot", "gone", None)
+
+    async def again() -> None:
+        async with Journaled(kind, data_dir) as journal:
+            assert await journal.state_get("antbot", "cursor") == {"to": "2026-01-02T00:00:00Z", "seen": ["b"]}
+            assert await journal.state_get("other", "cursor") == 7
+            assert await journal.state_get("antbot", "gone") is None
+
+    run(first)
+    run(again)
+
+
 def test_writes_apply_in_the_order_they_were_made(kind: str, data_dir: Path) -> None:
     """A cursor written after a `begin`, without awaiting it, is never durable before that `begin`."""
 

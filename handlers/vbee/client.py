@@ -22,12 +22,11 @@ Adding contacts is not idempotent at the vendor (the same number added twice is 
 so `add_contacts` goes through `hub.outbound.send_with_retry` with `NO_RETRY`: after a timeout
 or a 5xx the contacts may or may not have been added (`VbeeUnavailable.maybe_sent`), and the
 request is not repeated. Only a connection that failed to open (the request never left) is tried
-again, per the client's `retry` policy.
+again, per the client's `retry` policy (`hub.outbound.send_unsent_retry`, shared with AntBot).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -42,7 +41,8 @@ from hub.plugin import (
     VendorClient,
     VendorError,
     json_or_none,
-    send_with_retry,
+    maybe_sent,
+    send_unsent_retry,
     vendor_text,
 )
 
@@ -62,8 +62,6 @@ __all__ = [
 logger = logging.getLogger("callhub.vbee")
 
 CAMPAIGN_PATH = "/campaign"
-#: Failures that happen before the request is written: retrying them cannot add contacts twice.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
 #: Retries of connections that failed to open (nothing else is retried, see the module docstring).
 DEFAULT_RETRY = RetryPolicy(attempts=3, base_delay=0.2, max_delay=2.0)
 #: Vendor error codes (the `code` of a `status: 0` answer).
@@ -178,22 +176,15 @@ class VbeeClient(VendorClient):
             headers = {"Authorization": f"Bearer {access_token(self.api_key, self._api_secret)}"}
             return self._http.build_request(method, url, headers=headers, json=json, timeout=self.timeout)
 
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                response = await send_with_retry(self._http, build, policy)
-                break
-            except _NOT_SENT as exc:
-                # The connection never opened, so Vbee never saw the request: safe to try again.
-                if attempt < self.retry.attempts:
-                    await asyncio.sleep(self.retry.backoff(attempt))
-                    continue
+        try:
+            # The connection never opened, so Vbee never saw the request: that alone is tried again.
+            response = await send_unsent_retry(self._http, build, policy, unsent=self.retry)
+        except httpx.HTTPError as exc:
+            if not maybe_sent(exc):
                 raise VbeeUnavailable(f"Vbee unreachable ({type(exc).__name__})", maybe_sent=False,
                                       path=path) from exc
-            except httpx.HTTPError as exc:
-                raise VbeeUnavailable(f"Vbee unreachable ({type(exc).__name__}; the request may have reached Vbee)",
-                                      path=path) from exc
+            raise VbeeUnavailable(f"Vbee unreachable ({type(exc).__name__}; the request may have reached Vbee)",
+                                  path=path) from exc
         logger.debug("Vbee %s %s -> %s", method, path, response.status_code)
         body = json_or_none(response)
         status = response.status_code

@@ -19,7 +19,8 @@ from typing import TypeVar
 
 import httpx
 
-__all__ = ["RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "retrying", "read_limited",
+__all__ = ["RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "send_unsent_retry", "maybe_sent",
+           "NOT_SENT", "retrying", "read_limited",
            "retry_after_seconds", "stable_key", "ResponseTooLarge", "MAX_RESPONSE_BYTES", "ACCEPT_ENCODING"]
 
 R = TypeVar("R")
@@ -167,6 +168,37 @@ async def send_with_retry(
     return await retrying(once, policy, errors=(httpx.TransportError, httpx.TimeoutException),
                           status=lambda r: r.status_code, retry_after=lambda r: r.headers.get("retry-after"),
                           sleep=sleep)
+
+
+#: Failures that happen before a request is written: trying again cannot do anything twice.
+NOT_SENT: tuple[type[httpx.HTTPError], ...] = (httpx.ConnectError, httpx.ConnectTimeout)
+
+
+def maybe_sent(exc: BaseException) -> bool:
+    """Whether a request that failed with `exc` may have reached the other side (False only when it never left)."""
+    return not isinstance(exc, NOT_SENT)
+
+
+async def send_unsent_retry(
+    client: httpx.AsyncClient,
+    build: Callable[[], httpx.Request],
+    policy: RetryPolicy,
+    *,
+    unsent: RetryPolicy,
+    sleep: Callable[[float], object] = asyncio.sleep,
+) -> httpx.Response:
+    """`send_with_retry(policy)` for a request that must not reach the vendor twice (`NO_RETRY`):
+    a connection that failed to open (`NOT_SENT`, the vendor never saw it) is tried again per
+    `unsent`; any other failure is raised at once (`maybe_sent(exc)` tells the caller it may have arrived)."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await send_with_retry(client, build, policy, sleep=sleep)
+        except NOT_SENT:
+            if attempt >= unsent.attempts:
+                raise
+            await _sleep(sleep, unsent.backoff(attempt))
 
 
 async def retrying(call: Callable[[], Awaitable[R]], policy: RetryPolicy, *, errors: tuple[type[BaseException], ...],

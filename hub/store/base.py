@@ -10,7 +10,8 @@ A backend is two things behind one URL scheme (`[backend] url`):
       read(after, ...) ───────> Page(events, next, trimmed_through, head)
 
 - the **rules journal** (`Journal`): which rule actions started and how they ended, how far the
-  rules have evaluated the log (the cursor), and the cooldowns running;
+  rules have evaluated the log (the cursor), the cooldowns running, and the handlers' small
+  key/value state (a vendor poller's cursor: `state_get` / `state_put`, one namespace each);
 - the **outbox** (`Outbox`): outbound webhook subscriptions, how far each has taken the log,
   the deliveries waiting for a retry (or behind one of the same call), and the delivery log.
 
@@ -184,7 +185,8 @@ class Unfinished(NamedTuple):
 
 class Journal(ABC):
     """What rule actions need remembered across restarts: each started at most once, how each
-    ended, how far the log was evaluated, and the cooldowns running.
+    ended, how far the log was evaluated, and the cooldowns running; and the handlers' small
+    key/value state (a poller's cursor, `state_get` / `state_put`).
 
     Writes are applied in the order the calls were made (the futures are made at call time, the
     writes queued then), which is what lets the cursor be written lazily: a cursor written after
@@ -221,6 +223,14 @@ class Journal(ABC):
     @abstractmethod
     async def cooldowns(self, now: float) -> list[tuple[str, str, float]]:
         """(rule, key, until) of the cooldowns still running at `now`; expired ones are forgotten."""
+
+    @abstractmethod
+    async def state_get(self, namespace: str, key: str) -> Any:
+        """A handler's stored value (JSON: what `state_put` stored), or None if there is none."""
+
+    @abstractmethod
+    def state_put(self, namespace: str, key: str, value: Any) -> asyncio.Future[None]:
+        """Store a JSON-able value durably under (`namespace`, `key`), replacing the old one; None forgets it."""
 
     @abstractmethod
     async def close(self) -> None:

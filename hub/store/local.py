@@ -568,6 +568,8 @@ CREATE TABLE IF NOT EXISTS actions (key TEXT PRIMARY KEY, rule TEXT, type TEXT, 
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS cooldowns (rule TEXT NOT NULL, key TEXT NOT NULL, until REAL NOT NULL,
     PRIMARY KEY (rule, key));
+CREATE TABLE IF NOT EXISTS plugin_state (namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+    PRIMARY KEY (namespace, key));
 """
 
 
@@ -660,6 +662,23 @@ class SQLiteJournal(Journal):
         self._conn.execute("DELETE FROM cooldowns WHERE until <= ?", (now,))
         rows: list[tuple[str, str, float]] = self._conn.execute("SELECT rule, key, until FROM cooldowns").fetchall()
         return rows
+
+    async def state_get(self, namespace: str, key: str) -> Any:
+        row = await self._submit(lambda: self._conn.execute(
+            "SELECT value FROM plugin_state WHERE namespace = ? AND key = ?", (namespace, key)).fetchone())
+        return None if row is None else orjson.loads(row[0])
+
+    def state_put(self, namespace: str, key: str, value: Any) -> asyncio.Future[None]:
+        encoded = None if value is None else orjson.dumps(value)
+        future: asyncio.Future[None] = self._submit(self._state_put, namespace, key, encoded)
+        return future
+
+    def _state_put(self, namespace: str, key: str, value: bytes | None) -> None:
+        if value is None:
+            self._conn.execute("DELETE FROM plugin_state WHERE namespace = ? AND key = ?", (namespace, key))
+        else:
+            self._conn.execute("INSERT INTO plugin_state (namespace, key, value) VALUES (?, ?, ?) ON CONFLICT"
+                               " (namespace, key) DO UPDATE SET value = excluded.value", (namespace, key, value))
 
     async def close(self) -> None:
         if self._db is not None:

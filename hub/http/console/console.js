@@ -504,7 +504,8 @@
     const ups = Object.entries(ready.body.upstreams || {});
     $("upstreams").replaceChildren(...(ups.length ? ups.map(([name, u]) => {
       const li = el("li", u.connected ? "good" : "bad");
-      li.append(el("strong", null, name), ` ${u.connected ? t("connected") : t("disconnected")} · ${hhmm(Date.parse(u.since))}`);
+      li.append(el("strong", null, name), ` ${u.connected ? t("connected") : t("disconnected")} · ${hhmm(Date.parse(u.since))}`
+        + (!u.connected && u.last_error ? ` · ${u.last_error}` : ""));  // a polled upstream says why
       return li;
     }) : [el("li", null, t("none"))]));
     $("subs").tBodies[0].replaceChildren(...(subs.body.subscribers || []).map((s) => {

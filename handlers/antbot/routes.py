@@ -1,0 +1,109 @@
+"""AntBot's admin endpoints on the hub, each running its rule action (journaled and reported as
+`action.succeeded` / `action.failed` with `requested_by`, exactly as a rule's):
+
+    POST /v1/antbot/contacts                     {"phonebook", "phone_number" | "phone_numbers", ...}
+    POST /v1/antbot/campaigns/{campaign_id}/status   {"status": "start" | "pause" | "abort" | "end"}
+    POST /v1/antbot/reminders                    {"phone_number", "at" | "delay", "title"?, ...}
+
+Answers: 200 with the action's result; 422 for bad input (checked before anything is sent);
+409 `do_not_call` when every number is on a do-not-call list; 502/503 when AntBot refused or
+failed (with `maybe_sent` when the request may have reached it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from handlers.antbot.actions import (
+    ADD_CONTACT,
+    CAMPAIGN_STATUS,
+    REMINDER_CALL,
+    DoNotCall,
+    parse_campaign_status,
+    parse_contacts,
+)
+from hub.plugin import (
+    HubError,
+    InvalidEvent,
+    JSONResponse,
+    PluginContext,
+    parse_json,
+    read_body,
+    require_json,
+)
+
+__all__ = ["routes", "MAX_BODY"]
+
+#: Largest request body (a bulk add of 10,000 numbers fits).
+MAX_BODY = 512 * 1024
+
+
+class AntBotFailed(HubError):
+    """AntBot refused or failed the request the action sent."""
+
+    status_code = 502
+    code = "antbot_failed"
+
+
+class AntBotDown(AntBotFailed):
+    status_code = 503
+    code = "antbot_unavailable"
+
+
+def routes(context: PluginContext, *, check_reminder: Callable[[dict[str, Any]], object] | None) -> list[Route]:
+    authenticate, run_action = context.authenticate, context.run_action
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        require_json(request)
+        body = parse_json(await read_body(request, MAX_BODY))
+        if not isinstance(body, dict):
+            raise InvalidEvent("send a JSON object")
+        return body
+
+    async def run(type_: str, params: dict[str, Any], requested_by: str) -> Response:
+        outcome = await run_action(type_, params, requested_by=requested_by)
+        if outcome.state == "succeeded":
+            return JSONResponse(outcome.result)
+        details = outcome.result if isinstance(outcome.result, dict) else {}
+        extra = {k: v for k, v in details.items() if k in ("refused", "maybe_sent", "event_id")}
+        if outcome.code == DoNotCall.code:
+            raise DoNotCall(outcome.error or "on a do-not-call list", **extra)
+        if outcome.code in ("invalid_event", "invalid_phone_number"):
+            raise InvalidEvent(outcome.error or "invalid request")
+        error = AntBotDown if outcome.code in ("antbot_unavailable", "timeout") else AntBotFailed
+        raise error(f"AntBot: {outcome.error}", **extra)
+
+    async def contacts(request: Request) -> Response:
+        principal = authenticate(request)
+        principal.require("admin")
+        body = await body_of(request)
+        parse_contacts(body)
+        return await run(ADD_CONTACT, body, principal.name)
+
+    async def campaign_status(request: Request) -> Response:
+        principal = authenticate(request)
+        principal.require("admin")
+        body = await body_of(request)
+        params = {"campaign_id": request.path_params["campaign_id"], "status": body.get("status")}
+        parse_campaign_status(params)
+        return await run(CAMPAIGN_STATUS, params, principal.name)
+
+    async def reminders(request: Request) -> Response:
+        principal = authenticate(request)
+        principal.require("admin")
+        body = await body_of(request)
+        if check_reminder is None:
+            raise InvalidEvent("reminder calls are off: set [antbot.reminders] calendar and creator")
+        check_reminder(body)
+        return await run(REMINDER_CALL, body, principal.name)
+
+    return [
+        Route("/v1/antbot/contacts", contacts, methods=["POST"]),
+        Route("/v1/antbot/campaigns/{campaign_id}/status", campaign_status, methods=["POST"]),
+        Route("/v1/antbot/reminders", reminders, methods=["POST"]),
+    ]
