@@ -25,25 +25,37 @@ from hub.store.base import Attempt, Backend, JournalEntry, OutboxChanges, Page, 
 from tests.helpers import TICK
 
 T = TypeVar("T")
-#: Every backend the suite runs against.
-BACKENDS = sorted(SCHEMES)
+#: Every backend the suite runs against (`rediss` is `redis` over TLS: the same module).
+BACKENDS = sorted(set(SCHEMES) - {"rediss"})
 #: Options that keep each backend fast under test (durability tests ask for more).
 FAST: dict[str, dict[str, Any]] = {"local": {"synchronous": "normal"}}
 DURABLE: dict[str, dict[str, Any]] = {"local": {"synchronous": "full"}}
+#: The URL each backend is opened with ("redis" is filled in by the `kind` fixture).
+URLS: dict[str, str] = {"local": "local"}
 
 
 @pytest.fixture(params=BACKENDS)
 def kind(request: pytest.FixtureRequest) -> str:
     name: str = request.param
+    if name == "redis":
+        URLS["redis"] = request.getfixturevalue("redis_server").url
     return name
+
+
+def backend_config(kind: str, data_dir: Path, *, durable: bool = False) -> BackendConfig:
+    """The config that opens `kind`'s backend for one test: Redis keys under a prefix of the
+    test's own (its data directory), so tests never see each other's keys."""
+    options = dict((DURABLE if durable else FAST).get(kind, {}))
+    if kind == "redis":
+        options["prefix"] = f"t{abs(hash(str(data_dir))):x}:"
+    return BackendConfig(url=URLS[kind], **options)
 
 
 class Store:
     """A started backend plus everything it reported through `on_commit`."""
 
     def __init__(self, kind: str, data_dir: Path, *, durable: bool = False) -> None:
-        options = (DURABLE if durable else FAST).get(kind, {})
-        self.backend: Backend = open_backend(BackendConfig(url=kind, **options), data_dir)
+        self.backend: Backend = open_backend(backend_config(kind, data_dir, durable=durable), data_dir)
         self.commits: list[list[int]] = []
 
     def on_commit(self, events: list[Event]) -> None:
@@ -563,7 +575,7 @@ class Opened:
     """A backend's side store (`journal()`, `outbox()`), started and closed on its own."""
 
     def __init__(self, kind: str, data_dir: Path, part: str) -> None:
-        self.part = getattr(open_backend(BackendConfig(url=kind, **FAST.get(kind, {})), data_dir), part)()
+        self.part = getattr(open_backend(backend_config(kind, data_dir), data_dir), part)()
 
     async def __aenter__(self) -> Any:
         await self.part.start()
