@@ -14,9 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
+from handlers.antring.simulator.calls import ScriptedCall, inbound_answered, inbound_missed
+from handlers.antring.simulator.http import Device, SimState, build_app
+from handlers.antring.simulator.signals import SignalServer
+from tests.antring_env import ACCOUNT, ALICE, antring_section
 from tests.helpers import (
     ADMIN,
+    TICK,
     WAIT,
+    AppServer,
     HubProcess,
     SSEEvent,
     SSEReader,
@@ -28,11 +34,11 @@ from tests.helpers import (
 from tests.redis_server import RedisServer
 
 
-def start_hubs(tmp_path: Path, redis_url: str, count: int, prefix: str) -> list[HubProcess]:
+def start_hubs(tmp_path: Path, redis_url: str, count: int, prefix: str, **sections: dict[str, Any]) -> list[HubProcess]:
     hubs = []
     for i in range(count):
         data = tmp_path / f"hub-{i}"
-        raw = raw_config(data, backend={"url": redis_url, "prefix": prefix})
+        raw = raw_config(data, backend={"url": redis_url, "prefix": prefix}, **sections)
         config = write_config(tmp_path / f"hub-{i}.toml", raw)
         port = free_port()
         hubs.append(HubProcess(["--config", str(config), "--port", str(port)], port, tmp_path / f"hub-{i}.log"))
@@ -142,3 +148,60 @@ def test_nothing_acknowledged_is_lost_when_redis_is_killed_and_restarted(tmp_pat
     assert down == 503
     assert refused and set(refused) == {503}  # while Redis was down: refused, never acknowledged
     assert not set(acked) - stored  # every acknowledged event is in the log
+
+
+# -- work done once: the AntRing socket under a lease ----------------------------------------------------------
+
+
+def leases_of(hub: HubProcess) -> dict[str, int]:
+    leases: dict[str, int] = httpx.get(f"{hub.url}/readyz", timeout=WAIT).json()["leases"]
+    return leases
+
+
+def test_one_process_holds_the_antring_socket_and_another_takes_over_after_kill_9(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    state = SimState(devices={"hub-device": Device("hub-pass"), "alice-101": Device("alice-pass", username="alice")})
+    signals = SignalServer("socketio", token_valid=state.is_token_valid, account_id=ACCOUNT,
+                           ping_interval=20 * TICK, ping_timeout=20 * TICK)
+    with AppServer(build_app(state)) as api, AppServer(signals.app) as signal_server:
+        section = antring_section(state, api, signal_server, "socketio", reconcile_interval=0)
+        hubs = start_hubs(tmp_path, redis_server.url, 3, f"a{time.monotonic_ns()}:", antring=section,
+                          server={"lease_ttl": 1.0})
+        try:
+            wait_until(lambda: signals.connections == 1 and len(signals.subscriptions) > 0, what="one socket")
+            holders = [h for h in hubs if "service:antring" in leases_of(h)]
+            first_token = leases_of(holders[0])["service:antring"] if holders else 0
+            time.sleep(1.5)  # over a lease's ttl: the others still do not connect
+            connections_while_held = signals.connections
+
+            def play(call: ScriptedCall) -> None:
+                for signal in call.signals:
+                    signals.emit_threadsafe(signal.name, signal.payload)
+
+            def ended(call: ScriptedCall) -> bool:
+                return any(e["type"] == "call.ended" and e["data"]["call_id"] == call.call_id
+                           for e in hubs[-1].history() if e["type"].startswith("call."))
+
+            before = inbound_answered(ALICE, "0912345678", account_id=ACCOUNT, ring_s=0.1, talk_s=0.1)
+            play(before)
+            wait_until(lambda: ended(before), what="the call before the crash")
+            holders[0].kill9()
+            survivors = [h for h in hubs if h is not holders[0]]
+            wait_until(lambda: signals.connections == 1 and len(signals.subscriptions) > 0
+                       and sum("service:antring" in leases_of(h) for h in survivors) == 1,
+                       what="another process holding the socket")
+            taken = [leases_of(h)["service:antring"] for h in survivors if "service:antring" in leases_of(h)]
+            after = inbound_missed(ALICE, "0987654321", account_id=ACCOUNT, ring_s=0.1)
+            play(after)
+            wait_until(lambda: ended(after), what="the call after the takeover")
+            events = [e for e in survivors[0].history() if e["type"].startswith("call.")]
+        finally:
+            for hub in hubs:
+                hub.stop()
+    assert len(holders) == 1 and connections_while_held == 1
+    assert taken and taken[0] > first_token  # the new holder's fencing token is higher
+    calls = [e["data"]["call_id"] for e in events]
+    # Each signal once (one call event per signal), none twice around the takeover, none lost.
+    assert calls.count(before.call_id) == len(before.signals)
+    assert calls.count(after.call_id) == len(after.signals)
+    assert set(calls) == {before.call_id, after.call_id}

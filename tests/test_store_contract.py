@@ -568,6 +568,34 @@ def test_a_window_with_nothing_stored_is_empty(kind: str, data_dir: Path) -> Non
     run(main)
 
 
+# -- leases --------------------------------------------------------------------------------------------------
+
+
+def test_a_lease_has_one_holder_at_a_time_and_each_new_holder_a_higher_fencing_token(
+        kind: str, data_dir: Path) -> None:
+    """Two users of one store (two processes, on Redis) compete for a lease: one holds it until
+    it lapses or is released; whoever takes it next gets a higher token."""
+
+    async def main() -> None:
+        async with Store(kind, data_dir) as a, Store(kind, data_dir) as b:
+            first, second = a.backend.lease("antring", 0.3), b.backend.lease("antring", 0.3)
+            token = await first.acquire()
+            assert token is not None
+            assert await second.acquire() is None
+            assert await first.acquire() == token  # asking again while holding keeps the token
+            assert await first.renew()
+            assert await b.backend.lease("another", 0.3).acquire() is not None  # names are independent
+            await asyncio.sleep(0.45)  # lapsed: not renewed within its ttl
+            taken = await second.acquire()
+            assert taken is not None and taken > token
+            assert not await first.renew() and await first.acquire() is None
+            await second.release()
+            again = await first.acquire()
+            assert again is not None and again > taken
+
+    run(main)
+
+
 # -- the rules journal ---------------------------------------------------------------------------------------
 
 

@@ -29,6 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
@@ -51,6 +54,7 @@ from hub.store.base import (
     IndexedField,
     Journal,
     JournalEntry,
+    Lease,
     Outbox,
     OutboxChanges,
     Page,
@@ -219,6 +223,9 @@ class RedisBackend(Backend):
         for client in (self._redis, self._follow_client):
             if client is not None:
                 await client.aclose()
+
+    def lease(self, name: str, ttl: float) -> RedisLease:
+        return RedisLease(self, name, ttl)
 
     def journal(self) -> RedisJournal:
         return self._journal
@@ -517,6 +524,56 @@ class RedisBackend(Backend):
             return found
 
         return await self._call(run)  # type: ignore[no-any-return]
+
+
+# -- leases ---------------------------------------------------------------------------------------------
+
+# KEYS: the lease, its token counter. ARGV: the holder, ttl in ms. A holder taking its own lease again keeps its token.
+_ACQUIRE = """
+local v = redis.call('GET', KEYS[1])
+local mine = ARGV[1] .. ':'
+if v then
+  if string.sub(v, 1, #mine) == mine then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(string.sub(v, #mine + 1))
+  end
+  return false
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], mine .. token, 'PX', ARGV[2])
+return token
+"""
+
+_RENEW = """
+local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. ':' then
+  if ARGV[2] == '0' then redis.call('DEL', KEYS[1]) else redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+  return 1
+end
+return 0
+"""
+
+
+class RedisLease(Lease):
+    """A lease in Redis (`lease:<name>`, expiring by itself after `ttl`), its fencing token from
+    a counter (`lease:<name>:token`) that only grows."""
+
+    def __init__(self, backend: RedisBackend, name: str, ttl: float) -> None:
+        self.backend, self.name, self.ttl = backend, name, ttl
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._keys = [backend.key(f"lease:{name}"), backend.key(f"lease:{name}:token")]
+
+    async def acquire(self) -> int | None:
+        token = await self.backend._call(lambda: self.backend._r.eval(
+            _ACQUIRE, 2, *self._keys, self.holder, int(self.ttl * 1000)))
+        return None if token is None else int(token)
+
+    async def renew(self) -> bool:
+        return bool(await self.backend._call(lambda: self.backend._r.eval(
+            _RENEW, 1, self._keys[0], self.holder, int(self.ttl * 1000))))
+
+    async def release(self) -> None:
+        await self.backend._call(lambda: self.backend._r.eval(_RENEW, 1, self._keys[0], self.holder, 0))
 
 
 def _safe(url: str) -> str:
