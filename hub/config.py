@@ -90,6 +90,9 @@ class ServerConfig(_Section):
     max_connections: int = Field(20_000, ge=0)
     #: How long shutdown waits for subscribers to be closed before giving up on them.
     shutdown_grace: Duration = 5.0
+    #: How long a process holds an exclusive piece of work (an upstream connection, retention) before
+    #: renewing; when it dies, another process sharing the store takes over within this time.
+    lease_ttl: Duration = Field(10.0, ge=0.5, le=600)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     access_log: bool = False
     #: Origins whose pages may call the API and open EventSource streams (CORS); `["*"]` for any.

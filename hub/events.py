@@ -19,7 +19,7 @@ import orjson
 from hub import wire
 from hub.exceptions import InvalidEvent
 
-__all__ = ["Event", "Published", "Publish", "prepare_event", "encode_event", "hub_event", "agent_of",
+__all__ = ["Event", "Published", "Publish", "prepare_event", "encode_event", "encode_event_parts", "hub_event", "agent_of",
            "now_rfc3339", "event_time", "EVENT_LIMITS", "MAX_JSON_DEPTH", "check_depth", "HUB_SOURCE"]
 
 SPECVERSION = "1.0"
@@ -219,6 +219,15 @@ def encode_event(attrs: dict[str, Any], seq: int) -> bytes:
     head["seq"] = seq
     head["data"] = attrs["data"]
     return orjson.dumps(head)
+
+
+def encode_event_parts(attrs: dict[str, Any]) -> tuple[bytes, bytes]:
+    """`encode_event` split where `seq` goes: `prefix + str(seq).encode() + suffix` is the same
+    bytes, for a store that assigns the seq elsewhere (the Redis backend, inside its script)."""
+    head = {k: v for k, v in attrs.items() if k != "data"}
+    if not head:
+        raise ValueError("an event has attributes besides data")
+    return orjson.dumps(head)[:-1] + b',"seq":', b',"data":' + orjson.dumps(attrs["data"]) + b"}"
 
 
 def hub_event(type_: str, data: dict[str, Any], *, subject: str | None = None) -> dict[str, Any]:

@@ -6,7 +6,9 @@ the handler adds what it brings through the `Registry`:
 
     registry.section("antring", AntRingConfig)   its config section, validated (None if absent)
     registry.add_route(route)                     HTTP routes (Starlette `Route`)
-    registry.add_service(name, service)           background tasks, started after the store, cancelled on stop
+    registry.add_service(name, service, lease=…)  background tasks, started after the store, cancelled on stop;
+                                                  with processes sharing a store (Redis), each lease's services
+                                                  run in one process at a time (default lease: the name)
     registry.add_cleanup(aclose)                  run when the hub stops (close HTTP clients here)
     registry.add_action(ActionSpec(...))          action types rules (and routes) may run
     registry.add_source(Source(...))              a built-in webhook source
@@ -175,8 +177,11 @@ class Registry:
     def add_route(self, route: BaseRoute) -> None:
         self.routes.append(route)
 
-    def add_service(self, name: str, service: Service) -> None:
-        self.services.append((name, service))
+    def add_service(self, name: str, service: Service, *, lease: str | None = None) -> None:
+        """Run `service` in the background while the hub runs. Among several processes sharing one
+        store (Redis), services under one `lease` (default: their own name) run together, in the
+        one process that holds it; another takes over within `[server] lease_ttl` if it dies."""
+        self.services.append((lease or name, service))
 
     def add_listener(self, types: tuple[str, ...], listener: EventListener) -> None:
         """Call `listener(event)` for every committed event whose type matches `types` (e.g. screen-pop)

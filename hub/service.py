@@ -11,10 +11,12 @@ config; only the secrets the hub would generate into its data directory are left
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from starlette.requests import HTTPConnection
@@ -33,7 +35,7 @@ from hub.rules.actions import ActionRunner
 from hub.rules.engine import Rules, RulesInvalid
 from hub.rules.reactions import Reactions
 from hub.store import open_backend
-from hub.store.base import Backend
+from hub.store.base import Backend, Lease
 from hub.store.retention import retain
 from hub.tasks import Tasks
 from hub.webhooks.delivery import Deliveries
@@ -137,9 +139,12 @@ class Hub:
     deliveries: Deliveries
     sources: dict[str, Source]
     routes: list[BaseRoute]
+    #: (lease, service): services of one lease run together, in the process that holds it.
     services: list[tuple[str, Service]]
     cleanups: list[Callable[[], Awaitable[None]]]
     started: bool = field(default=False, init=False)
+    #: Lease name -> the fencing token this process holds it with (absent: another process holds it).
+    leases: dict[str, int] = field(default_factory=dict, init=False)
 
     # -- what the HTTP layer uses ---------------------------------------------------------------
 
@@ -164,10 +169,17 @@ class Hub:
         await self.deliveries.start()
         self.fanout.start()
         retention = self.config.retention
+        ttl = self.config.server.lease_ttl
         if retention.age > 0 or retention.count > 0:
-            self.tasks.spawn(retain(self.store, retention, self.metrics.retention_removed.inc), name="retention")
-        for name, service in self.services:
-            self.tasks.spawn(service(), name=name)
+            work = partial(retain, self.store, retention, self.metrics.retention_removed.inc)
+            self.tasks.spawn(hold(self.store.lease("retention", ttl), work, self.leases), name="retention")
+        groups: dict[str, list[Service]] = {}
+        for lease, service in self.services:
+            groups.setdefault(lease, []).append(service)
+        for lease, services in groups.items():
+            # Each lease's services (an upstream socket, a poller) run in one process among those sharing the store.
+            self.tasks.spawn(hold(self.store.lease(f"service:{lease}", ttl), partial(_together, services), self.leases),
+                             name=lease)
         self.started = True
 
     async def drain(self) -> None:
@@ -192,6 +204,68 @@ class Hub:
                 await cleanup()
             except Exception:
                 logger.exception("cleanup failed")
+
+
+async def hold(lease: Lease, work: Callable[[], Awaitable[None]], held: dict[str, int]) -> None:
+    """Run `work` while this process holds `lease`, among every process sharing the store.
+
+    The lease is renewed every third of its ttl; when a renewal fails (another process took it
+    after this one could not reach the store, say), the work is cancelled at once, and this
+    process asks for the lease again. With the local store the lease is always this process's.
+    """
+    period = lease.ttl / 3
+    try:
+        await _hold(lease, work, held, period)
+    except asyncio.CancelledError:  # the hub stops: let another process take over at once
+        await _quietly(asyncio.wait_for(lease.release(), period), lease, "release")
+        raise
+
+
+async def _hold(lease: Lease, work: Callable[[], Awaitable[None]], held: dict[str, int], period: float) -> None:
+    while True:
+        token = await _quietly(lease.acquire(), lease, "take")
+        if not token:
+            await asyncio.sleep(period)
+            continue
+        held[lease.name] = token
+        logger.info("this process holds %s (fencing token %d)", lease.name, token)
+        task = asyncio.ensure_future(work())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=period)
+                if done:
+                    if not task.cancelled() and task.exception() is not None:
+                        logger.error("%s stopped: %r", lease.name, task.exception())
+                    await _quietly(lease.release(), lease, "release")
+                    return
+                if not await _quietly(asyncio.wait_for(lease.renew(), period / 2), lease, "renew"):
+                    logger.warning("lost %s; stopping its work until this process holds it again", lease.name)
+                    break
+        finally:
+            held.pop(lease.name, None)
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        await asyncio.sleep(period)
+
+
+async def _together(services: list[Service]) -> None:
+    """Run a lease's services side by side; when one ends or fails, the others go on (each logs its own end)."""
+    results = await asyncio.gather(*(service() for service in services), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            logger.error("service stopped: %r", result)
+
+
+async def _quietly(step: Awaitable[Any], lease: Lease, what: str) -> Any:
+    """A lease operation; a store that does not answer counts as not holding it."""
+    try:
+        return await step
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        logger.warning("could not %s %s: %s", what, lease.name, exc)
+        return None
 
 
 def load_credentials(config: Config, *, write: bool) -> Credentials:

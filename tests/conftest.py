@@ -10,6 +10,7 @@ from starlette.testclient import TestClient
 
 from hub.http.app import create_app
 from tests.helpers import AppServer, ServerThread, SwappableApp, make_config
+from tests.redis_server import RedisServer
 
 # The hub under test runs in a thread of this process, beside blocking test clients in others.
 # With the default 5 ms GIL switch interval every request waits out a few switches.
@@ -47,3 +48,13 @@ def sim_server() -> Iterator[tuple[AppServer, SwappableApp]]:
     swappable = SwappableApp(Starlette())
     with AppServer(swappable) as server:
         yield server, swappable
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real Redis server on a free loopback port for the whole run (tests keep apart by key prefix)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -42,8 +42,8 @@ def register(registry: Registry) -> None:
     upstream = context.upstream(UPSTREAM, kind="poll", poll_interval=config.poll_interval)
     poller = Poller(client, config, publish=context.publish, state=context.state, upstream=upstream)
     registry.claim_source(SOURCE)
-    # One service: the unit a later multi-process lease (Redis) would hold.
-    registry.add_service("antbot-poll", poller.run)
+    # One service under one lease: with several processes on Redis, one polls at a time.
+    registry.add_service("antbot-poll", poller.run, lease=UPSTREAM)
     registry.add_action(ActionSpec(ADD_CONTACT, add_contact(client, config), idempotent=False, group="antbot",
                                    required=REQUIRED[ADD_CONTACT],
                                    describe=public_params("phonebook", "phone_number")))

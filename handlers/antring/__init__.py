@@ -87,9 +87,10 @@ def register(registry: Registry) -> None:
                 await reconciler.periodic()
 
     registry.claim_source(UPSTREAM)
-    registry.add_service("antring-signals", consumer.run)
-    registry.add_service("antring-reconcile", reconcile_periodically)
-    registry.add_service("antring-token", keep_token_fresh)
+    # One process holds the socket; reconciliation and the voice token go with it (they use its state).
+    registry.add_service("antring-signals", consumer.run, lease=UPSTREAM)
+    registry.add_service("antring-reconcile", reconcile_periodically, lease=UPSTREAM)
+    registry.add_service("antring-token", keep_token_fresh, lease=UPSTREAM)
     registry.add_cleanup(client.aclose)
     registry.add_action(ActionSpec(CLICK_TO_CALL, click_to_call_action(config, client),
                                    idempotent=False, group="antring", required=ACTIONS[CLICK_TO_CALL],

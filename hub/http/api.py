@@ -89,9 +89,11 @@ def routes(hub: Hub) -> list[Route]:
 
     async def readyz(request: Request) -> Response:
         """Ready when the store takes writes. Upstreams are reported, not required: with a vendor's
-        socket down the hub still stores, serves history and reconciles when it returns."""
+        socket down the hub still stores, serves history and reconciles when it returns. `leases`:
+        the exclusive work this process holds (the rest runs in another process sharing the store)."""
         await hub.check_ready()
-        return JSONResponse({"status": "ready", "head": fanout.head, "upstreams": hub.upstreams.describe()})
+        return JSONResponse({"status": "ready", "head": fanout.head, "upstreams": hub.upstreams.describe(),
+                             "leases": dict(sorted(hub.leases.items()))})
 
     async def metrics(request: Request) -> Response:
         return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)

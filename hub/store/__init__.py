@@ -19,6 +19,9 @@ __all__ = ["SCHEMES", "open_backend", "Backend"]
 #: URL scheme -> "module:Class".
 SCHEMES: dict[str, str] = {
     "local": "hub.store.local:LocalBackend",
+    # Redis Streams, shared by several hub processes (`redis://host:port/db`; `rediss://` for TLS).
+    "redis": "hub.store.redis_streams:RedisBackend",
+    "rediss": "hub.store.redis_streams:RedisBackend",
 }
 
 

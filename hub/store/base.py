@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict
 from hub.events import Event
 from hub.matcher import TypeFilter
 
-__all__ = ["Backend", "Journal", "JournalEntry", "Unfinished", "Outbox", "OutboxChanges", "Pending", "Attempt",
+__all__ = ["Backend", "Lease", "Journal", "JournalEntry", "Unfinished", "Outbox", "OutboxChanges", "Pending", "Attempt",
            "AppendResult", "Page", "CommitListener", "IndexedField", "INDEXED_FIELDS", "indexed_values", "NoOptions"]
 
 CommitListener = Callable[[list[Event]], None]
@@ -148,12 +148,45 @@ class Backend(ABC):
         gives what was stored from `when` on. 0 if nothing was stored before."""
 
     @abstractmethod
+    def lease(self, name: str, ttl: float) -> Lease:
+        """A lease on one piece of work that must run in one process at a time (an upstream
+        connection, a poller) among every process sharing this store."""
+
+    @abstractmethod
     def journal(self) -> Journal:
         """The rules journal this backend keeps (one per backend; opened by its own `start`)."""
 
     @abstractmethod
     def outbox(self) -> Outbox:
         """The outbound webhooks' state this backend keeps (one per backend; opened by its own `start`)."""
+
+
+# -- leases -------------------------------------------------------------------------------------------
+
+
+class Lease(ABC):
+    """The exclusive right to do one piece of work, held `ttl` seconds at a time and renewed.
+
+    Each new holder gets a **fencing token** higher than every earlier holder's, so a holder that
+    was paused past its lease can be told apart from the one that took over. A holder renews well
+    inside `ttl` and stops its work as soon as a renewal fails, so two holders never overlap
+    while clocks run at the same rate.
+    """
+
+    name: str
+    ttl: float
+
+    @abstractmethod
+    async def acquire(self) -> int | None:
+        """Take the lease if it is free or already ours; the fencing token, or None if another holds it."""
+
+    @abstractmethod
+    async def renew(self) -> bool:
+        """Hold it `ttl` more seconds; False if it is no longer ours (expired and taken, or released)."""
+
+    @abstractmethod
+    async def release(self) -> None:
+        """Give it up now (if ours), so another process takes over without waiting for `ttl`."""
 
 
 # -- the rules journal ------------------------------------------------------------------------------

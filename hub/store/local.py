@@ -43,6 +43,7 @@ from hub.store.base import (
     IndexedField,
     Journal,
     JournalEntry,
+    Lease,
     Outbox,
     OutboxChanges,
     Page,
@@ -156,6 +157,7 @@ class LocalBackend(Backend):
         self._on_commit: CommitListener | None = None
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="callhub-read")
         self._local = threading.local()
+        self._leases: list[LocalLease] = []
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -177,10 +179,17 @@ class LocalBackend(Backend):
         if self._closed:
             return
         self._closed = True
+        for lease in self._leases:  # a store closed is a process gone: what it held is free at once
+            await lease.release()
         if self._writer is not None:
             self._queue.put(_STOP)
             await asyncio.to_thread(self._writer.join)
         self._readers.shutdown(wait=True)
+
+    def lease(self, name: str, ttl: float) -> LocalLease:
+        lease = LocalLease(self.path, name, ttl)
+        self._leases.append(lease)
+        return lease
 
     def journal(self) -> SQLiteJournal:
         return self._journal
@@ -558,6 +567,46 @@ class LocalBackend(Backend):
             # Nothing more in this snapshot: the caller may continue from the head.
             cursor = max(cursor, head)
         return Page(events, cursor, trimmed, head)
+
+
+# -- leases ---------------------------------------------------------------------------------------------
+
+#: (event log path, lease name) -> (holder, fencing token, expires at on the monotonic clock).
+_LEASES: dict[tuple[Path, str], tuple[object, int, float]] = {}
+_TOKENS: dict[tuple[Path, str], int] = {}
+
+
+class LocalLease(Lease):
+    """A lease among the users of one event log in this process: one process owns a local store,
+    so this only keeps two parts of it (or two hubs in one test process) from both holding one."""
+
+    def __init__(self, path: Path, name: str, ttl: float) -> None:
+        self.key, self.name, self.ttl = (path, name), name, ttl
+        self._me = object()
+
+    async def acquire(self) -> int | None:
+        now = time.monotonic()
+        held = _LEASES.get(self.key)
+        if held is not None and held[0] is not self._me and held[2] > now:
+            return None
+        if held is not None and held[0] is self._me and held[2] > now:
+            token = held[1]
+        else:
+            token = _TOKENS[self.key] = _TOKENS.get(self.key, 0) + 1
+        _LEASES[self.key] = (self._me, token, now + self.ttl)
+        return token
+
+    async def renew(self) -> bool:
+        held = _LEASES.get(self.key)
+        if held is None or held[0] is not self._me or held[2] <= time.monotonic():
+            return False
+        _LEASES[self.key] = (self._me, held[1], time.monotonic() + self.ttl)
+        return True
+
+    async def release(self) -> None:
+        held = _LEASES.get(self.key)
+        if held is not None and held[0] is self._me:
+            del _LEASES[self.key]
 
 
 # -- the rules journal ------------------------------------------------------------------------------
