@@ -165,11 +165,19 @@ class Hub:
 
     async def start(self) -> None:
         await self.store.start(self._on_commit)
-        await self.reactions.start(self.store.head)
+        ttl = self.config.server.lease_ttl
+        # This process's journal is alive while this lease is held: before it begins any action,
+        # so no other process takes what it runs for a gone process's.
+        alive = self.store.lease(f"process:{self.actions.journal.owner}", ttl)
+        await alive.acquire()
+        await self.reactions.open()
         await self.deliveries.start()
         self.fanout.start()
+        self.tasks.spawn(hold(alive, _forever, {}), name="alive")
+        # The rules run in one process at a time among those sharing the store (always this one, locally).
+        rules = partial(self.reactions.run, lambda: self.store.head, self._is_dead)
+        self.tasks.spawn(hold(self.store.lease("rules", ttl), rules, self.leases), name="rules")
         retention = self.config.retention
-        ttl = self.config.server.lease_ttl
         if retention.age > 0 or retention.count > 0:
             work = partial(retain, self.store, retention, self.metrics.retention_removed.inc)
             self.tasks.spawn(hold(self.store.lease("retention", ttl), work, self.leases), name="retention")
@@ -181,6 +189,14 @@ class Hub:
             self.tasks.spawn(hold(self.store.lease(f"service:{lease}", ttl), partial(_together, services), self.leases),
                              name=lease)
         self.started = True
+
+    async def _is_dead(self, owner: str) -> bool:
+        """Whether the process whose journal is `owner` is gone: its liveness lease can be taken."""
+        lease = self.store.lease(f"process:{owner}", self.config.server.lease_ttl)
+        if await lease.acquire() is None:
+            return False
+        await lease.release()
+        return True
 
     async def drain(self) -> None:
         """First step of shutdown: accept no more events, close every subscriber (WS 1012, SSE end)."""
@@ -247,6 +263,10 @@ async def _hold(lease: Lease, work: Callable[[], Awaitable[None]], held: dict[st
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         await asyncio.sleep(period)
+
+
+async def _forever() -> None:
+    await asyncio.Event().wait()
 
 
 async def _together(services: list[Service]) -> None:

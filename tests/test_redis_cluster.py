@@ -32,13 +32,17 @@ from tests.helpers import (
     write_config,
 )
 from tests.redis_server import RedisServer
+from tests.test_webhook_post import SECRET, Receiver, missed, rule
 
 
-def start_hubs(tmp_path: Path, redis_url: str, count: int, prefix: str, **sections: dict[str, Any]) -> list[HubProcess]:
+def start_hubs(tmp_path: Path, redis_url: str, count: int, prefix: str, *, rules: list[dict[str, Any]] | None = None,
+               **sections: dict[str, Any]) -> list[HubProcess]:
     hubs = []
     for i in range(count):
         data = tmp_path / f"hub-{i}"
         raw = raw_config(data, backend={"url": redis_url, "prefix": prefix}, **sections)
+        if rules:
+            raw["rules"] = rules
         config = write_config(tmp_path / f"hub-{i}.toml", raw)
         port = free_port()
         hubs.append(HubProcess(["--config", str(config), "--port", str(port)], port, tmp_path / f"hub-{i}.log"))
@@ -205,3 +209,37 @@ def test_one_process_holds_the_antring_socket_and_another_takes_over_after_kill_
     assert calls.count(before.call_id) == len(before.signals)
     assert calls.count(after.call_id) == len(after.signals)
     assert set(calls) == {before.call_id, after.call_id}
+
+
+# -- work done once: rules -------------------------------------------------------------------------------------
+
+
+def test_a_rule_fires_once_with_three_processes_and_once_after_its_evaluator_is_killed(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    state = Receiver()
+    with AppServer(state.app()) as server:
+        actions = {"allow_private": ["127.0.0.1/32"], "webhook": {"secret": SECRET, "retry_for": "3s"}}
+        hubs = start_hubs(tmp_path, redis_server.url, 3, f"r{time.monotonic_ns()}:", actions=actions,
+                          server={"lease_ttl": 1.0}, rules=[rule(f"{server.url}/hook", body="missed {data.call_id}")])
+        try:
+            for i in range(9):
+                assert publish_event(hubs[i % 3], missed(f"c-{i}")).status_code == 202
+            wait_until(lambda: len(state.received) >= 9, what="one webhook per missed call")
+            evaluators = [h for h in hubs if "rules" in leases_of(h)]
+            evaluators[0].kill9()
+            survivors = [h for h in hubs if h is not evaluators[0]]
+            for i in range(9, 15):
+                assert publish_event(survivors[i % 2], missed(f"c-{i}")).status_code == 202
+            wait_until(lambda: len(state.received) >= 15, what="the webhooks after the takeover")
+            time.sleep(1.0)  # time for a (wrong) second firing to arrive
+            taken = [h for h in survivors if "rules" in leases_of(h)]
+        finally:
+            for hub in hubs:
+                hub.stop()
+    assert len(evaluators) == 1 and len(taken) == 1  # one process evaluates the rules at a time
+    bodies = sorted(r["body"] for r in state.received)
+    assert bodies == sorted(f"missed c-{i}".encode() for i in range(15))  # each call once, none lost
+
+
+def publish_event(hub: HubProcess, event: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{hub.url}/v1/events", headers=ADMIN, timeout=WAIT, json=event)

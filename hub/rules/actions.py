@@ -40,7 +40,7 @@ from hub.events import HUB_SOURCE, Event, Publish, hub_event
 from hub.exceptions import HubError, NotFound
 from hub.ops.metrics import Metrics
 from hub.rules.engine import Firing, chain_depth
-from hub.store.base import Journal, JournalEntry
+from hub.store.base import Journal, JournalEntry, Unfinished
 from hub.tasks import Spawn
 
 logger = logging.getLogger("callhub.actions")
@@ -136,6 +136,8 @@ class ActionRunner:
         self._cursor_written = 0
         #: Actions accepted and not finished (waiting for their vendor's turn, or running).
         self.pending = 0
+        #: Keys of a gone process's idempotent actions this one is running again.
+        self._resumed: set[str] = set()
         self.on_outcome: OutcomeListener = lambda rule, state: None
         metrics.actions_pending.set_function(lambda: self.pending)
 
@@ -151,13 +153,23 @@ class ActionRunner:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> int | None:
-        """Recover unfinished actions; the cursor to evaluate from (None: a new journal, nothing to catch up)."""
+    async def open(self) -> None:
+        """Open the journal (every process: routes run actions too) and keep the cursor written."""
         await self.journal.start()
-        await self._recover()
-        cursor = await self.journal.cursor()
         self._spawn(self._flush_cursor_loop(), name="actions:cursor")
-        return cursor
+
+    async def recover(self, is_dead: Callable[[str], Awaitable[bool]]) -> None:
+        """Recover the unfinished actions of journals whose process is gone (`is_dead(owner)`):
+        re-run idempotent ones, report the others unknown. This process's own are running."""
+        dead: dict[str, bool] = {}
+        for item in await self.journal.unfinished():
+            owner = item.owner
+            if owner == self.journal.owner:
+                continue
+            if owner not in dead:
+                dead[owner] = not owner or await is_dead(owner)
+            if dead[owner]:
+                await self._recover_one(item)
 
     async def close(self) -> None:
         pending = self._cursor_pending
@@ -165,22 +177,30 @@ class ActionRunner:
             await self.journal.set_cursor(pending)
         await self.journal.close()
 
-    async def _recover(self) -> None:
-        """After a restart: re-run idempotent actions left unfinished; report the others unknown."""
-        for key, rule, type_, event_id, seq, params in await self.journal.unfinished():
-            spec = self.specs.get(type_)
-            stored = await self._stored_event(seq) if seq > 0 else None
-            event: Mapping[str, Any] = (orjson.loads(stored.body) if stored is not None
-                                        else {"id": event_id, "source": key.split("|")[1]})
-            rule_name = None if rule in ("", ROUTE) else rule
-            if spec is not None and spec.idempotent:
-                self.pending += 1
-                self._spawn(self._execute(spec, params, ActionContext(key, rule_name, event), resumed=True),
-                            name=f"action:{type_}")
-                continue
-            reason = "the hub stopped while this action ran; it was not repeated, its outcome is unknown"
-            await self.journal.finish(key, "unknown", {"reason": reason})
-            await self._report(rule_name, type_, event, Outcome("unknown", error=reason))
+    async def _recover_one(self, item: Unfinished) -> None:
+        key, rule, type_, event_id, seq, params, _ = item
+        spec = self.specs.get(type_)
+        stored = await self._stored_event(seq) if seq > 0 else None
+        event: Mapping[str, Any] = (orjson.loads(stored.body) if stored is not None
+                                    else {"id": event_id, "source": key.split("|")[1]})
+        rule_name = None if rule in ("", ROUTE) else rule
+        if spec is not None and spec.idempotent:
+            if key in self._resumed:  # already running again here (recovery runs every few seconds)
+                return
+            self._resumed.add(key)
+            self.pending += 1
+
+            async def resume() -> None:
+                try:
+                    await self._execute(spec, params, ActionContext(key, rule_name, event), resumed=True)
+                finally:
+                    self._resumed.discard(key)
+
+            self._spawn(resume(), name=f"action:{type_}")
+            return
+        reason = "the hub stopped while this action ran; it was not repeated, its outcome is unknown"
+        await self.journal.finish(key, "unknown", {"reason": reason})
+        await self._report(rule_name, type_, event, Outcome("unknown", error=reason))
 
     # -- rules' actions ------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 import orjson
@@ -38,6 +38,8 @@ logger = logging.getLogger("callhub.rules")
 EventListener = Callable[[dict[str, Any]], None]
 #: Events read per page when rules catch up after a restart.
 CATCH_UP_PAGE = 500
+#: How often the process evaluating the rules looks for actions a gone process left unfinished (s).
+RECOVER_EVERY = 5.0
 
 
 class Reactions:
@@ -52,23 +54,49 @@ class Reactions:
         self._config = config
         self._metrics = metrics
         runner.on_outcome = rules.outcome
+        #: off (another process evaluates), starting (catching up: live batches held), on.
+        self._state = "off"
+        self._held: list[list[Event]] = []
 
-    async def start(self, head: int) -> None:
-        """Recover unfinished actions, restore cooldowns, and evaluate what a crash left unevaluated."""
-        cursor = await self.runner.start()
-        # "One call-back per caller per 10 minutes" holds across restarts.
-        self.rules.restore_cooldowns(await self.runner.journal.cooldowns(time.time()))
-        if cursor is None:  # a new journal: rules start with the events that arrive from now on
-            self.runner.note_evaluated(head)
-        else:
-            await self._catch_up(cursor, head)
+    async def open(self) -> None:
+        """Every process: the journal (routes run actions too)."""
+        await self.runner.open()
+
+    async def run(self, head: Callable[[], int], is_dead: Callable[[str], Awaitable[bool]]) -> None:
+        """While this process evaluates the rules (it holds their lease: always, with one process):
+        recover what a gone process left unfinished, restore cooldowns, evaluate what was committed
+        since the journal's cursor, then every commit as it comes; forever, until cancelled."""
+        self._state, self._held = "starting", []
+        try:
+            await self.runner.recover(is_dead)
+            # "One call-back per caller per 10 minutes" holds across restarts and takeovers.
+            self.rules.restore_cooldowns(await self.runner.journal.cooldowns(time.time()))
+            cursor = await self.runner.journal.cursor()
+            through = head()
+            if cursor is None:  # a new journal: rules start with the events that arrive from now on
+                self.runner.note_evaluated(through)
+            else:
+                await self._catch_up(cursor, through)
+            held = [e for batch in self._held for e in batch if e.seq > through]
+            self._state, self._held = "on", []
+            if held:
+                self.evaluate(held)
+            while True:  # a process that dies while this one holds the rules leaves actions unfinished
+                await asyncio.sleep(RECOVER_EVERY)
+                await self.runner.recover(is_dead)
+        finally:
+            self._state, self._held = "off", []
 
     async def close(self) -> None:
         await self.runner.close()
 
     def on_commit(self, events: list[Event]) -> None:
-        """Called right after the fan-out took a batch: evaluate it next, never inside the fan-out."""
-        asyncio.get_running_loop().call_soon(self.evaluate, events)
+        """Called right after the fan-out took a batch: evaluate it next, never inside the fan-out
+        (held while catching up; dropped while another process evaluates the rules)."""
+        if self._state == "on":
+            asyncio.get_running_loop().call_soon(self.evaluate, events)
+        elif self._state == "starting":
+            self._held.append(events)
 
     def evaluate(self, events: list[Event], *, catching_up: bool = False) -> int:
         """Run listeners and rules on committed events; hand the firings to the action runner.

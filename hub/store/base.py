@@ -24,6 +24,9 @@ in `tests/test_store_contract.py` runs against every backend.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -214,6 +217,13 @@ class Unfinished(NamedTuple):
     event_id: str
     seq: int
     request: dict[str, Any]
+    #: The journal (one per hub process: `Journal.owner`) that began it; "" before owners were kept.
+    owner: str = ""
+
+
+def new_owner() -> str:
+    """A name for one process's journal, unique across hosts and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 class Journal(ABC):
@@ -221,10 +231,16 @@ class Journal(ABC):
     ended, how far the log was evaluated, and the cooldowns running; and the handlers' small
     key/value state (a poller's cursor, `state_get` / `state_put`).
 
+    Each process's journal has its own `owner` (`new_owner()`), written with every action it
+    begins, so that with processes sharing a store the unfinished actions of a dead process can
+    be told from those still running in another.
+
     Writes are applied in the order the calls were made (the futures are made at call time, the
     writes queued then), which is what lets the cursor be written lazily: a cursor written after
     a `begin` can never be durable before it.
     """
+
+    owner: str = ""
 
     @abstractmethod
     async def start(self) -> None:

@@ -23,6 +23,7 @@ import queue
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -50,6 +51,7 @@ from hub.store.base import (
     Pending,
     Unfinished,
     indexed_values,
+    new_owner,
 )
 
 logger = logging.getLogger("callhub.store")
@@ -157,7 +159,7 @@ class LocalBackend(Backend):
         self._on_commit: CommitListener | None = None
         self._readers = ThreadPoolExecutor(READER_THREADS, thread_name_prefix="callhub-read")
         self._local = threading.local()
-        self._leases: list[LocalLease] = []
+        self._leases: weakref.WeakSet[LocalLease] = weakref.WeakSet()
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -179,7 +181,7 @@ class LocalBackend(Backend):
         if self._closed:
             return
         self._closed = True
-        for lease in self._leases:  # a store closed is a process gone: what it held is free at once
+        for lease in list(self._leases):  # a store closed is a process gone: what it held is free at once
             await lease.release()
         if self._writer is not None:
             self._queue.put(_STOP)
@@ -188,7 +190,7 @@ class LocalBackend(Backend):
 
     def lease(self, name: str, ttl: float) -> LocalLease:
         lease = LocalLease(self.path, name, ttl)
-        self._leases.append(lease)
+        self._leases.add(lease)
         return lease
 
     def journal(self) -> SQLiteJournal:
@@ -627,6 +629,7 @@ class SQLiteJournal(Journal):
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.owner = new_owner()
         self._db: sqlite3.Connection | None = None
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="callhub-journal")
 
@@ -639,8 +642,11 @@ class SQLiteJournal(Journal):
 
     def _open(self) -> None:
         db = _open_durable(self.path, _JOURNAL_SCHEMA)
-        if "seq" not in {row[1] for row in db.execute("PRAGMA table_info(actions)")}:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(actions)")}
+        if "seq" not in columns:
             db.execute("ALTER TABLE actions ADD COLUMN seq INTEGER")  # a journal from before the rules cursor
+        if "owner" not in columns:
+            db.execute("ALTER TABLE actions ADD COLUMN owner TEXT")  # a journal from before owners were kept
         self._db = db
 
     @property
@@ -663,9 +669,9 @@ class SQLiteJournal(Journal):
                 state, result = ("failed", orjson.dumps({"error": e.error})) if e.error else ("started", None)
                 cur = db.execute(
                     "INSERT OR IGNORE INTO actions (key, rule, type, event_id, seq, state, request, started,"
-                    " finished, result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " finished, result, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (e.key, e.rule, e.type, e.event_id, e.seq, state, orjson.dumps(dict(e.request), default=str),
-                     now, now if e.error else None, result),
+                     now, now if e.error else None, result, self.owner),
                 )
                 fresh.append(cur.rowcount == 1)
             if cooldowns:
@@ -693,10 +699,11 @@ class SQLiteJournal(Journal):
 
     async def unfinished(self) -> list[Unfinished]:
         rows: list[tuple[Any, ...]] = await self._submit(lambda: self._conn.execute(
-            "SELECT key, rule, type, event_id, COALESCE(seq, 0), request FROM actions WHERE state = 'started'"
+            "SELECT key, rule, type, event_id, COALESCE(seq, 0), request, COALESCE(owner, '') FROM actions"
+            " WHERE state = 'started'"
         ).fetchall())
-        return [Unfinished(key, rule, type_, event_id, seq, orjson.loads(request))
-                for key, rule, type_, event_id, seq, request in rows]
+        return [Unfinished(key, rule, type_, event_id, seq, orjson.loads(request), owner)
+                for key, rule, type_, event_id, seq, request, owner in rows]
 
     async def cursor(self) -> int | None:
         row = await self._submit(lambda: self._conn.execute(

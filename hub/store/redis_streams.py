@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
@@ -61,6 +58,7 @@ from hub.store.base import (
     Pending,
     Unfinished,
     indexed_values,
+    new_owner,
 )
 
 logger = logging.getLogger("callhub.store")
@@ -560,7 +558,7 @@ class RedisLease(Lease):
 
     def __init__(self, backend: RedisBackend, name: str, ttl: float) -> None:
         self.backend, self.name, self.ttl = backend, name, ttl
-        self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.holder = new_owner()
         self._keys = [backend.key(f"lease:{name}"), backend.key(f"lease:{name}:token")]
 
     async def acquire(self) -> int | None:
@@ -691,7 +689,7 @@ for i, e in ipairs(entries) do
     fresh[i] = 0
   else
     redis.call('HSET', key, 'rule', e[2], 'type', e[3], 'event_id', e[4], 'seq', e[5], 'request', e[6],
-               'state', e[7], 'started', now)
+               'state', e[7], 'started', now, 'owner', ARGV[6])
     if e[7] == 'started' then redis.call('SADD', p .. 'j:started', e[1])
     else redis.call('HSET', key, 'finished', now, 'result', e[8]) end
     fresh[i] = 1
@@ -723,6 +721,7 @@ class RedisJournal(_Part, Journal):
 
     def __init__(self, url: str, options: RedisOptions) -> None:
         super().__init__(url, options, "rules journal")
+        self.owner = new_owner()
 
     def begin(self, entries: Sequence[JournalEntry], cursor: int | None,
               cooldowns: Sequence[tuple[str, str, float]] = ()) -> asyncio.Future[list[bool]]:
@@ -732,7 +731,7 @@ class RedisJournal(_Part, Journal):
             rows.append([e.key, e.rule, e.type, e.event_id, e.seq, orjson.dumps(dict(e.request), default=str).decode(),
                          state, result])
         args = [self.prefix, orjson.dumps(rows).decode(), repr(time.time()),
-                orjson.dumps([list(c) for c in cooldowns]).decode(), "" if cursor is None else str(cursor)]
+                orjson.dumps([list(c) for c in cooldowns]).decode(), "" if cursor is None else str(cursor), self.owner]
 
         async def write() -> list[bool]:
             fresh = await self._r.eval(_BEGIN, 0, *args)
@@ -767,7 +766,8 @@ class RedisJournal(_Part, Journal):
                 if not row or row.get(b"state") != b"started":
                     continue
                 found.append(Unfinished(key, row[b"rule"].decode(), row[b"type"].decode(), row[b"event_id"].decode(),
-                                        int(row.get(b"seq") or 0), orjson.loads(row[b"request"])))
+                                        int(row.get(b"seq") or 0), orjson.loads(row[b"request"]),
+                                        row.get(b"owner", b"").decode()))
             return found
 
         future: asyncio.Future[list[Unfinished]] = self._writes.submit(run)
