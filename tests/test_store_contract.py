@@ -645,21 +645,25 @@ def test_an_action_begins_at_most_once_per_key_across_restarts(kind: str, data_d
 def test_unfinished_actions_are_those_begun_and_never_finished(kind: str, data_dir: Path) -> None:
     """After a restart: what began and never finished, with its request; finished and failed ones are not."""
 
-    async def first() -> None:
+    async def first() -> str:
         async with Journaled(kind, data_dir) as journal:
             await journal.begin([entry("done", seq=3), entry("open", seq=4), entry("bad", seq=5, error="no executor")],
                                 None)
             await journal.finish("done", "succeeded", {})
+            owner: str = journal.owner
+            return owner
 
-    async def again() -> None:
+    async def again(before: str) -> None:
         async with Journaled(kind, data_dir) as journal:
             (open_,) = await journal.unfinished()
             assert (open_.key, open_.rule, open_.type, open_.event_id, open_.seq) == \
                 ("open", "rule", "x.act", "event-open", 4)
             assert open_.request == {"to": "open"}
+            # Which journal (process) began it: another than this one, so it may be recovered.
+            assert open_.owner == before and before and journal.owner != before
 
-    run(first)
-    run(again)
+    owner = run(first)
+    run(lambda: again(owner))
 
 
 def test_the_cursor_only_moves_forward_and_starts_unset(kind: str, data_dir: Path) -> None:
