@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,8 @@ from hub.config import ApiKey, Config
 from hub.events import HUB_SOURCE, Event, Published, agent_of, prepare_event
 from hub.exceptions import Forbidden, Unavailable
 from hub.live.fanout import Fanout
-from hub.ops.metrics import Metrics
+from hub.ops.calls import CallFigures
+from hub.ops.metrics import KNOWN_TYPES, OTHER, LabelSet, Metrics
 from hub.ops.upstreams import Upstreams
 from hub.outbound.guard import EgressPolicy
 from hub.plugin import PluginContext, Registry, Service, load_plugins
@@ -60,10 +61,17 @@ class Publisher:
     `publish_from`, which also checks what they may publish; the hub's parts and the handlers
     through `publish`."""
 
-    def __init__(self, store: Backend, metrics: Metrics) -> None:
+    def __init__(self, store: Backend, metrics: Metrics, *, event_types: Collection[str] = ()) -> None:
         self._store = store
         self._m_stored = metrics.events_ingested.labels("stored")
         self._m_duplicate = metrics.events_ingested.labels("duplicate")
+        self._m_committed = metrics.events_committed
+        self._m_commit_latency = metrics.store_commit_latency
+        self._m_writable = metrics.store_writable
+        self._m_errors = metrics.store_errors
+        self._types = LabelSet(KNOWN_TYPES | set(event_types))
+        #: (source label, type label) -> its counter: bounded, as both labels are.
+        self._committed: dict[tuple[str, str], Any] = {}
         #: Sources clients may not publish under: the hub's own, every webhook source's, every vendor's.
         self.reserved: frozenset[str] = frozenset({HUB_SOURCE})
         #: Set when the hub starts shutting down: nothing more is accepted.
@@ -102,9 +110,36 @@ class Publisher:
         if self.closing:
             raise Unavailable("the hub is shutting down")
         received = time.perf_counter() if received is None else received
-        result = await self._store.append(event, agent=agent_of(event), received=received)
-        (self._m_duplicate if result.duplicate else self._m_stored).inc()
+        started = time.perf_counter()
+        try:
+            result = await self._store.append(event, agent=agent_of(event), received=received)
+        except Unavailable:
+            self._m_errors.inc()
+            self._m_writable.set(0)
+            raise
+        self._m_commit_latency.observe(time.perf_counter() - started)
+        self._m_writable.set(1)
+        if result.duplicate:
+            self._m_duplicate.inc()
+        else:
+            self._m_stored.inc()
+            self._count(event["source"], event["type"])
         return Published(event["id"], result.seq, result.duplicate)
+
+    def _count(self, source: str, type_: str) -> None:
+        """`callhub_events_committed_total`: sources the hub knows (its own, webhook sources, vendors,
+        `api`, `agents` for every agent's), the documented and configured types; the rest is `other`."""
+        if source in self.reserved or source == CLIENT_SOURCE:
+            source_label = source
+        elif source.startswith(AGENT_SOURCE_PREFIX):
+            source_label = "agents"
+        else:
+            source_label = OTHER
+        key = (source_label, self._types(type_))
+        counter = self._committed.get(key)
+        if counter is None:
+            counter = self._committed[key] = self._m_committed.labels(*key)
+        counter.inc()
 
 
 @dataclass(frozen=True)
@@ -135,6 +170,7 @@ class Hub:
     reactions: Reactions
     sender: WebhookSender
     deliveries: Deliveries
+    calls: CallFigures
     sources: dict[str, Source]
     routes: list[BaseRoute]
     services: list[tuple[str, Service]]
@@ -149,7 +185,12 @@ class Hub:
     async def check_ready(self) -> None:
         if self.publisher.closing:
             raise Unavailable("the hub is shutting down")
-        await self.store.check_writable(READY_TIMEOUT)
+        try:
+            await self.store.check_writable(READY_TIMEOUT)
+        except Unavailable:
+            self.metrics.store_writable.set(0)
+            raise
+        self.metrics.store_writable.set(1)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -157,12 +198,15 @@ class Hub:
         self.fanout.publish(events)  # subscribers first: reactions never delay delivery
         self.deliveries.on_commit(events)
         self.reactions.on_commit(events)
+        self.calls.on_commit(events)
 
     async def start(self) -> None:
         await self.store.start(self._on_commit)
+        await self.calls.start(self.store, self.store.head)
         await self.reactions.start(self.store.head)
         await self.deliveries.start()
         self.fanout.start()
+        self.tasks.spawn(self.calls.sweep_periodically(), name="call-figures")
         retention = self.config.retention
         if retention.age > 0 or retention.count > 0:
             self.tasks.spawn(retain(self.store, retention, self.metrics.retention_removed.inc), name="retention")
@@ -218,7 +262,7 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
                          jwt_leeway=config.auth.jwt_leeway, on_failure=lambda code: metrics.auth_failures.labels(code).inc())
     store = open_backend(config.backend, config.data_dir)
     tasks = Tasks()
-    publisher = Publisher(store, metrics)
+    publisher = Publisher(store, metrics, event_types=config.stats.event_types)
     streams = config.streams
     fanout = Fanout(store, metrics, catchup_page=streams.catchup_page, close_timeout=streams.close_timeout,
                     sse_heartbeat=streams.sse_heartbeat)
@@ -249,5 +293,6 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
                           trusted_sources=publisher.reserved, config=config.actions, metrics=metrics)
     return Hub(config=config, metrics=metrics, credentials=credentials, auth=auth, store=store, tasks=tasks,
                publisher=publisher, fanout=fanout, upstreams=upstreams, actions=runner, rules=rules,
-               reactions=reactions, sender=sender, deliveries=deliveries, sources=sources, routes=registry.routes,
+               reactions=reactions, sender=sender, deliveries=deliveries, calls=CallFigures(config.stats, metrics),
+               sources=sources, routes=registry.routes,
                services=registry.services, cleanups=registry.cleanups)
