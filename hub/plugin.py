@@ -48,7 +48,14 @@ from hub.exceptions import (
 from hub.matcher import TypeFilter, lookup
 from hub.ops.upstreams import Upstream
 from hub.outbound.retry import NO_RETRY, RetryPolicy, retry_until, send_with_retry, stable_key
-from hub.outbound.vendor import MAX_VENDOR_MESSAGE, VendorClient, VendorError, json_or_none, vendor_text
+from hub.outbound.vendor import (
+    MAX_VENDOR_MESSAGE,
+    VendorCalls,
+    VendorClient,
+    VendorError,
+    json_or_none,
+    vendor_text,
+)
 from hub.phone import (
     EXTENSION_MIN_DIGITS,
     InvalidPhoneNumber,
@@ -82,6 +89,7 @@ __all__ = [
     "call_party", "EXTENSION_MIN_DIGITS",
     "JSONResponse", "read_body", "parse_json", "require_json",
     "RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "stable_key",
+    "VendorCalls",
     "VendorClient", "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE",
     "HttpUrl", "SocketUrl", "parse_duration", "EVENT_LIMITS", "event_time", "hub_event", "now_rfc3339",
     "lookup", "TypeFilter",
@@ -125,6 +133,8 @@ class PluginContext:
     run_action: RunAction
     #: Report on an upstream connection the handler owns (`/readyz`, metrics, `hub.upstream.*`).
     upstream: Callable[..., Upstream]
+    #: Where vendor clients report their calls and token refreshes: `client.report_to(context.vendor_calls)`.
+    vendor_calls: VendorCalls
 
 
 @dataclass

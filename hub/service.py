@@ -278,7 +278,7 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
     runner.add(webhook_post_spec(config.actions.webhook, sender, secret))
 
     context = PluginContext(publish=publisher.publish, spawn=tasks.spawn, authenticate=auth.request, store=store,
-                            run_action=runner.run, upstream=upstreams.register)
+                            run_action=runner.run, upstream=upstreams.register, vendor_calls=metrics)
     registry = Registry(config.handlers, context, add_action=runner.add)
     load_plugins(registry, plugins)
 

@@ -42,7 +42,6 @@ from hub.plugin import (
     VendorClient,
     VendorError,
     json_or_none,
-    send_with_retry,
     vendor_text,
 )
 
@@ -145,6 +144,8 @@ class VbeeClient(VendorClient):
     lets the owner share a client (it is then not closed here).
     """
 
+    vendor = "vbee"
+
     def __init__(self, base_url: str, api_key: str, api_secret: str, *, timeout: float,
                  retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None) -> None:
         super().__init__(base_url, timeout=timeout, retry=retry, http=http)
@@ -182,7 +183,7 @@ class VbeeClient(VendorClient):
         while True:
             attempt += 1
             try:
-                response = await send_with_retry(self._http, build, policy)
+                response = await self._send(path, build, policy)
                 break
             except _NOT_SENT as exc:
                 # The connection never opened, so Vbee never saw the request: safe to try again.

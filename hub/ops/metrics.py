@@ -235,5 +235,14 @@ class Metrics:
             self.subscribers.labels(transport)
             self.events_delivered.labels(transport)
 
+    # -- what vendor clients report (hub.outbound.vendor.VendorCalls) ------------------------------
+
+    def request(self, vendor: str, endpoint: str, status: str, seconds: float) -> None:
+        self.vendor_requests.labels(vendor, endpoint, status).inc()
+        self.vendor_latency.labels(vendor, endpoint).observe(seconds)
+
+    def token_refresh(self, vendor: str, outcome: str) -> None:
+        self.token_refreshes.labels(vendor, outcome).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
