@@ -174,6 +174,7 @@ class CallFigures:
         self._held: list[Event] | None = None
         self._rebuilt_through = 0
         metrics.calls_threshold.set(self.threshold)
+        metrics.calls_target.set(config.service_level_target)
         for direction in DIRECTIONS:
             for outcome in OUTCOMES:
                 metrics.calls_ended.labels(direction, outcome)

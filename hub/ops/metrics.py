@@ -218,6 +218,11 @@ class Metrics:
             "callhub_calls_service_level_threshold_seconds",
             "The service-level threshold in force ([stats] service_level_threshold)", registry=r,
         )
+        self.calls_target = Gauge(
+            "callhub_calls_service_level_target_ratio",
+            "The service level the centre aims for ([stats] service_level_target; the alert compares with it)",
+            registry=r,
+        )
         self.calls_by_agent = Counter(
             "callhub_calls_by_agent", "Calls ended, by agent ([stats] agents, else 'other') and outcome",
             ["agent", "outcome"], registry=r,
