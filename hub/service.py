@@ -67,7 +67,7 @@ class Publisher:
         self._m_duplicate = metrics.events_ingested.labels("duplicate")
         self._m_committed = metrics.events_committed
         self._m_commit_latency = metrics.store_commit_latency
-        self._m_writable = metrics.store_writable
+        self._metrics = metrics
         self._m_errors = metrics.store_errors
         self._types = LabelSet(KNOWN_TYPES | set(event_types))
         #: (source label, type label) -> its counter: bounded, as both labels are.
@@ -115,10 +115,10 @@ class Publisher:
             result = await self._store.append(event, agent=agent_of(event), received=received)
         except Unavailable:
             self._m_errors.inc()
-            self._m_writable.set(0)
+            self._metrics.store_is_writable(False)
             raise
         self._m_commit_latency.observe(time.perf_counter() - started)
-        self._m_writable.set(1)
+        self._metrics.store_is_writable(True)
         if result.duplicate:
             self._m_duplicate.inc()
         else:
@@ -188,9 +188,9 @@ class Hub:
         try:
             await self.store.check_writable(READY_TIMEOUT)
         except Unavailable:
-            self.metrics.store_writable.set(0)
+            self.metrics.store_is_writable(False)
             raise
-        self.metrics.store_writable.set(1)
+        self.metrics.store_is_writable(True)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

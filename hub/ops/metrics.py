@@ -77,6 +77,7 @@ class Metrics:
             registry=r,
         )
         self.store_writable.set(1)
+        self._writable = True
         self.store_errors = Counter(
             "callhub_store_write_errors", "Writes the store could not commit (the publisher was told to retry)",
             registry=r,
@@ -239,6 +240,12 @@ class Metrics:
         for transport in ("ws", "sse"):
             self.subscribers.labels(transport)
             self.events_delivered.labels(transport)
+
+    def store_is_writable(self, ok: bool) -> None:
+        """`callhub_store_writable`, set only on a change (every publish reports; a gauge's set takes a lock)."""
+        if ok != self._writable:
+            self._writable = ok
+            self.store_writable.set(1 if ok else 0)
 
     # -- what vendor clients report (hub.outbound.vendor.VendorCalls) ------------------------------
 
