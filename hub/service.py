@@ -2,7 +2,7 @@
 
     build(config) ─▶ metrics, credentials, store (log + journal + outbox), publisher, fan-out,
                      upstreams, webhook sender, deliveries, action runner (+ webhook.post), plugins (handlers register), webhook sources,
-                     rules (loaded once), reactions  ─▶  Hub (complete: nothing is added after start)
+                     rules (loaded once), reactions, call figures  ─▶  Hub (complete: nothing is added after start)
 
 Each part receives what it uses (a publish function, `Tasks.spawn`, the store, its metrics), not
 the hub. `callhub check` calls `build` exactly as `serve` does, so the two never disagree about a

@@ -147,6 +147,11 @@ class Metrics:
             ["source", "reason"],
             registry=r,
         )
+        self.webhook_requests = Counter(
+            "callhub_webhook_requests",
+            "Inbound webhook requests, by source and outcome (accepted, duplicate, unauthorized, invalid, failed)",
+            ["source", "outcome"], registry=r,
+        )
         self.rules_matched = Counter("callhub_rules_matched", "Rule firings, by rule", ["rule"], registry=r)
         self.actions = Counter(
             "callhub_actions", "Rule actions finished, by type and status (succeeded, failed, unknown)",
