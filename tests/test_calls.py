@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from starlette.testclient import TestClient
 
 from hub.config import StatsConfig
+from hub.events import Event
 from hub.http.app import create_app
 from hub.ops.calls import CallFigures
 from hub.ops.metrics import Metrics
@@ -157,6 +160,21 @@ def test_labels_stay_bounded() -> None:
     assert sample(m, "callhub_calls_by_did_total", did="02873019555", outcome="busy") == 1
     text = m.render().decode()
     assert "mallory" not in text and "sideways" not in text and "0999" not in text
+
+
+def test_only_call_events_are_read_and_never_inside_the_commit(caplog: pytest.LogCaptureFixture) -> None:
+    """The commit listener looks only at the type: other events are never decoded; call events are applied next."""
+    calls, _, _ = figures()
+
+    async def commit() -> tuple[int, int]:
+        calls.on_commit([Event(1, "campaign.contact.updated", None, b"not json at all"),
+                         Event(2, "call.ringing", None, orjson.dumps(call("call.ringing", "n1", T0)))])
+        during = calls.in_progress()["total"]
+        await asyncio.sleep(0)
+        return during, calls.in_progress()["total"]
+
+    assert asyncio.run(commit()) == (0, 1)
+    assert not [r for r in caplog.records if r.name == "callhub.calls"]  # the bad body was never decoded
 
 
 def test_today_starts_at_midnight_in_the_centre_time_zone() -> None:
