@@ -170,9 +170,8 @@ class CallFigures:
         self._dids = LabelSet(config.dids)
         #: False while rebuilding: counters and histograms only count what happens live.
         self._live = False
-        #: Live events that arrived while rebuilding (applied after it, above `_rebuilt_through`).
+        #: Live events that arrived while rebuilding (applied after it, those above the rebuilt head).
         self._held: list[Event] | None = None
-        self._rebuilt_through = 0
         metrics.calls_threshold.set(self.threshold)
         metrics.calls_target.set(config.service_level_target)
         for direction in DIRECTIONS:
@@ -216,7 +215,6 @@ class CallFigures:
                     break
                 after = page.next
         finally:
-            self._rebuilt_through = head
             held, self._held = self._held, None
             self._live = True
             self.sweep()
@@ -262,7 +260,9 @@ class CallFigures:
             self._count(call, -1)
             call.direction = _direction(data.get("direction"))
             self._count(call, +1)
-        call.seen = max(call.seen, at)
+        # Live, silence is measured on the hub's clock (a vendor's clock may be off); rebuilding,
+        # the event's time is all there is.
+        call.seen = now if self._live else max(call.seen, at)
         if call.agent is None:
             call.agent = data.get("agent")
         if call.did is None:
