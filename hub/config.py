@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -384,6 +385,36 @@ class WebhooksConfig(_Section):
         return self
 
 
+def _check_time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not a known time zone (an IANA name such as 'Asia/Ho_Chi_Minh')") from None
+    return value
+
+
+class StatsConfig(_Section):
+    """The call figures (`GET /v1/stats/calls`, `callhub_calls_*` metrics, the console's supervisor view)."""
+
+    #: An inbound call answered within this long after it started ringing counts towards the service level.
+    service_level_threshold: Duration = Field(20.0, gt=0, le=3600)
+    #: The service level the centre aims for (the `CallhubServiceLevelLow` alert's default target).
+    service_level_target: float = Field(0.8, ge=0, le=1)
+    #: Where "today" starts and ends.
+    time_zone: Annotated[str, AfterValidator(_check_time_zone)] = "Asia/Ho_Chi_Minh"
+    #: A call without any event for this long is taken as over (its end was lost) and leaves the
+    #: in-progress figures.
+    stale_after: Duration = Field(4 * 3600.0, ge=60)
+    #: Calls kept in progress at most; past it the least recently active call is dropped first.
+    max_calls: int = Field(50_000, ge=100, le=10_000_000)
+    #: Agents and DIDs (company numbers, normal form) that get metric labels of their own; every
+    #: other agent or DID is counted as 'other'. Empty: no per-agent or per-DID series.
+    agents: Annotated[list[str], Field(max_length=1000)] = []
+    dids: Annotated[list[str], Field(max_length=1000)] = []
+    #: Event types counted by name in `callhub_events_committed_total` beside the documented ones.
+    event_types: Annotated[list[str], Field(max_length=200)] = []
+
+
 class Config(_Section):
     server: ServerConfig = ServerConfig()
     backend: BackendConfig = BackendConfig()
@@ -393,6 +424,7 @@ class Config(_Section):
     sources: list[SourceConfig] = []
     actions: ActionsConfig = ActionsConfig()
     webhooks: WebhooksConfig = WebhooksConfig()
+    stats: StatsConfig = StatsConfig()
     #: `[[rules]]` tables, validated by `hub.rules` (which reports file, rule and key).
     rules: list[dict[str, Any]] = []
     #: A TOML file of more `[[rules]]`, relative to the working directory; reloadable.

@@ -58,7 +58,14 @@ from hub.outbound.retry import (
     send_with_retry,
     stable_key,
 )
-from hub.outbound.vendor import MAX_VENDOR_MESSAGE, VendorClient, VendorError, json_or_none, vendor_text
+from hub.outbound.vendor import (
+    MAX_VENDOR_MESSAGE,
+    VendorCalls,
+    VendorClient,
+    VendorError,
+    json_or_none,
+    vendor_text,
+)
 from hub.phone import (
     EXTENSION_MIN_DIGITS,
     InvalidPhoneNumber,
@@ -93,6 +100,7 @@ __all__ = [
     "call_party", "EXTENSION_MIN_DIGITS",
     "JSONResponse", "read_body", "parse_json", "require_json",
     "RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "send_unsent_retry", "maybe_sent", "stable_key",
+    "VendorCalls",
     "VendorClient", "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE",
     "HttpUrl", "SocketUrl", "parse_duration", "EVENT_LIMITS", "event_time", "hub_event", "now_rfc3339",
     "lookup", "TypeFilter",
@@ -149,6 +157,8 @@ class PluginContext:
     upstream: Callable[..., Upstream]
     #: Durable key/value state (usable once the hub has started: services run after the store opens).
     state: PluginState
+    #: Where vendor clients report their calls and token refreshes: `client.report_to(context.vendor_calls)`.
+    vendor_calls: VendorCalls
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
     build(config) ─▶ metrics, credentials, store (log + journal + outbox), publisher, fan-out,
                      upstreams, webhook sender, deliveries, action runner (+ webhook.post), plugins (handlers register), webhook sources,
-                     rules (loaded once), reactions  ─▶  Hub (complete: nothing is added after start)
+                     rules (loaded once), reactions, call figures  ─▶  Hub (complete: nothing is added after start)
 
 Each part receives what it uses (a publish function, `Tasks.spawn`, the store, its metrics), not
 the hub. `callhub check` calls `build` exactly as `serve` does, so the two never disagree about a
@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -27,7 +27,8 @@ from hub.config import ApiKey, Config
 from hub.events import HUB_SOURCE, Event, Published, agent_of, prepare_event
 from hub.exceptions import Forbidden, Unavailable
 from hub.live.fanout import Fanout
-from hub.ops.metrics import Metrics
+from hub.ops.calls import CallFigures
+from hub.ops.metrics import KNOWN_TYPES, OTHER, LabelSet, Metrics
 from hub.ops.upstreams import Upstreams
 from hub.outbound.guard import EgressPolicy
 from hub.plugin import PluginContext, Registry, Service, load_plugins
@@ -62,10 +63,17 @@ class Publisher:
     `publish_from`, which also checks what they may publish; the hub's parts and the handlers
     through `publish`."""
 
-    def __init__(self, store: Backend, metrics: Metrics) -> None:
+    def __init__(self, store: Backend, metrics: Metrics, *, event_types: Collection[str] = ()) -> None:
         self._store = store
         self._m_stored = metrics.events_ingested.labels("stored")
         self._m_duplicate = metrics.events_ingested.labels("duplicate")
+        self._m_committed = metrics.events_committed
+        self._m_commit_latency = metrics.store_commit_latency
+        self._metrics = metrics
+        self._m_errors = metrics.store_errors
+        self._types = LabelSet(KNOWN_TYPES | set(event_types))
+        #: (source label, type label) -> its counter: bounded, as both labels are.
+        self._committed: dict[tuple[str, str], Any] = {}
         #: Sources clients may not publish under: the hub's own, every webhook source's, every vendor's.
         self.reserved: frozenset[str] = frozenset({HUB_SOURCE})
         #: Set when the hub starts shutting down: nothing more is accepted.
@@ -104,9 +112,36 @@ class Publisher:
         if self.closing:
             raise Unavailable("the hub is shutting down")
         received = time.perf_counter() if received is None else received
-        result = await self._store.append(event, agent=agent_of(event), received=received)
-        (self._m_duplicate if result.duplicate else self._m_stored).inc()
+        started = time.perf_counter()
+        try:
+            result = await self._store.append(event, agent=agent_of(event), received=received)
+        except Unavailable:
+            self._m_errors.inc()
+            self._metrics.store_is_writable(False)
+            raise
+        self._m_commit_latency.observe(time.perf_counter() - started)
+        self._metrics.store_is_writable(True)
+        if result.duplicate:
+            self._m_duplicate.inc()
+        else:
+            self._m_stored.inc()
+            self._count(event["source"], event["type"])
         return Published(event["id"], result.seq, result.duplicate)
+
+    def _count(self, source: str, type_: str) -> None:
+        """`callhub_events_committed_total`: sources the hub knows (its own, webhook sources, vendors,
+        `api`, `agents` for every agent's), the documented and configured types; the rest is `other`."""
+        if source in self.reserved or source == CLIENT_SOURCE:
+            source_label = source
+        elif source.startswith(AGENT_SOURCE_PREFIX):
+            source_label = "agents"
+        else:
+            source_label = OTHER
+        key = (source_label, self._types(type_))
+        counter = self._committed.get(key)
+        if counter is None:
+            counter = self._committed[key] = self._m_committed.labels(*key)
+        counter.inc()
 
 
 @dataclass(frozen=True)
@@ -137,6 +172,7 @@ class Hub:
     reactions: Reactions
     sender: WebhookSender
     deliveries: Deliveries
+    calls: CallFigures
     sources: dict[str, Source]
     routes: list[BaseRoute]
     #: (lease, service): services of one lease run together, in the process that holds it.
@@ -154,7 +190,12 @@ class Hub:
     async def check_ready(self) -> None:
         if self.publisher.closing:
             raise Unavailable("the hub is shutting down")
-        await self.store.check_writable(READY_TIMEOUT)
+        try:
+            await self.store.check_writable(READY_TIMEOUT)
+        except Unavailable:
+            self.metrics.store_is_writable(False)
+            raise
+        self.metrics.store_is_writable(True)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -162,6 +203,7 @@ class Hub:
         self.fanout.publish(events)  # subscribers first: reactions never delay delivery
         self.deliveries.on_commit(events)
         self.reactions.on_commit(events)
+        self.calls.on_commit(events)
 
     async def start(self) -> None:
         await self.store.start(self._on_commit)
@@ -170,9 +212,11 @@ class Hub:
         # so no other process takes what it runs for a gone process's.
         alive = self.store.lease(f"process:{self.actions.journal.owner}", ttl)
         await alive.acquire()
+        await self.calls.start(self.store, self.store.head)
         await self.reactions.open()
         await self.deliveries.start()
         self.fanout.start()
+        self.tasks.spawn(self.calls.sweep_periodically(), name="call-figures")
         self.tasks.spawn(hold(alive, _forever, {}), name="alive")
         # The rules run in one process at a time among those sharing the store (always this one, locally).
         rules = partial(self.reactions.run, lambda: self.store.head, self._is_dead)
@@ -312,7 +356,7 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
                          jwt_leeway=config.auth.jwt_leeway, on_failure=lambda code: metrics.auth_failures.labels(code).inc())
     store = open_backend(config.backend, config.data_dir)
     tasks = Tasks()
-    publisher = Publisher(store, metrics)
+    publisher = Publisher(store, metrics, event_types=config.stats.event_types)
     streams = config.streams
     fanout = Fanout(store, metrics, catchup_page=streams.catchup_page, close_timeout=streams.close_timeout,
                     sse_heartbeat=streams.sse_heartbeat)
@@ -328,7 +372,8 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
     runner.add(webhook_post_spec(config.actions.webhook, sender, secret))
 
     context = PluginContext(publish=publisher.publish, spawn=tasks.spawn, authenticate=auth.request, store=store,
-                            run_action=runner.run, upstream=upstreams.register, state=store.journal())
+                            run_action=runner.run, upstream=upstreams.register, state=store.journal(),
+                            vendor_calls=metrics)
     registry = Registry(config.handlers, context, add_action=runner.add)
     load_plugins(registry, plugins)
 
@@ -343,5 +388,6 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
                           trusted_sources=publisher.reserved, config=config.actions, metrics=metrics)
     return Hub(config=config, metrics=metrics, credentials=credentials, auth=auth, store=store, tasks=tasks,
                publisher=publisher, fanout=fanout, upstreams=upstreams, actions=runner, rules=rules,
-               reactions=reactions, sender=sender, deliveries=deliveries, sources=sources, routes=registry.routes,
+               reactions=reactions, sender=sender, deliveries=deliveries, calls=CallFigures(config.stats, metrics),
+               sources=sources, routes=registry.routes,
                services=registry.services, cleanups=registry.cleanups)

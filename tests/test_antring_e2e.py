@@ -78,6 +78,8 @@ def test_socket_drop_reconnects_resubscribes_and_reports_it(world: AntRingWorld)
     assert ended["data"]["outcome"] == "busy" and ended["data"]["direction"] == "outbound"
     metrics = httpx.get(f"{world.hub.url}/metrics", timeout=WAIT).text
     assert 'callhub_upstream_connected{upstream="antring"} 1.0' in metrics
+    assert 'callhub_token_refreshes_total{outcome="ok",vendor="antring"}' in metrics
+    assert 'callhub_vendor_requests_total{endpoint="/oapi/v1/voice/auth_token",status="200",vendor="antring"}' in metrics
 
 
 def test_transfer_legs_share_one_call_id(world: AntRingWorld) -> None:

@@ -104,6 +104,10 @@ def test_reconciliation_fills_exactly_the_calls_missed_during_an_outage(world: A
     assert by_number["0903000002"]["outcome"] == "busy" and by_number["0903000002"]["direction"] == "outbound"
     assert by_number["102"]["direction"] == "internal"
     assert world.hub.metric("callhub_upstream_reconciled_total", upstream="antring") == 4
+    assert world.hub.metric("callhub_upstream_reconciliations_total", upstream="antring", outcome="complete") >= 1
+    # The vendor calls are counted by route template, never by a URL with its query or ids.
+    assert world.hub.metric("callhub_vendor_requests_total", vendor="antring", endpoint="/oapi/v1/call/histories",
+                            status="200") >= 1
 
 
 def test_a_second_reconciliation_over_the_same_window_publishes_nothing(world: AntRingWorld) -> None:

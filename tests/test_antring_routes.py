@@ -36,6 +36,11 @@ def test_click_to_call_rings_the_agents_own_device_once(world: AntRingWorld) -> 
     assert r.json()["outcome"] == "ringing" and r.json()["number"] == "0912345678"
     clicks = world.state.clicks[before:]
     assert len(clicks) == 1 and clicks[0]["sip_user"] == "alice-101" and clicks[0]["number"] == "0912345678"
+    # Counted by route template: the number dialled is never a label.
+    metrics = httpx.get(f"{world.hub.url}/metrics", timeout=WAIT).text
+    assert ('callhub_vendor_requests_total{endpoint="/oapi/v1/call/click-to-call/:number",status="200",'
+            'vendor="antring"}') in metrics
+    assert "0912345678" not in metrics
 
 
 @pytest.mark.parametrize(("number", "dialled"), [("101", "101"), ("123456", "123456"), ("84912345678", "0912345678"),

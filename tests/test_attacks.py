@@ -103,7 +103,9 @@ def test_a_deeply_nested_webhook_is_refused_and_counted_as_invalid(client: TestC
     signature = hmac.new(HMAC_SECRET.encode(), body, hashlib.sha256).hexdigest()
     r = client.post("/v1/webhooks/hm", content=body, headers={**JSON, "X-Signature": signature})
     assert r.status_code == 422 and r.json()["error"]["code"] == "too_deep"
-    assert 'callhub_webhooks_rejected_total{reason="too_deep",source="hm"} 1.0' in client.get("/metrics").text
+    metrics = client.get("/metrics").text
+    assert 'callhub_webhooks_rejected_total{reason="too_deep",source="hm"} 1.0' in metrics
+    assert 'callhub_webhook_requests_total{outcome="invalid",source="hm"} 1.0' in metrics
     assert client.post("/v1/events", json=event("call.ringing"), headers=PUBLISHER).status_code == 202
     assert _ready(client)
 

@@ -313,7 +313,8 @@ def test_an_agent_token_never_shows_another_agents_calls(browser: Browser, world
 
 
 def test_supervisor_view_shows_subscribers_upstreams_rate_and_rules(browser: Browser, world: AntRingWorld) -> None:
-    """Admin only: the page's own SSE subscription with its buffer, AntRing connected, events/s, rule counters."""
+    """Admin only: the page's own SSE subscription with its buffer, AntRing connected, events/s, rule counters,
+    the call figures (in progress, service level, abandoned)."""
     with console(browser, world, ADMIN_KEY) as page:
         page.get_by_role("button", name="Supervisor").click()
         expect(page.locator("#tab-sup")).to_have_attribute("aria-pressed", "true")
@@ -326,6 +327,10 @@ def test_supervisor_view_shows_subscribers_upstreams_rate_and_rules(browser: Bro
         expect(hook).to_contain_text("Active")
         emit(world, inbound_answered(ALICE, "0903111222", account_id=ACCOUNT), 0)  # call events to deliver
         expect(hook.locator("td").nth(3)).to_contain_text("could not be reached", timeout=WAIT_MS)
+        # The call figures, from GET /v1/stats/calls: the answered call counts towards today's service level.
+        expect(page.locator("#st-calls")).to_have_text(re.compile(r"^\d+$"), timeout=WAIT_MS)
+        expect(page.locator("#st-sl")).to_have_text(re.compile(r"^(–|\d+%) / \d+%$"), timeout=WAIT_MS)
+        expect(page.locator("#st-ab")).to_have_text(re.compile(r"^\d+ / \d+$"), timeout=WAIT_MS)
         screenshot(page, "07-supervisor")
 
 

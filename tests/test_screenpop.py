@@ -55,6 +55,7 @@ def test_known_caller_is_enriched_while_it_rings(world: AntRingWorld) -> None:
     assert pop["data"]["call_id"] == ringing["data"]["call_id"] == call.call_id
     assert pop["data"]["customer"]["name"] == "Nguyen Van A" and pop["data"]["customer"]["contactType"] == "customer"
     assert elapsed < 0.5
+    assert world.hub.metric("callhub_vendor_requests_total", vendor="antcrm", endpoint="/contacts", status="200") >= 1
 
 
 def test_unknown_caller_and_slow_crm_publish_nothing_and_never_delay_the_ring(world: AntRingWorld, crm: SimState) -> None:

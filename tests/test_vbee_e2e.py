@@ -124,6 +124,7 @@ def test_vbee_down_is_502_after_one_request(world: VbeeWorld) -> None:
     r = world.add_contacts(campaign(world), numbers(7))
     assert r.status_code == 502 and r.json()["error"]["code"] == "vbee_unavailable"
     assert len(world.state.requests) == before + 1
+    assert world.hub.metric("callhub_vendor_requests_total", vendor="vbee", endpoint="/campaign", status="500") >= 1
 
 
 def test_failure_after_some_batches_keeps_what_was_added(world: VbeeWorld) -> None:

@@ -91,6 +91,8 @@ def test_token_in_query_or_bearer_is_accepted_and_a_wrong_one_refused(client: Te
         assert r.status_code == 401 and r.json()["error"]["code"] == "bad_signature"
     metrics = client.get("/metrics").text
     assert 'callhub_webhooks_rejected_total{reason="mismatch",source="tok"} 2.0' in metrics
+    assert 'callhub_webhook_requests_total{outcome="unauthorized",source="tok"} 3.0' in metrics
+    assert 'callhub_webhook_requests_total{outcome="accepted",source="tok"} 2.0' in metrics
     assert 'callhub_webhooks_rejected_total{reason="missing",source="tok"} 1.0' in metrics
     assert TOKEN not in metrics
 

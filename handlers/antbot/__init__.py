@@ -38,6 +38,7 @@ def register(registry: Registry) -> None:
     context = registry.context
     client = AntBotClient(config.base_url, config.username, config.password, timeout=config.request_timeout,
                           token_path=config.token_path, token_fields=tuple(config.token_fields))
+    client.report_to(registry.context.vendor_calls)
     registry.add_cleanup(client.aclose)
     upstream = context.upstream(UPSTREAM, kind="poll", poll_interval=config.poll_interval)
     poller = Poller(client, config, publish=context.publish, state=context.state, upstream=upstream)

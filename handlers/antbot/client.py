@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit, urlunsplit
@@ -43,7 +44,6 @@ from hub.plugin import (
     json_or_none,
     lookup,
     maybe_sent,
-    send_unsent_retry,
     vendor_text,
 )
 
@@ -174,10 +174,15 @@ class AntBotClient(VendorClient):
         async with self._token_lock:
             if self._token is not None and self._token != stale:
                 return self._token
-            body = await self._send("POST", self.base_url + self.token_path, self.retry, token=None,
-                                    json={"username": self.username, "password": self._password},
-                                    path=self.token_path)
-            status, answer = body
+            try:
+                status, answer = await self._exchange("POST", self.base_url + self.token_path, self.retry, token=None,
+                                                      json={"username": self.username, "password": self._password},
+                                                      path=self.token_path)
+            except AntBotUnavailable:
+                self.token_refreshed(False)
+                raise
+            if not 200 <= status < 300:
+                self.token_refreshed(False)
             if status in (400, 401, 403):
                 raise AntBotAuthError("AntBot refused the username or password (check [antbot] username and password)",
                                       status=status, vendor_message=_message(answer), path=self.token_path)
@@ -188,31 +193,33 @@ class AntBotClient(VendorClient):
                                   status=status, path=self.token_path)
             self._token = token
             self.tokens_fetched += 1
+            self.token_refreshed(True)
             logger.info("antbot token fetched for %s", self.username)
             return token
 
     async def _call(self, method: str, url: str, policy: RetryPolicy, *, path: str,
                     params: Mapping[str, Any] | None = None, json: Any = None) -> Any:
         token = await self._fresh_token(None)
-        status, body = await self._send(method, url, policy, token=token, params=params, json=json, path=path)
+        status, body = await self._exchange(method, url, policy, token=token, params=params, json=json, path=path)
         if status == 401:  # expired or revoked: one new token, one more try
             token = await self._fresh_token(token)
-            status, body = await self._send(method, url, policy, token=token, params=params, json=json, path=path)
+            status, body = await self._exchange(method, url, policy, token=token, params=params, json=json, path=path)
             if status == 401:
                 raise AntBotAuthError("AntBot refused a fresh token", status=status,
                                       vendor_message=_message(body), path=path)
         _raise_for(status, body, path)
         return body
 
-    async def _send(self, method: str, url: str, policy: RetryPolicy, *, token: str | None, path: str,
-                    params: Mapping[str, Any] | None = None, json: Any = None) -> tuple[int, Any]:
+    async def _exchange(self, method: str, url: str, policy: RetryPolicy, *, token: str | None, path: str,
+                        params: Mapping[str, Any] | None = None, json: Any = None) -> tuple[int, Any]:
         def build() -> httpx.Request:
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             return self._http.build_request(method, url, headers=headers, params=params, json=json,
                                             timeout=self.timeout)
 
         try:
-            response = await send_unsent_retry(self._http, build, policy, unsent=self.retry)
+            # Reported under the path with its ids replaced (a metric label must stay bounded).
+            response = await self._send(_ID_SEGMENT.sub("/:id", path), build, policy, unsent=self.retry)
         except httpx.HTTPError as exc:
             sent = maybe_sent(exc)
             note = "; the request may have reached AntBot" if sent else ""
@@ -220,6 +227,9 @@ class AntBotClient(VendorClient):
                                     path=path) from exc
         logger.debug("antbot %s %s -> %s", method, path, response.status_code)
         return response.status_code, json_or_none(response)
+
+
+_ID_SEGMENT = re.compile(r"/[^/]*\d[^/]*(?=/|$)")
 
 
 def _message(body: Any) -> str | None:

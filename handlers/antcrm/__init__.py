@@ -113,6 +113,7 @@ def register(registry: Registry) -> AntCRM | None:
     if config is None or not config.enabled:
         return None
     antcrm = build(config)
+    antcrm.client.report_to(registry.context.vendor_calls)
     registry.add_cleanup(antcrm.aclose)
     registry.claim_source("antcrm")  # the screen-pop's call.enriched
     registry.provide(PROVIDED_AS, antcrm)

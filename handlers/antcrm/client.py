@@ -48,7 +48,6 @@ from hub.plugin import (
     json_or_none,
     parse_phone,
     retry_until,
-    send_with_retry,
     stable_key,
     vendor_text,
 )
@@ -215,6 +214,8 @@ class AntCRMClient(VendorClient):
     size), others wait for a connection within their timeout. `http` lets the owner share a
     client (it is then not closed here, and its own limits apply).
     """
+
+    vendor = "antcrm"
 
     def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str = "", *, timeout: float,
                  retry: RetryPolicy | None = None, max_concurrency: int = 8,
@@ -386,7 +387,7 @@ class AntCRMClient(VendorClient):
                                             timeout=request_timeout)
 
         try:
-            response = await send_with_retry(self._http, build, policy)
+            response = await self._send(path, build, policy)
         except httpx.HTTPError as exc:
             raise AntCRMUnavailable(f"AntCRM unreachable ({type(exc).__name__})", path=path) from exc
         status = response.status_code

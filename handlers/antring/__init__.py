@@ -61,6 +61,7 @@ def register(registry: Registry) -> None:
         return
     client = AntRingClient(config.base_url, config.app_id, config.app_secret, timeout=config.request_timeout,
                            expire_format=config.expire_format, time_zone=config.time_zone)
+    client.report_to(registry.context.vendor_calls)
     tokens = TokenManager(client, config.sip_user, config.sip_password, refresh_margin=config.token_refresh_margin)
     normalizer = Normalizer(agents=agent_index(config), internal_max_digits=config.internal_max_digits)
     context = registry.context

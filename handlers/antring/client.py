@@ -52,7 +52,6 @@ from hub.plugin import (
     json_or_none,
     parse_extension,
     parse_phone,
-    send_with_retry,
     vendor_text,
 )
 
@@ -266,6 +265,8 @@ class AntRingClient(VendorClient):
     request; `retry` applies to everything but click-to-call.
     """
 
+    vendor = "antring"
+
     def __init__(self, base_url: str, app_id: str, app_secret: str, *, timeout: float,
                  retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None,
                  expire_format: ExpireFormat = "auto", time_zone: tzinfo = DEFAULT_TIME_ZONE) -> None:
@@ -370,7 +371,7 @@ class AntRingClient(VendorClient):
                                             timeout=self.timeout)
 
         try:
-            response = await send_with_retry(self._http, build, policy)
+            response = await self._send(path, build, policy)
         except httpx.HTTPError as exc:
             detail = type(exc).__name__
             if click:
@@ -464,7 +465,9 @@ class TokenManager:
             except AntRingError as exc:
                 self._attempts += 1
                 self._last_error = exc
+                self._client.token_refreshed(False)
                 raise
+            self._client.token_refreshed(True)
             self._attempts += 1
             self._last_error = None
             lifetime = max(0.0, token.expires_at - fetched_at)

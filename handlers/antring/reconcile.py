@@ -366,6 +366,7 @@ class Reconciler:
             if not records:
                 if complete:
                     self.reconciled_until = max(self.reconciled_until or 0.0, until)
+                self._upstream.reconciled("complete" if complete else "failed")
                 return 0
             history = [HistoryCall.of(r, i, self.agents, self.agent_names) for i, r in enumerate(records)]
             try:
@@ -374,9 +375,11 @@ class Reconciler:
             except _TooMuchStored:
                 logger.warning("antring reconciliation skipped: more than %d stored call events to compare with",
                                MAX_STORED_EVENTS)
+                self._upstream.reconciled("skipped")
                 return 0
             except HubError as exc:
                 logger.warning("antring reconciliation stopped: the store did not answer: %s", exc.message)
+                self._upstream.reconciled("failed")
                 return 0
             published = 0
             for event in self.plan(history, calls):
@@ -389,6 +392,7 @@ class Reconciler:
                 published += not result.duplicate
             if complete:
                 self.reconciled_until = max(self.reconciled_until or 0.0, until)
+            self._upstream.reconciled("complete" if complete else "partial")
         if published:
             self._upstream.recovered(published)
             logger.info("antring reconciliation published %d missed call(s)", published)

@@ -62,6 +62,7 @@ def register(registry: Registry) -> None:
     client: VbeeClient | None = None
     if config.api_key and config.api_secret:
         client = VbeeClient(config.base_url, config.api_key, config.api_secret, timeout=config.request_timeout)
+        client.report_to(registry.context.vendor_calls)
         registry.add_cleanup(client.aclose)
         registry.add_action(ActionSpec(ADD_CONTACTS, add_contacts_action(client, config.phone_format),
                                        idempotent=False, group="vbee", required=ACTIONS[ADD_CONTACTS],

@@ -42,7 +42,6 @@ from hub.plugin import (
     VendorError,
     json_or_none,
     maybe_sent,
-    send_unsent_retry,
     vendor_text,
 )
 
@@ -143,6 +142,8 @@ class VbeeClient(VendorClient):
     lets the owner share a client (it is then not closed here).
     """
 
+    vendor = "vbee"
+
     def __init__(self, base_url: str, api_key: str, api_secret: str, *, timeout: float,
                  retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None) -> None:
         super().__init__(base_url, timeout=timeout, retry=retry, http=http)
@@ -178,7 +179,7 @@ class VbeeClient(VendorClient):
 
         try:
             # The connection never opened, so Vbee never saw the request: that alone is tried again.
-            response = await send_unsent_retry(self._http, build, policy, unsent=self.retry)
+            response = await self._send(path, build, policy, unsent=self.retry)
         except httpx.HTTPError as exc:
             if not maybe_sent(exc):
                 raise VbeeUnavailable(f"Vbee unreachable ({type(exc).__name__})", maybe_sent=False,

@@ -1,4 +1,4 @@
-"""Request/response endpoints: publish, history, subscribers, whoami, health, metrics."""
+"""Request/response endpoints: publish, history, subscribers, whoami, call figures, health, metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hub.exceptions import HubError
+from hub.exceptions import Forbidden, HubError
 from hub.live.fanout import GAP, gap_event
 from hub.matcher import TypeFilter, parse_patterns
 from hub.ops.metrics import CONTENT_TYPE_LATEST
@@ -25,7 +25,7 @@ HISTORY_LIMIT_MAX = 1000
 
 def routes(hub: Hub) -> list[Route]:
     """The endpoints, each using only the parts it needs."""
-    authenticate, publisher, store, fanout = hub.authenticate, hub.publisher, hub.store, hub.fanout
+    authenticate, publisher, store, fanout, calls = hub.authenticate, hub.publisher, hub.store, hub.fanout, hub.calls
     max_body = hub.config.server.max_body
     rejected = hub.metrics.events_rejected
 
@@ -95,6 +95,15 @@ def routes(hub: Hub) -> list[Route]:
         return JSONResponse({"status": "ready", "head": fanout.head, "upstreams": hub.upstreams.describe(),
                              "leases": dict(sorted(hub.leases.items()))})
 
+    async def call_stats(request: Request) -> Response:
+        """The call figures: admins and supervisors, i.e. credentials that see every agent's calls.
+        An agent's credential (or one whose `types` leave out calls) sees only part of them: 403."""
+        principal = authenticate(request)
+        if principal.agent is not None or not TypeFilter((), principal.types).matches("call.ended"):
+            raise Forbidden("call figures cover every agent's calls: they need a credential not scoped to "
+                            "an agent or to other event types", code="scope")
+        return JSONResponse(calls.snapshot(), headers={"Cache-Control": "no-store"})
+
     async def metrics(request: Request) -> Response:
         return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -102,6 +111,7 @@ def routes(hub: Hub) -> list[Route]:
         Route("/v1/events", events, methods=["GET", "POST"]),
         Route("/v1/subscribers", list_subscribers, methods=["GET"]),
         Route("/v1/whoami", whoami, methods=["GET"]),
+        Route("/v1/stats/calls", call_stats, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -34,7 +34,8 @@ class WebhookEndpoint:
         self._max_body = max_body
         self._received = metrics.webhooks_received
         self._rejected = metrics.webhooks_rejected
-        self._counters: dict[tuple[str, bool], Any] = {}
+        self._requests = metrics.webhook_requests
+        self._counters: dict[tuple[str, bool], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -59,8 +60,12 @@ class WebhookEndpoint:
             event = source.normalize(delivery)
             result = await self._publish(event, default_source=name)
         except HubError as exc:
-            if not isinstance(exc, SignatureError):
+            if isinstance(exc, SignatureError):
+                outcome = "unauthorized"
+            else:
                 self._rejected.labels(label, exc.code).inc()
+                outcome = "failed" if exc.status_code >= 500 else "invalid"
+            self._requests.labels(label, outcome).inc()
             await error_response(exc)(scope, receive, send)
             return
         self._count(label, result.duplicate)
@@ -72,7 +77,11 @@ class WebhookEndpoint:
 
     def _count(self, label: str, duplicate: bool) -> None:
         key = (label, duplicate)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self._received.labels(label, "duplicate" if duplicate else "stored")
-        counter.inc()
+        counters = self._counters.get(key)
+        if counters is None:
+            counters = self._counters[key] = (
+                self._received.labels(label, "duplicate" if duplicate else "stored"),
+                self._requests.labels(label, "duplicate" if duplicate else "accepted"),
+            )
+        for counter in counters:
+            counter.inc()

@@ -51,6 +51,11 @@ class Upstream:
         """Events recovered from the upstream's history after a gap."""
         self._metrics.upstream_reconciled.labels(self.name).inc(count)
 
+    def reconciled(self, outcome: str) -> None:
+        """A reconciliation run finished: `complete`, `partial` (some of it must be read again),
+        `failed` (the vendor or the store did not answer) or `skipped` (too much to compare)."""
+        self._metrics.upstream_reconciliations.labels(self.name, outcome).inc()
+
     async def _change(self, connected: bool, detail: dict[str, Any]) -> None:
         if self.connected == connected:
             return

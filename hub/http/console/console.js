@@ -27,7 +27,8 @@
     noActive: "No active calls.|Không có cuộc gọi nào.", recent: "Recent calls|Cuộc gọi gần đây",
     noRecent: "No ended calls yet.|Chưa có cuộc gọi nào kết thúc.",
     activity: "Rule actions and activity|Tác vụ tự động và hoạt động", noActivity: "Nothing yet.|Chưa có gì.",
-    rate: "Events/s|Sự kiện/giây", head: "Last seq|Seq mới nhất", subscribers: "Subscribers|Thuê bao",
+    sl: "Service level 15 min / today|Mức phục vụ 15 phút / hôm nay",
+    abandoned: "Abandoned 15 min / today|Khách bỏ máy 15 phút / hôm nay", rate: "Events/s|Sự kiện/giây", head: "Last seq|Seq mới nhất", subscribers: "Subscribers|Thuê bao",
     updated: "Updated|Cập nhật", upstreams: "Upstreams|Kết nối nguồn", who: "Who|Ai",
     transport: "Transport|Giao thức", state: "State|Trạng thái", buffer: "Buffer|Bộ đệm", since: "Since|Từ",
     rules: "Rules|Quy tắc", rule: "Rule|Quy tắc", matched: "Matched|Khớp", ok: "Succeeded|Thành công",
@@ -489,11 +490,18 @@
   }
   const wrap = (node) => { const td = el("td"); td.append(node); return td; };
   async function supervise() {
-    let subs, ready, rules, hooks;
+    let subs, ready, rules, hooks, calls;
     try {
-      [subs, ready, rules, hooks] = await Promise.all([api("/v1/subscribers"), api("/readyz"), api("/v1/rules"),
-        api("/v1/subscriptions")]);
+      [subs, ready, rules, hooks, calls] = await Promise.all([api("/v1/subscribers"), api("/readyz"), api("/v1/rules"),
+        api("/v1/subscriptions"), api("/v1/stats/calls")]);
     } catch { $("sup-error").textContent = t("unreachable"); return; }
+    // The call figures (GET /v1/stats/calls): in progress, service level and abandoned calls.
+    if (calls.ok) {
+      const c = calls.body, pct = (v) => (v == null ? "–" : Math.round(v * 100) + "%");
+      $("st-calls").textContent = c.now.in_progress.total;
+      $("st-sl").textContent = `${pct(c.last_15m.service_level)} / ${pct(c.today.service_level)}`;
+      $("st-ab").textContent = `${c.last_15m.abandoned} / ${c.today.abandoned}`;
+    }
     $("sup-error").textContent = subs.ok ? "" : errMsg(subs);
     const now = Date.now(), head = subs.body.head ?? ready.body.head;
     if (S.prevHead && head != null) $("st-rate").textContent = ((head - S.prevHead.head) / ((now - S.prevHead.at) / 1000)).toFixed(1);
