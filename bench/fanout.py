@@ -767,17 +767,21 @@ class WorkerPool:
 class HubProbe:
     """CPU seconds and RSS of the hub process and its children (uvicorn --workers forks some)."""
 
-    def __init__(self, pid: int) -> None:
+    def __init__(self, pid: int, *more: int) -> None:
         import psutil  # only needed with --hub-pid
 
         self._psutil = psutil
-        self.root = psutil.Process(pid)
+        self.roots = [psutil.Process(p) for p in (pid, *more)]
+        self.root = self.roots[0]
 
     def _processes(self) -> list[Any]:
-        try:
-            return [self.root, *self.root.children(recursive=True)]
-        except self._psutil.NoSuchProcess:
-            return []
+        found = []
+        for root in self.roots:  # several hub processes (on Redis): their figures add up
+            try:
+                found += [root, *root.children(recursive=True)]
+            except self._psutil.NoSuchProcess:
+                pass
+        return found
 
     def cpu_s(self) -> float:
         total = 0.0
@@ -991,16 +995,19 @@ def spawn_hub(template: str, url: str, key: str, label: str = "fanout") -> Spawn
 # --- Orchestration ------------------------------------------------------------------------------
 
 
-def worker_specs(args: argparse.Namespace, target: Target) -> list[WorkerSpec]:
-    """Spread the connections evenly over the workers."""
+def worker_specs(args: argparse.Namespace, target: Target, second: Target | None = None) -> list[WorkerSpec]:
+    """Spread the connections evenly over the workers (with a `second` hub: every other worker
+    subscribes there, so half of the subscribers are on each)."""
     total = args.ws + args.sse
     workers = args.workers or (1 if total <= SINGLE_WORKER_MAX_CONNS else DEFAULT_MULTI_WORKERS)
+    if second is not None:
+        workers = max(2, workers + workers % 2)
     workers = max(1, min(workers, total))
     run_estimate_s = CONNECT_PHASE_TIMEOUT_S + args.events / args.rate * 2 + args.drain_timeout
     return [
         WorkerSpec(
             index=i,
-            target=target,
+            target=target if second is None or i % 2 == 0 else second,
             n_ws=args.ws // workers + (i < args.ws % workers),
             n_sse=args.sse // workers + (i < args.sse % workers),
             connect_concurrency=max(1, CONNECT_CONCURRENCY // workers),
@@ -1061,10 +1068,11 @@ def run_idle(args: argparse.Namespace, target: Target, probe: HubProbe | None) -
     }
 
 
-def run_fanout(args: argparse.Namespace, target: Target, probe: HubProbe | None) -> dict[str, Any]:
+def run_fanout(args: argparse.Namespace, target: Target, probe: HubProbe | None,
+               second: Target | None = None) -> dict[str, Any]:
     rss0 = probe.rss_bytes() if probe else None
     started = time.monotonic()
-    pool = WorkerPool(worker_specs(args, target))
+    pool = WorkerPool(worker_specs(args, target, second))
     try:
         ready = pool.gather("ready", CONNECT_PHASE_TIMEOUT_S)
         summary = connect_summary(ready, time.monotonic() - started)
@@ -1302,6 +1310,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="start the hub first, e.g. '{python} -m hub serve --config x.toml'; {python}, {port}, {key} are"
         " substituted, and {port} picks a free loopback port and overrides --url",
     )
+    add(
+        "--spawn-cmd2",
+        help="a second hub on the same store (Redis), started like --spawn-cmd: half of the subscribers"
+        " connect to it; events are published to the first",
+    )
     add("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
     check_bounds(parser, args)
@@ -1324,19 +1337,26 @@ def check_bounds(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Spawn the hub if asked, run the chosen mode, stop the hub again; return the report."""
     hub = spawn_hub(args.spawn_cmd, args.url, args.key) if args.spawn_cmd else None
+    hub2 = spawn_hub(args.spawn_cmd2, args.url, args.key, label="fanout-2") if args.spawn_cmd2 else None
     url = hub.url if hub else args.url.rstrip("/")
     try:
         pid = args.hub_pid or (hub.proc.pid if hub else None)
-        probe = HubProbe(pid) if pid else None
-        mode: Callable[..., dict[str, Any]] = run_idle if args.idle else run_fanout
+        probe = HubProbe(pid, *([hub2.proc.pid] if hub2 else [])) if pid else None
         header: dict[str, Any] = {"url": url, "ws": args.ws, "sse": args.sse}
-        if not args.idle:
+        target = Target.parse(url, args.key, args.types)
+        if args.idle:
+            result = run_idle(args, target, probe)
+        else:
             header.update(events_requested=args.events, rate_requested=args.rate)
-        result = mode(args, Target.parse(url, args.key, args.types), probe)
+            second = Target.parse(hub2.url, args.key, args.types) if hub2 else None
+            if second is not None:
+                header["second_url"] = hub2.url if hub2 else None
+            result = run_fanout(args, target, probe, second)
         return {"mode": result.pop("mode"), **header, **result}
     finally:
-        if hub:
-            hub.stop()
+        for spawned in (hub, hub2):
+            if spawned:
+                spawned.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -535,16 +535,20 @@ def worker_count(args: argparse.Namespace, senders: int) -> int:
     return max(1, min(workers, senders))
 
 
-def ingest_specs(args: argparse.Namespace, target: Target, head: bytes, senders: int) -> list[IngestSpec]:
+def ingest_specs(args: argparse.Namespace, target: Target, head: bytes, senders: int,
+                 second: Target | None = None) -> list[IngestSpec]:
+    """Senders spread evenly over the workers (with a `second` hub: every other worker sends there)."""
     workers = worker_count(args, senders)
+    if second is not None:
+        workers = max(2, min(workers + workers % 2, senders))
     run_id = uuid.uuid4().hex[:10]
     pad = body_padding(run_id, args.body_bytes)
     cap = args.requests or 0
     return [
         IngestSpec(
             index=i,
-            host=target.host,
-            port=target.port,
+            host=(target if second is None or i % 2 == 0 else second).host,
+            port=(target if second is None or i % 2 == 0 else second).port,
             head=head,
             senders=senders // workers + (i < senders % workers),
             max_requests=(cap // workers + (i < cap % workers)) if cap else 0,
@@ -577,9 +581,10 @@ def webhook_counters(target: Target, source: str) -> dict[str, float] | None:
 
 
 def run_level(
-    args: argparse.Namespace, target: Target, head: bytes, senders: int, probe: HubProbe | None
+    args: argparse.Namespace, target: Target, head: bytes, senders: int, probe: HubProbe | None,
+    second: Target | None = None,
 ) -> dict[str, Any]:
-    specs = ingest_specs(args, target, head, senders)
+    specs = ingest_specs(args, target, head, senders, second)
     pool = WorkerPool(specs, entry=ingest_worker_main, name="ingest")
     try:
         ready = pool.gather("ready", WORKER_START_TIMEOUT_S)
@@ -589,7 +594,8 @@ def run_level(
             connect_errors.update(r["errors"])
         if connected == 0:
             raise RuntimeError(f"no sender connected: {dict(connect_errors)}")
-        counters0 = webhook_counters(target, args.source)
+        # With two hubs, each counts its own share: the hub-agreement check is left out (seqs are still checked).
+        counters0 = webhook_counters(target, args.source) if second is None else None
         duration = args.duration if args.duration else MAX_DURATION_S
         t0 = time.monotonic() + args.warmup
         t_end = t0 + duration
@@ -605,7 +611,7 @@ def run_level(
         machine1, main_cpu = machine_busy_cpu_s(), own_cpu_s() - main_cpu0
         window_s = max(d["end"] for d in done) - t0
         results = pool.gather("result", args.timeout + WORKER_REPLY_MARGIN_S)
-        counters1 = webhook_counters(target, args.source)
+        counters1 = webhook_counters(target, args.source) if second is None else None
         rss = probe.rss_bytes() if probe else None
     finally:
         pool.close()
@@ -836,6 +842,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="start the hub first (once, for all levels), e.g. '{python} -m hub serve --config x.toml --port"
         " {port}'; {python}, {port} and {key} (the token) are substituted, {port} overrides --url",
     )
+    add("--spawn-cmd2", help="a second hub on the same store (Redis), started like --spawn-cmd: every other"
+        " sender process sends to it")
     add("--json", help="also write the report to this file")
     args = parser.parse_args(argv)
     try:
@@ -863,17 +871,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     hub = spawn_hub(args.spawn_cmd, args.url, args.token or "", label="ingest") if args.spawn_cmd else None
+    hub2 = spawn_hub(args.spawn_cmd2, args.url, args.token or "", label="ingest-2") if args.spawn_cmd2 else None
     url = hub.url if hub else args.url.rstrip("/")
     try:
         pid = args.hub_pid or (hub.proc.pid if hub else None)
-        probe = HubProbe(pid) if pid else None
+        probe = HubProbe(pid, *([hub2.proc.pid] if hub2 else [])) if pid else None
         target = Target.parse(url, "", "")
+        second = Target.parse(hub2.url, "", "") if hub2 else None
         head = request_head(target, args.source, args.token, args.auth)
         levels = []
         for i, senders in enumerate(args.levels):
             if i:
                 time.sleep(LEVEL_PAUSE_S)
-            levels.append(run_level(args, target, head, senders, probe))
+            levels.append(run_level(args, target, head, senders, probe, second))
             print(f"ingest: {senders} sender(s): {levels[-1]['webhooks_per_s']:,.0f} webhooks/s,"
                   f" p99 {levels[-1]['ack_p99_ms']} ms", file=sys.stderr, flush=True)
         return {
@@ -889,8 +899,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "levels": levels,
         }
     finally:
-        if hub:
-            hub.stop()
+        for spawned in (hub, hub2):
+            if spawned:
+                spawned.stop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,12 +18,15 @@ before/after comparisons in one interleaved run, so the machine's drift touches 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,11 @@ SCENARIOS: dict[str, tuple[str, list[str]]] = {
     # do not pass: what having subscriptions costs the ingest path.
     "ingest-64-subs10": ("ingest", ["--senders", "64"]),
     # Outbound deliveries: one endpoint taking a burst, and 50 endpoints at 50 events/s (2,500 deliveries/s).
+    # Two hub processes on one Redis (docs/SCALING.md): events published to the first, half of the
+    # subscribers (or senders) on each; run beside ws-100 / ingest-64 for the cost of the Redis hop.
+    # Only when named (`--only ws-100,ws-100-redis2` or `--only redis`): they need `redis-server`.
+    "ws-100-redis2": ("fanout", ["--ws", "100", "--events", "2000", "--rate", "500"]),
+    "ingest-64-redis2": ("ingest", ["--senders", "64"]),
     "deliver-1": ("deliver", ["--endpoints", "1", "--events", "5000", "--rate", "2500"]),
     "deliver-50": ("deliver", ["--endpoints", "50", "--events", "1000", "--rate", "50"]),
 }
@@ -144,12 +152,57 @@ types = {types}
     return "".join(out)
 
 
+class RedisServer:
+    """Debian's `redis-server` on a free loopback port for the `-redis2` scenarios, with the
+    persistence docs/SCALING.md asks for (AOF, `appendfsync always`: an fsync per write, as the
+    local backend's `synchronous = full`)."""
+
+    def __init__(self, workdir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("the -redis2 scenarios need redis-server (Debian: apt-get install redis-server)")
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        directory = workdir / "redis"
+        directory.mkdir()
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as c:
+                    c.sendall(b"PING\r\n")
+                    if c.recv(16).startswith(b"+PONG"):
+                        return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit("redis-server did not start")
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+#: The Redis server of this run, started when a -redis2 scenario is selected.
+REDIS: RedisServer | None = None
+
+
 def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str,
              source: Path | None = None, label: str = "") -> dict[str, Any]:
     tag = f"{name}-{label}-{index}" if label else f"{name}-{index}"
     data = workdir / tag
     config = workdir / f"{tag}.toml"
     text = CONFIG.format(data=data, key=KEY, synchronous=synchronous, source=WEBHOOK_SOURCE, secret=WEBHOOK_SECRET)
+    redis = name.endswith("-redis2")
+    if redis:
+        assert REDIS is not None
+        text = text.replace(f'synchronous = "{synchronous}"', f'url = "{REDIS.url}"\nprefix = "{tag}:"')
     if name.endswith("-rules"):
         text += rules_toml(RULE_COUNT)
     if name.endswith("-subs10"):
@@ -157,6 +210,9 @@ def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str,
     if name.startswith("deliver"):
         text += WEBHOOKS_TOML
     config.write_text(text)
+    if redis:  # the second process: its own data directory, the same Redis keys
+        config2 = workdir / f"{tag}-2.toml"
+        config2.write_text(text.replace(f'data_dir = "{data}"', f'data_dir = "{data}-2"'))
     hub_prefix = "taskset -c 0 " if pin else ""
     client_prefix = ["taskset", "-c", "1-1024"] if pin else []
     out = workdir / f"{tag}.json"
@@ -172,6 +228,8 @@ def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str,
         "--spawn-cmd", f"{hub_prefix}{python} -m hub serve --config {config} --port {{port}}",
         "--json", str(out),
     ]
+    if redis:  # both hub processes share core 0, as the one process of the local scenario has it alone
+        cmd += ["--spawn-cmd2", f"{hub_prefix}{python} -m hub serve --config {config2} --port {{port}}"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     result: dict[str, Any] = json.loads(out.read_text())
     if module == "ingest":  # one concurrency level per scenario: its figures, flat like fanout's
@@ -192,10 +250,11 @@ def median(values: list[Any]) -> Any:
 def select(only: str | None, parser: argparse.ArgumentParser) -> list[str]:
     """Scenario names from --only; `fanout`, `ingest` and `deliver` stand for all scenarios of that benchmark."""
     if not only:
-        return list(SCENARIOS)
+        return [n for n in SCENARIOS if not n.endswith("-redis2")]
     names: list[str] = []
     for item in only.split(","):
-        group = [n for n, (module, _) in SCENARIOS.items() if module == item]
+        group = [n for n, (module, _) in SCENARIOS.items()
+                 if (module == item and not n.endswith("-redis2")) or (item == "redis" and n.endswith("-redis2"))]
         if not group and item not in SCENARIOS:
             parser.error(f"unknown scenario {item!r}; known: {', '.join(SCENARIOS)}, fanout, ingest")
         names += [n for n in group or [item] if n not in names]
@@ -219,8 +278,12 @@ def main(argv: list[str] | None = None) -> int:
     names = select(args.only, parser)
     variants = parse_variants(args.variant, parser)
     summary: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="callhub-bench-") as tmp:
+    global REDIS
+    with tempfile.TemporaryDirectory(prefix="callhub-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
+        if any(n.endswith("-redis2") for n in names):
+            REDIS = RedisServer(workdir)
+            stack.callback(REDIS.stop)
         # Interleaved (A, B, A, B, ...), so slow drift of a noisy machine touches every scenario alike.
         keys = [(name, label) for name in names for label in variants]
         all_runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in keys}
