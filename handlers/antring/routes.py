@@ -21,6 +21,7 @@ from starlette.routing import Route
 from handlers.antring.client import AntRingClient, AntRingError, dial_number
 from handlers.antring.config import AntRingConfig
 from hub.plugin import (
+    ANY_ROLE,
     Forbidden,
     HubError,
     InvalidEvent,
@@ -28,6 +29,10 @@ from hub.plugin import (
     NotFound,
     PluginContext,
     TypeFilter,
+    described,
+    json_body,
+    ok,
+    operation,
     parse_json,
     read_body,
     require_json,
@@ -100,6 +105,21 @@ def routes(config: AntRingConfig, client: AntRingClient, context: PluginContext)
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 
     return [
-        Route("/v1/calls/click-to-call", click_to_call, methods=["POST"]),
-        Route("/v1/recordings/{media:path}", recording, methods=["GET"]),
+        described(Route("/v1/calls/click-to-call", click_to_call, methods=["POST"]), post=CLICK_TO_CALL_OPERATION),
+        described(Route("/v1/recordings/{media:path}", recording, methods=["GET"]), get=RECORDING_OPERATION),
     ]
+
+
+CLICK_TO_CALL_OPERATION = operation(
+    "Click-to-call", tag="antring", roles=ANY_ROLE, jwt=True, errors=[400, 404, 409, 413, 415, 422, 502],
+    description="Ring the agent's SIP device, then dial the number (admin, or the agent themselves). Not "
+                "repeated on failure: AntRing cannot tell a retry from a second ring. docs/ANTRING.md.",
+    body=json_body({"type": "object", "required": ["agent", "number"], "properties": {
+        "agent": {"type": "string", "minLength": 1}, "number": {"type": "string"}}}),
+    responses={200: ok({"type": "object"}, "Ringing: the agent's device rings first")},
+)
+RECORDING_OPERATION = operation(
+    "A call recording", tag="antring", roles=ANY_ROLE, jwt=True, query_token=True, errors=[404, 502],
+    description="Redirects (307) to AntRing's signed URL for the recording; a subscriber only for calls it may see.",
+    responses={307: ok(None, "To the recording", headers={"Location": "AntRing's signed URL"})},
+)

@@ -15,6 +15,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from hub.apidoc import ANY_ROLE, ok, operation, query
 from hub.auth import Principal
 from hub.exceptions import BadRequest, HubError, MethodNotAllowed, Unavailable
 from hub.live.fanout import Subscriber
@@ -25,7 +26,36 @@ from hub.service import Hub
 
 logger = logging.getLogger("callhub.streams")
 
-__all__ = ["SSEEndpoint", "WebSocketEndpoint"]
+__all__ = ["SSEEndpoint", "WebSocketEndpoint", "STREAM", "WEBSOCKET"]
+
+_STREAM_PARAMETERS = [
+    query("types", {"type": "string"}, "Comma-separated type patterns, e.g. `call.*,campaign.*`"),
+    query("after", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+          "Resume after this seq (SSE: `Last-Event-ID` wins); without it, live from now"),
+]
+STREAM = operation(
+    "Stream events (Server-Sent Events)", tag="streams", roles=ANY_ROLE, jwt=True, query_token=True,
+    description="One SSE record per event (`id:` the seq, `event:` the type, `data:` the CloudEvent), a "
+                "keepalive every `streams.sse_heartbeat`. The response never completes while the subscriber "
+                "is live: it ends on overflow, token expiry or shutdown; reconnect with Last-Event-ID.",
+    parameters=[*_STREAM_PARAMETERS,
+                query("heartbeat", {"enum": ["comment", "event"]}, "Keepalive as a comment (default) or an event"),
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "The last seq received (a reconnecting EventSource sends it)"}],
+    responses={200: ok({"type": "string"}, "The event stream", media_type="text/event-stream")},
+    errors=[400, 405, 429, 503],
+)
+WEBSOCKET = operation(
+    "Stream events (WebSocket)", tag="streams", roles=ANY_ROLE, jwt=True, query_token=True,
+    description="A WebSocket handshake (GET with `Upgrade: websocket`). One text frame per event; the client "
+                "sends `{\"op\": \"subscribe\", \"types\": [...], \"after\": N}` or `{\"op\": \"ping\"}`. "
+                "Close codes: 1008 token expired or too many bad messages, 1012 restart, 1013 too slow, 1011 "
+                "internal. A refused handshake answers with the status and the JSON error; a plain HTTP "
+                "request (no upgrade) 426.",
+    parameters=_STREAM_PARAMETERS,
+    responses={101: ok(None, "Switching protocols: the WebSocket is open")},
+    errors=[400, 426, 429, 503],
+)
 
 
 def _parse_after(value: Any, name: str) -> int | None:
