@@ -45,6 +45,8 @@ __all__ = ["routes", "CLICK_TO_CALL"]
 CLICK_TO_CALL = "antring.click_to_call"
 #: Largest click-to-call request body.
 MAX_BODY = 4096
+#: AntRing's answers to `play_recording` for a media name it does not know (a 404, not a vendor failure).
+UNKNOWN_MEDIA = frozenset({"MEDIA_NOT_FOUND", "MEDIA_MISSING"})
 #: The source of the calls whose recordings may be fetched.
 SOURCE = "antring"
 #: Recordings are looked up among this many newest events that name them.
@@ -101,6 +103,9 @@ def routes(config: AntRingConfig, client: AntRingClient, context: PluginContext)
         try:
             url = await client.play_recording(media)
         except AntRingError as exc:
+            if exc.vendor_message in UNKNOWN_MEDIA:
+                # AntRing has no such recording: the caller asked for something that is not there.
+                raise NotFound("AntRing has no such recording") from None
             raise VendorFailed(f"AntRing could not sign the recording URL: {exc.message}") from None
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 
