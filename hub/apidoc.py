@@ -195,7 +195,7 @@ def undescribed(routes: Iterable[BaseRoute]) -> list[str]:
 
 
 def document(routes: Iterable[BaseRoute], *, title: str, version: str, description: str,
-             schemas: Mapping[str, Any]) -> dict[str, Any]:
+             schemas: Mapping[str, Any], tags: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The OpenAPI 3.1 document for `routes` (their operations), with the shared components."""
     paths: dict[str, dict[str, Any]] = {}
     for path, methods, route in _paths(routes):
@@ -213,9 +213,13 @@ def document(routes: Iterable[BaseRoute], *, title: str, version: str, descripti
             paths.setdefault(path, {})[method.lower()] = op
     responses = {f"E{status}": ok(ref("Error"), text) for status, text in _ERRORS.items()}
     responses["E401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    used = {tag for item in paths.values() for op in item.values() for tag in op.get("tags", [])}
+    ordered = [{"name": name, "description": text} for name, text in (tags or {}).items() if name in used]
+    ordered += [{"name": name} for name in sorted(used - set(tags or {}))]
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": description},
+        "tags": ordered,
         "paths": dict(sorted(paths.items())),
         "components": {"schemas": {"Error": ERROR, **schemas}, "responses": responses,
                        "securitySchemes": SECURITY_SCHEMES},

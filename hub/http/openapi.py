@@ -150,6 +150,17 @@ DESCRIPTION = (
     "status (503 when the store or the hub is unavailable). docs/API.md has the prose."
 )
 
+#: The operations' groups, in the order the reference shows them (a vendor's tag comes after these).
+TAGS = {
+    "events": "Publish and read the event log",
+    "streams": "Live events: Server-Sent Events and WebSocket",
+    "webhooks": "Inbound webhooks (docs/WEBHOOKS.md)",
+    "subscriptions": "Outbound webhook subscriptions (docs/WEBHOOKS_OUT.md)",
+    "rules": "Rules and their actions (docs/RULES.md)",
+    "console": "The agent console (docs/CONSOLE.md)",
+    "meta": "Health, metrics and this description",
+}
+
 #: `/docs`: file in `hub/http/docs/` -> media type.
 DOCS_ASSETS = {
     "index.html": "text/html; charset=utf-8",
@@ -171,7 +182,7 @@ def routes(all_routes: Callable[[], Sequence[BaseRoute]]) -> list[Route]:
     async def openapi(request: Request) -> Response:
         if not built:
             doc = document(all_routes(), title="callhub", version=metadata.version("callhub"), description=DESCRIPTION,
-                           schemas=SCHEMAS)
+                           schemas=SCHEMAS, tags=TAGS)
             built.append(orjson.dumps(doc))
         return Response(built[0], media_type="application/json", headers={"Cache-Control": "no-cache"})
 

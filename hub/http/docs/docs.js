@@ -62,7 +62,7 @@ async function main() {
   const spec = await answer.json();
   document.getElementById("title").textContent = `${spec.info.title} API ${spec.info.version}`;
   document.getElementById("summary").textContent = spec.info.description;
-  const groups = new Map();
+  const groups = new Map((spec.tags || []).map((tag) => [tag.name, []]));
   for (const [path, item] of Object.entries(spec.paths)) {
     for (const [method, op] of Object.entries(item)) {
       const tag = (op.tags && op.tags[0]) || "other";
