@@ -216,6 +216,8 @@ class AntCRMClient(VendorClient):
     client (it is then not closed here, and its own limits apply).
     """
 
+    vendor = "antcrm"
+
     def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str = "", *, timeout: float,
                  retry: RetryPolicy | None = None, max_concurrency: int = 8,
                  phone_format: PhoneForm = "national", lookup_forms: Sequence[PhoneForm] | None = None,

@@ -266,6 +266,8 @@ class AntRingClient(VendorClient):
     request; `retry` applies to everything but click-to-call.
     """
 
+    vendor = "antring"
+
     def __init__(self, base_url: str, app_id: str, app_secret: str, *, timeout: float,
                  retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None,
                  expire_format: ExpireFormat = "auto", time_zone: tzinfo = DEFAULT_TIME_ZONE) -> None:

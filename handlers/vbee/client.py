@@ -145,6 +145,8 @@ class VbeeClient(VendorClient):
     lets the owner share a client (it is then not closed here).
     """
 
+    vendor = "vbee"
+
     def __init__(self, base_url: str, api_key: str, api_secret: str, *, timeout: float,
                  retry: RetryPolicy = DEFAULT_RETRY, http: httpx.AsyncClient | None = None) -> None:
         super().__init__(base_url, timeout=timeout, retry=retry, http=http)

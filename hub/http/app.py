@@ -30,8 +30,9 @@ from hub.http import subscriptions as subscriptions_api
 from hub.http.streams import STREAM, WEBSOCKET, SSEEndpoint, WebSocketEndpoint
 from hub.http.webhooks import PREFIX as WEBHOOKS_PREFIX
 from hub.http.webhooks import WEBHOOK, WebhookEndpoint
-from hub.requests import JSONResponse, error_response
+from hub.requests import JSONResponse, error_response, scope_request_id, with_request_id
 from hub.service import Hub, build
+from hub.tracing import request_id
 
 logger = logging.getLogger("callhub")
 
@@ -90,18 +91,27 @@ class CallhubApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "websocket" and scope["path"] == "/v1/ws":
-            await self.ws(scope, receive, send)
-        elif kind == "http" and scope["path"] == "/v1/ws":
-            # A plain HTTP request (no Upgrade) to the WebSocket endpoint: say what it needs.
-            await error_response(UpgradeRequired("/v1/ws is a WebSocket: send the Upgrade handshake"))(
-                scope, receive, send)
-        elif kind == "http" and scope["path"] == "/v1/stream":
-            await self.sse(scope, receive, send)
-        elif kind == "http" and scope["path"].startswith(WEBHOOKS_PREFIX):
-            await self.webhooks(scope, receive, send)
-        else:
+        if kind == "lifespan":
             await self.app(scope, receive, send)
+            return
+        # Every log line of this request, and every vendor call made for it, carries this id.
+        rid = scope_request_id(scope)
+        token = request_id.set(rid)
+        try:
+            if kind == "websocket":
+                await (self.ws if scope["path"] == "/v1/ws" else self.app)(scope, receive, send)
+            elif scope["path"] == "/v1/stream":
+                await self.sse(scope, receive, send)  # the server's own send: it tags its answer itself
+            elif scope["path"] == "/v1/ws":
+                # A plain HTTP request (no Upgrade) to the WebSocket endpoint: say what it needs.
+                await error_response(UpgradeRequired("/v1/ws is a WebSocket: send the Upgrade handshake"))(
+                    scope, receive, with_request_id(send, rid))
+            elif scope["path"].startswith(WEBHOOKS_PREFIX):
+                await self.webhooks(scope, receive, with_request_id(send, rid))
+            else:
+                await self.app(scope, receive, with_request_id(send, rid))
+        finally:
+            request_id.reset(token)
 
 
 def create_app(config: Config) -> CallhubApp:

@@ -21,8 +21,9 @@ from hub.exceptions import BadRequest, HubError, MethodNotAllowed, Unavailable
 from hub.live.fanout import Subscriber
 from hub.live.sinks import heartbeat_event, make_sink
 from hub.matcher import TypeFilter, parse_patterns
-from hub.requests import MAX_SEQ, error_response
+from hub.requests import MAX_SEQ, error_response, with_request_id
 from hub.service import Hub
+from hub.tracing import request_id
 
 logger = logging.getLogger("callhub.streams")
 
@@ -124,7 +125,7 @@ class SSEEndpoint:
                 raise BadRequest("heartbeat must be comment (the default) or event")
             hub.fanout.admit(principal.id, hub.config.streams.max_per_credential)  # last: released below
         except HubError as exc:
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc)(scope, receive, with_request_id(send, request_id.get() or ""))
             return
         try:
             await self._stream(scope, receive, send, principal, types, after, heartbeat)
@@ -140,6 +141,7 @@ class SSEEndpoint:
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache, no-store"),
             (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
+            (b"x-request-id", (request_id.get() or "").encode("latin-1")),
         ]
         headers += cors_headers(hub.config.server.cors_origins, conn.headers.get("origin"))
         await raw_send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -1,7 +1,11 @@
-"""What every vendor's HTTP client shares: its lifecycle, its error, and reading vendors' answers."""
+"""What every vendor's HTTP client shares: its lifecycle, its error, reading vendors' answers, and
+tracing: every request carries the current request id (`X-Request-Id`, `hub.tracing`; a fresh
+one outside a request) and is logged, with that id, once answered."""
 
 from __future__ import annotations
 
+import logging
+import time
 from types import TracebackType
 from typing import Any, Self
 
@@ -9,6 +13,9 @@ import httpx
 
 from hub.exceptions import HubError
 from hub.outbound.retry import RetryPolicy
+from hub.tracing import REQUEST_ID_HEADER, new_request_id, request_id
+
+logger = logging.getLogger("callhub.vendor")
 
 __all__ = ["VendorClient", "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE"]
 
@@ -53,7 +60,10 @@ class VendorError(HubError):
 
 class VendorClient:
     """What every vendor's HTTP client shares: an httpx client (its own, or the owner's, which is
-    then not closed here), the timeout and retry policy, closing, and `async with`."""
+    then not closed here), the timeout and retry policy, closing, `async with`, and tracing."""
+
+    #: The vendor's name in log lines (subclasses name theirs).
+    vendor = "vendor"
 
     def __init__(self, base_url: str, *, timeout: float, retry: RetryPolicy,
                  http: httpx.AsyncClient | None = None, limits: httpx.Limits | None = None) -> None:
@@ -63,7 +73,23 @@ class VendorClient:
         self._own_http = http is None
         if http is None:
             http = httpx.AsyncClient(timeout=timeout, limits=limits) if limits else httpx.AsyncClient(timeout=timeout)
+        hooks = http.event_hooks
+        http.event_hooks = {"request": [*hooks.get("request", []), self._on_request],
+                            "response": [*hooks.get("response", []), self._on_response]}
         self._http = http
+
+    async def _on_request(self, request: httpx.Request) -> None:
+        request.headers[REQUEST_ID_HEADER] = request_id.get() or new_request_id()
+        request.extensions["callhub_started"] = time.perf_counter()
+
+    async def _on_response(self, response: httpx.Response) -> None:
+        # The path only: a query string may hold a signature or a phone number.
+        request = response.request
+        started = request.extensions.get("callhub_started")
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1) if isinstance(started, float) else None
+        logger.info("%s %s %s -> %d", self.vendor, request.method, request.url.path, response.status_code,
+                    extra={"vendor": self.vendor, "status": response.status_code, "duration_ms": elapsed_ms,
+                           "vendor_request_id": request.headers.get(REQUEST_ID_HEADER)})
 
     async def aclose(self) -> None:
         if self._own_http:
