@@ -12,6 +12,7 @@ vendored Swagger UI or Redoc).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from importlib import metadata, resources
 from typing import Any
@@ -21,11 +22,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from hub.apidoc import described, document, ok, operation
+from hub.apidoc import described, document, ok, operation, undescribed
 from hub.exceptions import NotFound
 from hub.http.console import Asset, asset
 
-__all__ = ["routes", "SCHEMAS", "DOCS_ASSETS"]
+__all__ = ["routes", "SCHEMAS", "DOCS_ASSETS", "TAGS"]
+
+logger = logging.getLogger("callhub.openapi")
 
 _STRING = {"type": "string"}
 _TIME = {"type": "string", "description": "RFC 3339, UTC"}
@@ -181,7 +184,11 @@ def routes(all_routes: Callable[[], Sequence[BaseRoute]]) -> list[Route]:
 
     async def openapi(request: Request) -> Response:
         if not built:
-            doc = document(all_routes(), title="callhub", version=metadata.version("callhub"), description=DESCRIPTION,
+            served = all_routes()
+            missing = undescribed(served)
+            if missing:  # a route added without its operation (the API tests fail on this too)
+                logger.warning("routes left out of /openapi.json (no operation): %s", ", ".join(missing))
+            doc = document(served, title="callhub", version=metadata.version("callhub"), description=DESCRIPTION,
                            schemas=SCHEMAS, tags=TAGS)
             built.append(orjson.dumps(doc))
         return Response(built[0], media_type="application/json", headers={"Cache-Control": "no-cache"})
