@@ -135,5 +135,6 @@ class JsonFormatter(logging.Formatter):
         if record.name == "uvicorn.access" and isinstance(args, tuple) and len(args) == 5:
             line.update(client=args[0], method=args[1], path=args[2], status=args[4])
         if record.exc_info:
-            line["exception"] = redact(self.formatException(record.exc_info))
+            text = redact(self.formatException(record.exc_info))
+            line["exception"] = mask_phones(text) if self.phones else text
         return orjson.dumps(line, default=str).decode()
