@@ -17,6 +17,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -26,15 +27,29 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from starlette.applications import Starlette
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.testclient import TestClient
+from websockets.sync.client import connect
 
 from hub.apidoc import HIDDEN, operations_of
 from hub.config import Config, config_from_dict
 from hub.http.app import create_app
 from hub.plugin import demo_overrides, handler_sections
 from tests.browser import PageErrors, chromium, screenshot
-from tests.helpers import ADMIN, WAIT, ServerThread, free_port, raw_config
+from tests.helpers import (
+    ADMIN,
+    ADMIN_KEY,
+    PUBLISHER,
+    WAIT,
+    AppServer,
+    ServerThread,
+    event,
+    free_port,
+    raw_config,
+    wait_until,
+)
 
 #: Endpoints schemathesis leaves alone, and why: they answer with a stream that never ends while
 #: the subscriber is live, which a request/response check cannot read to its end. Their error
@@ -47,6 +62,7 @@ EXAMPLES = 15
 def demo_config(data_dir: Path, port: int) -> Config:
     raw = raw_config(data_dir, server={"port": port})
     raw["sources"] = [{"name": "crm-hooks", "verify": "token", "secret": "hook-token-0123456789", "type": "crm.x"}]
+    raw["webhooks"] = {"allow_hosts": ["127.0.0.1"]}  # a subscription may deliver to a loopback receiver
     raw.update(demo_overrides(port))
     raw["demo"]["speed"] = 1000.0  # the scripted calls play once, at once: the fuzzing sees stored events
     return config_from_dict(raw, env={}, handler_sections=handler_sections())
@@ -169,6 +185,53 @@ def test_the_live_hub_keeps_to_its_description(live_hub: ServerThread) -> None:
             failures.append(f"{operation.method.upper()} {operation.path}: {exc}"[:3000])
     assert operations >= 25 and len(calls) >= 200, len(calls)
     assert failures == [], "\n\n".join(failures)
+
+
+def conforms(spec: dict[str, Any], method: str, path: str, answer: httpx.Response) -> Any:
+    """`answer`'s JSON body, after checking it against the schema `spec` gives for its status."""
+    response = spec["paths"][path][method]["responses"][str(answer.status_code)]
+    schema = response["content"]["application/json"]["schema"]
+    body = answer.json()
+    # The document is the root, so the schema's `#/components/...` references resolve.
+    Draft202012Validator({**spec, **schema}).validate(body)
+    return body
+
+
+def test_answers_holding_data_match_their_schemas(live_hub: ServerThread) -> None:
+    """Beyond the fuzzing (which mostly sees empty lists): a live subscriber, a subscription with a delivery,
+    the demo's rules and upstreams, stored events; each answer matches its operation's schema."""
+    spec = httpx.get(f"{live_hub.url}/openapi.json", timeout=WAIT).json()
+
+    async def hook(request: Any) -> Response:
+        return Response(status_code=204)
+
+    with AppServer(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as receiver, \
+            httpx.Client(base_url=live_hub.url, headers=ADMIN, timeout=WAIT) as client, \
+            connect(f"{live_hub.ws_url}/v1/ws?token={ADMIN_KEY}"):
+        created = conforms(spec, "post", "/v1/subscriptions",
+                           client.post("/v1/subscriptions", json={"url": f"{receiver.url}/hook", "types": ["spec.*"]}))
+        sub = created["id"]
+        conforms(spec, "post", "/v1/events", client.post("/v1/events", json=event("spec.checked", agent="alice"),
+                                                          headers=PUBLISHER))
+        subscribers = conforms(spec, "get", "/v1/subscribers", client.get("/v1/subscribers"))
+        assert subscribers["count"] >= 1
+        log: dict[str, Any] = {}
+
+        def delivered() -> bool:
+            log.update(client.get(f"/v1/subscriptions/{sub}/deliveries").json())
+            return bool(log["deliveries"])
+
+        wait_until(delivered, what="a delivery")
+        answer = client.get(f"/v1/subscriptions/{sub}/deliveries")
+        assert conforms(spec, "get", "/v1/subscriptions/{id}/deliveries", answer)["deliveries"][0]["outcome"] == \
+            "delivered"
+        conforms(spec, "get", "/v1/subscriptions/{id}", client.get(f"/v1/subscriptions/{sub}"))
+        conforms(spec, "get", "/v1/subscriptions", client.get("/v1/subscriptions"))
+        assert conforms(spec, "get", "/v1/rules", client.get("/v1/rules"))["rules"]
+        assert conforms(spec, "get", "/v1/events", client.get("/v1/events", params={"limit": 1000}))["events"]
+        assert "antring" in conforms(spec, "get", "/readyz", client.get("/readyz"))["upstreams"]
+        conforms(spec, "get", "/v1/whoami", client.get("/v1/whoami"))
+        assert client.delete(f"/v1/subscriptions/{sub}").status_code == 204
 
 
 # -- /docs ----------------------------------------------------------------------------------------------------
