@@ -41,6 +41,7 @@ from tests.browser import PageErrors, chromium, screenshot
 from tests.helpers import (
     ADMIN,
     ADMIN_KEY,
+    ALICE_KEY,
     PUBLISHER,
     WAIT,
     AppServer,
@@ -155,9 +156,11 @@ def live_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerThread]
         yield hub
 
 
-def test_the_live_hub_keeps_to_its_description(live_hub: ServerThread) -> None:
-    """With admin credentials, a few cases per operation: no 5xx but a documented 502/503, and the status,
-    content type, headers and body of every answer as described."""
+@pytest.mark.parametrize("credential", [ADMIN, {"Authorization": f"Bearer {ALICE_KEY}"}], ids=["admin", "agent"])
+def test_the_live_hub_keeps_to_its_description(live_hub: ServerThread, credential: dict[str, str]) -> None:
+    """With admin credentials (everything allowed), then an agent's (most refused, some scoped): a few
+    cases per operation, no 5xx but a documented 502/503, and the status, content type, headers and
+    body of every answer as described."""
     spec = httpx.get(f"{live_hub.url}/openapi.json", timeout=WAIT).json()
     schema = schemathesis.openapi.from_dict(spec)
     failures: list[str] = []
@@ -177,7 +180,7 @@ def test_the_live_hub_keeps_to_its_description(live_hub: ServerThread) -> None:
                   phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
         def fuzz(case: Any) -> None:
             calls.append(f"{case.method} {case.formatted_path}")
-            case.call_and_validate(base_url=live_hub.url, headers=dict(ADMIN), timeout=WAIT, checks=checks)
+            case.call_and_validate(base_url=live_hub.url, headers=dict(credential), timeout=WAIT, checks=checks)
 
         try:
             fuzz()

@@ -116,7 +116,7 @@ def routes(config: AntRingConfig, client: AntRingClient, context: PluginContext)
 
 
 CLICK_TO_CALL_OPERATION = operation(
-    "Click-to-call", tag="antring", roles=ANY_ROLE, jwt=True, errors=[400, 404, 409, 413, 415, 422, 502],
+    "Click-to-call", tag="antring", roles=ANY_ROLE, jwt=True, errors=[400, 403, 404, 409, 413, 415, 422, 502],
     description="Ring the agent's SIP device, then dial the number (admin, or the agent themselves). Not "
                 "repeated on failure: AntRing cannot tell a retry from a second ring. docs/ANTRING.md.",
     body=json_body({"type": "object", "required": ["agent", "number"], "properties": {
