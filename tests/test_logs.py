@@ -142,6 +142,8 @@ def test_json_logs_carry_the_request_id_into_the_vendor_call_and_back_in_the_hea
                and line["status"] == 200 for line in traced), traced
     # The simulator (mounted on the hub) received the id with the vendor call: its access line has it too.
     assert any(line["logger"] == "uvicorn.access" and line["path"].startswith("/_sim/") for line in traced), traced
+    # The number is in AntRing's click-to-call path: masked in every line that shows it.
+    assert "click-to-call/*******567" in vendor[0]["message"], vendor
     assert ADMIN_KEY not in hub.output and "0901234567" not in hub.output
 
 
