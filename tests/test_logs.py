@@ -18,7 +18,18 @@ from websockets.sync.client import connect
 
 from hub.ops.logs import JsonFormatter, RedactSecrets, mask_phones, redact
 from hub.tracing import MAX_REQUEST_ID, request_id
-from tests.helpers import ADMIN_KEY, ALICE_KEY, TICK, WAIT, HubProcess, free_port, raw_config, write_config
+from tests.helpers import (
+    ADMIN,
+    ADMIN_KEY,
+    ALICE_KEY,
+    TICK,
+    WAIT,
+    HubProcess,
+    ServerThread,
+    free_port,
+    raw_config,
+    write_config,
+)
 
 
 def test_redact_hides_token_parameters_and_bearer_values() -> None:
@@ -155,6 +166,18 @@ def test_an_unsafe_or_long_request_id_is_replaced_by_a_generated_one(client: Tes
     assert re.fullmatch(r"[0-9a-f]{32}", client.get("/healthz").headers["x-request-id"])
     assert client.get("/healthz", headers={"X-Request-Id": "a1:b2/c3"}).headers["x-request-id"] == "a1:b2/c3"
     assert client.get("/nope", headers={"X-Request-Id": "r-404"}).headers["x-request-id"] == "r-404"
+
+
+def test_streams_answer_with_the_request_id_too(server: ServerThread) -> None:
+    """The SSE answer, the WebSocket handshake and a refused handshake carry X-Request-Id as well."""
+    with httpx.Client(timeout=WAIT) as client, client.stream(
+            "GET", f"{server.url}/v1/stream", headers={**ADMIN, "X-Request-Id": "sse-1"}) as answer:
+        assert answer.headers["x-request-id"] == "sse-1"
+    with connect(f"{server.ws_url}/v1/ws?token={ADMIN_KEY}", additional_headers={"X-Request-Id": "ws-1"}) as ws:
+        assert ws.response.headers["x-request-id"] == "ws-1"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{server.ws_url}/v1/ws?token=not-a-key", additional_headers={"X-Request-Id": "ws-2"})
+    assert refused.value.response.headers["x-request-id"] == "ws-2"
 
 
 def test_json_formatter_redacts_masks_phones_and_keeps_extra_ids() -> None:

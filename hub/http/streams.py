@@ -185,7 +185,9 @@ async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
         hub.fanout.admit(principal.id, hub.config.streams.max_per_credential)  # last: released below
     except HubError as exc:
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(error_response(exc))
+            denial = error_response(exc)
+            denial.headers["x-request-id"] = request_id.get() or ""
+            await websocket.send_denial_response(denial)
         else:
             await websocket.close(code=1008, reason=exc.message[:120])
         return
@@ -197,7 +199,7 @@ async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
 
 async def _serve_websocket(hub: Hub, websocket: WebSocket, raw_send: Send, principal: Principal, types: TypeFilter,
                            after: int | None) -> None:
-    await websocket.accept()
+    await websocket.accept(headers=[(b"x-request-id", (request_id.get() or "").encode("latin-1"))])
     sink = make_sink("ws", raw_send, hub.config.streams.buffer, hub.config.streams.buffer_bytes)
     subscriber = Subscriber(
         transport="ws", principal=principal.name, agent=principal.agent, filter=types, sink=sink,
