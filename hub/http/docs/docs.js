@@ -19,10 +19,25 @@ function resolve(spec, schema) {
   return { name: null, schema: schema || {} };
 }
 
+function typeOf(schema) {
+  if (!schema) return "any";
+  if (schema.$ref) return schema.$ref.split("/").pop();
+  if (schema.const !== undefined) return JSON.stringify(schema.const);
+  if (schema.enum) return schema.enum.map((v) => JSON.stringify(v)).join(" | ");
+  const type = Array.isArray(schema.type) ? schema.type.join(" | ") : schema.type || "any";
+  return type === "array" ? `array of ${typeOf(schema.items)}` : type;
+}
+
+// A schema for people: its fields as a table (type, required, description), the rest as JSON.
 function schemaBlock(spec, schema) {
   const { name, schema: body } = resolve(spec, schema);
-  return el("div", {}, name ? el("div", {}, "schema ", el("code", {}, name)) : null,
-    el("pre", {}, JSON.stringify(body, null, 2)));
+  const title = name ? el("div", {}, "schema ", el("code", {}, name)) : null;
+  if (!body.properties) return el("div", {}, title, el("pre", {}, JSON.stringify(body, null, 2)));
+  const required = new Set(body.required || []);
+  const rows = Object.entries(body.properties).map(([field, sub]) => el("tr", {},
+    el("td", {}, el("code", {}, field)), el("td", {}, typeOf(sub)),
+    el("td", {}, required.has(field) ? "required" : ""), el("td", {}, sub.description || "")));
+  return el("div", {}, title, body.description ? el("p", {}, body.description) : null, el("table", {}, ...rows));
 }
 
 function security(op) {
@@ -49,6 +64,10 @@ function operation(spec, method, path, op) {
   for (const [status, response] of Object.entries(op.responses || {})) {
     const resolved = response.$ref ? spec.components.responses[response.$ref.split("/").pop()] : response;
     body.append(el("div", {}, el("strong", {}, status + " "), resolved.description || ""));
+    const content = resolved.content && Object.values(resolved.content)[0];
+    if (content && content.schema && status < 400 && (content.schema.$ref || content.schema.properties)) {
+      body.append(schemaBlock(spec, content.schema));
+    }
   }
   const id = `${method}-${path}`.replace(/[^A-Za-z0-9]+/g, "-");
   return el("details", { class: "op", id },
@@ -76,7 +95,12 @@ async function main() {
     main.append(el("h2", { id: `tag-${tag}` }, tag), ...ops);
     toc.append(el("a", { href: `#tag-${tag}` }, tag));
   }
-  document.body.dataset.loaded = String(main.querySelectorAll(".op").length);
+  const schemas = Object.entries(spec.components.schemas).map(([name, schema]) =>
+    el("details", { class: "op", id: `schema-${name}` }, el("summary", {}, el("code", {}, name)),
+      el("div", { class: "body" }, schemaBlock(spec, schema))));
+  main.append(el("h2", { id: "tag-schemas" }, "schemas"), ...schemas);
+  toc.append(el("a", { href: "#tag-schemas" }, "schemas"));
+  document.body.dataset.loaded = String(main.querySelectorAll(".op").length - schemas.length);
 }
 
 main().catch((error) => {
