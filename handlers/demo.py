@@ -168,17 +168,17 @@ def register(registry: Registry) -> None:
         )
     state = SimState(app_id=APP_ID, app_secret=APP_SECRET, devices=devices)
     signals = SignalServer("blackhole", token_valid=state.is_token_valid, account_id=ACCOUNT)
-    registry.add_route(Mount(API_MOUNT, app=build_app(state)))
-    registry.add_route(Mount(SIGNALS_MOUNT, app=signals.app))
+    registry.add_route(Mount(API_MOUNT, app=build_app(state)), hidden=True)
+    registry.add_route(Mount(SIGNALS_MOUNT, app=signals.app), hidden=True)
 
     crm = CRMState(api_keys={CRM_API_KEY})
     for number, name, contact_type, tags, stage, owner in KNOWN_CUSTOMERS:
         crm.add_contact(name, phones=[number], contact_type=contact_type, tags=list(tags), stage=stage,
                         responsibleStaff=owner)
-    registry.add_route(Mount(CRM_MOUNT, app=build_crm_app(crm)))
+    registry.add_route(Mount(CRM_MOUNT, app=build_crm_app(crm)), hidden=True)
 
     vbee = VbeeState(apps={VBEE_API_KEY: VBEE_API_SECRET}, campaigns_known={CALLBACK_CAMPAIGN})
-    registry.add_route(Mount(VBEE_MOUNT, app=build_vbee_app(vbee)))
+    registry.add_route(Mount(VBEE_MOUNT, app=build_vbee_app(vbee)), hidden=True)
     runner = CampaignRunner(vbee, RunnerConfig(
         webhook_url=f"{demo.hub_url}/v1/webhooks/vbee?token={VBEE_WEBHOOK_TOKEN}"))
 
@@ -194,7 +194,7 @@ def register(registry: Registry) -> None:
                 logger.warning("demo Vbee campaign run failed: %s", exc)
 
     antbot = AntBotState(users={ANTBOT_USER: ANTBOT_PASSWORD})
-    registry.add_route(Mount(ANTBOT_MOUNT, app=build_antbot_app(antbot)))
+    registry.add_route(Mount(ANTBOT_MOUNT, app=build_antbot_app(antbot)), hidden=True)
 
     async def antbot_dialer() -> None:
         while True:  # AntBot rings the reminders the rules set; its CDR report then holds the calls

@@ -16,7 +16,7 @@ from hub.http.server import HubServer, build_uvicorn_config
 from hub.matcher import parse_patterns
 from hub.plugin import demo_overrides, handler_sections
 from hub.rules.engine import RulesInvalid
-from hub.service import build
+from hub.service import CheckResult, Hub, build
 from hub.units import parse_duration
 
 __all__ = ["main", "serve", "check", "token"]
@@ -35,6 +35,20 @@ def _configured_port(args: argparse.Namespace) -> int:
         return _load(args).server.port
     except ConfigError:
         return int(ServerConfig.model_fields["port"].default)  # serve reports the real error
+
+
+#: `check --online`: how long each vendor may take to answer.
+ONLINE_CHECK_TIMEOUT = 10.0
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return seconds
 
 
 #: How long the agent token the demo prints stays valid.
@@ -107,14 +121,34 @@ def check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _report(exc)
         return 1
-    asyncio.run(hub.release())
+    results = asyncio.run(_online(hub, args.timeout if args.online else None))
     print(
         f"{args.config or os.environ.get(CONFIG_ENV) or 'defaults'}: ok "
         f"(listen {config.server.host}:{config.server.port}, backend {config.backend.url}, "
         f"{len(config.auth.keys)} API key(s), auth {'on' if config.server.auth else 'OFF'}, "
         f"{len(hub.rules.current.rules)} rule(s), actions: {', '.join(sorted(hub.actions.specs))})"
     )
+    if results is None:
+        return 0
+    if not results:
+        print("online: no vendor configured, nothing to check")
+        return 0
+    width = max(len(r.name) for r in results)
+    for r in results:
+        print(f"online: {r.name:<{width}}  {'ok' if r.ok else 'FAILED':<6}  {r.detail}")
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        print(f"online: {len(failed)} of {len(results)} vendor(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
+
+
+async def _online(hub: Hub, timeout: float | None) -> list[CheckResult] | None:
+    """With a `timeout` (`--online`), each configured vendor asked with its credentials; the clients closed."""
+    try:
+        return None if timeout is None else await hub.check_online(timeout)
+    finally:
+        await hub.release()
 
 
 def _report(exc: ConfigError, prefix: str = "") -> None:
@@ -163,6 +197,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check", help="validate a config file and print every problem")
     p.add_argument("--config", help=config_help)
+    p.add_argument("--online", action="store_true",
+                   help="also ask each configured vendor (AntRing, AntCRM, Vbee) whether it accepts the credentials")
+    p.add_argument("--timeout", type=_seconds, default=ONLINE_CHECK_TIMEOUT,
+                   help=f"--online: how long each vendor may take to answer, e.g. 5s (default {ONLINE_CHECK_TIMEOUT:g}s)")
     p.set_defaults(func=check)
 
     p = sub.add_parser("token", help="print a subscriber JWT")

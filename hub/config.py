@@ -60,6 +60,7 @@ SocketUrl = Annotated[str, AfterValidator(_service_url(("http", "https", "ws", "
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 Role = Literal["admin", "publisher", "subscriber"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 #: Default place for the event log, the generated admin key and the generated JWT secret.
 DEFAULT_DATA_DIR = "./callhub-data"
@@ -94,13 +95,28 @@ class ServerConfig(_Section):
     #: How long a process holds an exclusive piece of work (an upstream connection, retention) before
     #: renewing; when it dies, another process sharing the store takes over within this time.
     lease_ttl: Duration = Field(10.0, ge=0.5, le=600)
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    #: Older spellings of `[log] level` and `[log] access`, still read when `[log]` does not set them.
+    log_level: LogLevel = "info"
     access_log: bool = False
     #: Origins whose pages may call the API and open EventSource streams (CORS); `["*"]` for any.
     #: Empty: only pages served by the hub itself.
     cors_origins: list[str] = []
     #: Serve the agent console at `/` (docs/CONSOLE.md); the API works the same without it.
     console: bool = True
+
+
+class LogConfig(_Section):
+    """`[log]`: what the hub writes to stderr, and how."""
+
+    #: Unset: `server.log_level` (itself "info" by default).
+    level: LogLevel = "info"
+    #: `text` for a person at a terminal; `json`: one JSON object per line (time, level, logger,
+    #: message, request_id and any ids the line carries), for a log collector.
+    format: Literal["text", "json"] = "text"
+    #: One line per HTTP request (uvicorn's access log). Unset: `server.access_log`.
+    access: bool = False
+    #: `masked`: a phone number in a log line keeps only its last 3 digits; `full`: left as it is.
+    phone_numbers: Literal["masked", "full"] = "masked"
 
 
 class BackendConfig(BaseModel):
@@ -417,6 +433,7 @@ class StatsConfig(_Section):
 
 class Config(_Section):
     server: ServerConfig = ServerConfig()
+    log: LogConfig = LogConfig()
     backend: BackendConfig = BackendConfig()
     retention: RetentionConfig = RetentionConfig()
     streams: StreamsConfig = StreamsConfig()
@@ -449,6 +466,16 @@ class Config(_Section):
     @property
     def data_dir(self) -> Path:
         return Path(self.server.data_dir)
+
+    @property
+    def log_level(self) -> LogLevel:
+        """`[log] level`, else the older `server.log_level`."""
+        return self.log.level if "level" in self.log.model_fields_set else self.server.log_level
+
+    @property
+    def access_log(self) -> bool:
+        """`[log] access`, else the older `server.access_log`."""
+        return self.log.access if "access" in self.log.model_fields_set else self.server.access_log
 
 
 class _LocatedError(ValueError):

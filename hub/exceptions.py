@@ -9,6 +9,7 @@
     ├── PayloadTooLarge           413
     ├── UnsupportedMediaType      415
     ├── InvalidEvent              422 (JSON is fine, the event is not)
+    ├── UpgradeRequired           426 (plain HTTP to the WebSocket endpoint)
     ├── TooManyRequests           429 (a per-credential limit is reached)
     └── Unavailable               503 (store not writable, hub shutting down)
 
@@ -75,6 +76,11 @@ class UnsupportedMediaType(HubError):
 class InvalidEvent(HubError):
     status_code = 422
     code = "invalid_event"
+
+
+class UpgradeRequired(HubError):
+    status_code = 426
+    code = "upgrade_required"
 
 
 class TooManyRequests(HubError):

@@ -5,7 +5,10 @@ models) and `demo_overrides(port)`. The hub calls `register` once, while it is b
 the handler adds what it brings through the `Registry`:
 
     registry.section("antring", AntRingConfig)   its config section, validated (None if absent)
-    registry.add_route(route)                     HTTP routes (Starlette `Route`)
+    registry.add_route(route, post=operation(...)) HTTP routes (Starlette `Route`), each with its OpenAPI
+                                                  operations (or `described(route, ...)`); `hidden=True`
+                                                  for one outside the API (the demo's simulators)
+    registry.add_check(name, check)               `callhub check --online`: does the vendor answer?
     registry.add_service(name, service, lease=…)  background tasks, started after the store, cancelled on stop;
                                                   with processes sharing a store (Redis), each lease's services
                                                   run in one process at a time (default lease: the name)
@@ -34,6 +37,8 @@ from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 from starlette.routing import BaseRoute
 
+from hub.apidoc import ANY_ROLE, Operation, described, json_body, ok, operation, query, ref
+from hub.apidoc import hidden as hide_route
 from hub.auth import Principal
 from hub.config import HttpUrl, SectionT, SocketUrl, validate_section
 from hub.events import EVENT_LIMITS, Event, Publish, Published, event_time, hub_event, now_rfc3339
@@ -89,7 +94,9 @@ __all__ = [
     # the registry and what it offers
     "Registry", "PluginContext", "Service", "EventListener", "Authenticate", "RunAction", "EventStore",
     "PluginState",
-    "load_plugins", "handler_sections", "demo_overrides",
+    "load_plugins", "handler_sections", "demo_overrides", "OnlineCheck",
+    # describing routes (OpenAPI)
+    "Operation", "described", "operation", "ok", "json_body", "query", "ref", "ANY_ROLE",
     # types and helpers handlers use
     "ActionContext", "ActionSpec", "Executor", "Outcome", "public_params",
     "Source", "Delivery", "token_verifier",
@@ -108,6 +115,8 @@ __all__ = [
 
 #: A background service: started with the hub (after the store is open), cancelled on stop.
 Service = Callable[[], Coroutine[Any, Any, None]]
+#: `callhub check --online`: ask the vendor something with the configured credentials; what it found.
+OnlineCheck = Callable[[], Coroutine[Any, Any, str]]
 
 
 class Authenticate(Protocol):
@@ -178,14 +187,27 @@ class Registry:
     listeners: list[tuple[tuple[str, ...], EventListener]] = field(default_factory=list)
     #: What one handler builds for others to use (a client, a lookup), by name.
     provided: dict[str, object] = field(default_factory=dict)
+    #: (name, check) for `callhub check --online`.
+    checks: list[tuple[str, OnlineCheck]] = field(default_factory=list)
 
     def section(self, name: str, model: type[SectionT]) -> SectionT | None:
         """The vendor section `[name]` as its model, or None when the file has none."""
         value = self.sections.get(name)
         return None if value is None else validate_section(name, value, model)
 
-    def add_route(self, route: BaseRoute) -> None:
+    def add_route(self, route: BaseRoute, *, hidden: bool = False, **operations: Operation) -> None:
+        """Serve `route`; `operations` (by method: `post=operation(...)`) describe it in `/openapi.json`
+        unless it already carries them (`described`). A route left undescribed fails the API tests."""
+        if hidden:
+            route = hide_route(route)
+        elif operations:
+            route = described(route, **operations)
         self.routes.append(route)
+
+    def add_check(self, name: str, check: OnlineCheck) -> None:
+        """A check `callhub check --online` runs: `check()` returns what it found (e.g. "token ok") or
+        raises `HubError` saying why the vendor does not answer with the configured credentials."""
+        self.checks.append((name, check))
 
     def add_service(self, name: str, service: Service, *, lease: str | None = None) -> None:
         """Run `service` in the background while the hub runs. Among several processes sharing one

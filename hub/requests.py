@@ -12,12 +12,14 @@ from typing import Any
 import orjson
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import Response
+from starlette.types import Message, Scope, Send
 
 from hub.events import check_depth
 from hub.exceptions import BadRequest, HubError, PayloadTooLarge, UnsupportedMediaType
+from hub.tracing import accept_request_id
 
 __all__ = ["JSONResponse", "error_response", "int_param", "read_body", "parse_json", "require_json", "bearer",
-           "MAX_SEQ"]
+           "MAX_SEQ", "scope_request_id", "with_request_id"]
 
 #: Largest seq a client may name (SQLite's INTEGER is signed 64-bit).
 MAX_SEQ = 2**63 - 1
@@ -35,6 +37,26 @@ def error_response(exc: HubError) -> JSONResponse:
     """The one way an error becomes an answer: `{"error": {"code", "message", ...}}` with its status."""
     headers = {"WWW-Authenticate": 'Bearer realm="callhub"'} if exc.status_code == 401 else None
     return JSONResponse(exc.to_dict(), status_code=exc.status_code, headers=headers)
+
+
+def scope_request_id(scope: Scope) -> str:
+    """The request's id: the client's `X-Request-Id` when short and safe (`hub.tracing`), else a new one."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            return accept_request_id(value.decode("latin-1"))
+    return accept_request_id(None)
+
+
+def with_request_id(send: Send, rid: str) -> Send:
+    """`send`, adding `X-Request-Id: rid` to the response's head."""
+    header = (b"x-request-id", rid.encode("latin-1"))
+
+    async def tagged(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return tagged
 
 
 def bearer(conn: HTTPConnection, *, allow_query: bool = False) -> str | None:

@@ -25,13 +25,13 @@ from starlette.routing import BaseRoute
 from hub.auth import Authenticator, Principal, ensure_admin_key, ensure_jwt_secret, ensure_signing_secret
 from hub.config import ApiKey, Config
 from hub.events import HUB_SOURCE, Event, Published, agent_of, prepare_event
-from hub.exceptions import Forbidden, Unavailable
+from hub.exceptions import Forbidden, HubError, Unavailable
 from hub.live.fanout import Fanout
 from hub.ops.calls import CallFigures
 from hub.ops.metrics import KNOWN_TYPES, OTHER, LabelSet, Metrics
 from hub.ops.upstreams import Upstreams
 from hub.outbound.guard import EgressPolicy
-from hub.plugin import PluginContext, Registry, Service, load_plugins
+from hub.plugin import OnlineCheck, PluginContext, Registry, Service, load_plugins
 from hub.rules.actions import ActionRunner
 from hub.rules.engine import Rules, RulesInvalid
 from hub.rules.reactions import Reactions
@@ -46,7 +46,7 @@ from hub.webhooks.sender import WebhookSender
 
 logger = logging.getLogger("callhub")
 
-__all__ = ["Hub", "Publisher", "Credentials", "build", "CLIENT_SOURCE", "AGENT_SOURCE_PREFIX"]
+__all__ = ["Hub", "Publisher", "Credentials", "CheckResult", "build", "CLIENT_SOURCE", "AGENT_SOURCE_PREFIX"]
 
 #: The source of client events that name none.
 CLIENT_SOURCE = "api"
@@ -178,6 +178,8 @@ class Hub:
     #: (lease, service): services of one lease run together, in the process that holds it.
     services: list[tuple[str, Service]]
     cleanups: list[Callable[[], Awaitable[None]]]
+    #: The vendors' `callhub check --online` checks (`Registry.add_check`).
+    checks: list[tuple[str, OnlineCheck]] = field(default_factory=list)
     started: bool = field(default=False, init=False)
     #: Lease name -> the fencing token this process holds it with (absent: another process holds it).
     leases: dict[str, int] = field(default_factory=dict, init=False)
@@ -256,6 +258,22 @@ class Hub:
         await self.release()
         self.started = False
 
+    async def check_online(self, timeout: float) -> list[CheckResult]:
+        """Run every vendor's online check at once, each within `timeout`; one result per check."""
+
+        async def one(name: str, check: OnlineCheck) -> CheckResult:
+            try:
+                return CheckResult(name, True, await asyncio.wait_for(check(), timeout))
+            except TimeoutError:
+                return CheckResult(name, False, f"no answer within {timeout:g}s")
+            except HubError as exc:
+                return CheckResult(name, False, exc.message)
+            except Exception as exc:  # a check's own bug must not hide the other vendors' results
+                logger.exception("online check %s failed unexpectedly", name)
+                return CheckResult(name, False, f"check failed: {type(exc).__name__}")
+
+        return list(await asyncio.gather(*(one(name, check) for name, check in self.checks)))
+
     async def release(self) -> None:
         """Close what the hub's parts and the handlers opened (HTTP clients); also for a hub never started."""
         await self.sender.aclose()
@@ -332,6 +350,15 @@ async def _quietly(step: Awaitable[Any], lease: Lease, what: str) -> Any:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One vendor's answer to `callhub check --online`: ok, and what was found or why it failed."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
 def load_credentials(config: Config, *, write: bool) -> Credentials:
     """The admin key and JWT secret: configured, or kept in the data directory (made there on first
     start). With `write = False` (`callhub check`) nothing is made."""
@@ -390,4 +417,4 @@ def build(config: Config, *, plugins: str = "handlers", check_only: bool = False
                publisher=publisher, fanout=fanout, upstreams=upstreams, actions=runner, rules=rules,
                reactions=reactions, sender=sender, deliveries=deliveries, calls=CallFigures(config.stats, metrics),
                sources=sources, routes=registry.routes,
-               services=registry.services, cleanups=registry.cleanups)
+               services=registry.services, cleanups=registry.cleanups, checks=registry.checks)

@@ -31,6 +31,8 @@ def parse_duration(value: str | int | float) -> float:
         if value < 0:
             raise ValueError("a duration cannot be negative")
         seconds = float(value)
+    elif not isinstance(value, str):  # a table or a list where a duration belongs (config, API bodies)
+        raise ValueError("expected a duration such as 15s, 10m, 8h or 7d")
     else:
         match = _DURATION.match(value)
         if match is None:
@@ -49,6 +51,8 @@ def parse_size(value: str | int) -> int:
         if value < 0:
             raise ValueError("a size cannot be negative")
         return value
+    if not isinstance(value, str):
+        raise ValueError("expected a size such as 1048576, 64KiB or 1MiB")
     match = _SIZE.match(value)
     if match is None:
         raise ValueError(f"{value!r} is not a size such as 1048576, 64KiB or 1MiB")

@@ -393,11 +393,11 @@ def test_campaign_status_changes_the_campaign(sim: tuple[SimState, str], hub: Se
 
 
 def test_campaign_status_failures_are_clear(sim: tuple[SimState, str], hub: ServerThread) -> None:
-    """An unknown status is 422 before sending; a campaign AntBot does not have is 502 with its answer."""
+    """An unknown status is 422 before sending; a campaign AntBot does not have is 404 with its answer."""
     state, _ = sim
     assert post(hub, "/v1/antbot/campaigns/5/status", {"status": "fly"}).status_code == 422
     r = post(hub, "/v1/antbot/campaigns/999/status", {"status": "start"})
-    assert r.status_code == 502 and "404" in r.json()["error"]["message"]
+    assert r.status_code == 404 and "404" in r.json()["error"]["message"]
     (failed,) = history(hub, "action.failed")
     assert failed["data"]["action"] == "antbot.campaign_status"
 

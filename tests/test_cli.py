@@ -5,19 +5,34 @@ from __future__ import annotations
 import stat
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
 from starlette.testclient import TestClient
 
+from handlers import demo
+from handlers.antcrm.simulator.app import SimState as CrmState
+from handlers.antcrm.simulator.app import build_app as build_crm_app
+from handlers.antring.simulator.http import Device
+from handlers.antring.simulator.http import SimState as AntRingState
+from handlers.antring.simulator.http import build_app as build_antring_app
+from handlers.vbee.simulator.app import SimState as VbeeState
+from handlers.vbee.simulator.app import build_app as build_vbee_app
 from hub.config import load_config
 from hub.http.app import create_app
+from hub.plugin import demo_overrides
 from tests.helpers import (
     JWT_SECRET,
     PUBLISHER,
+    TICK,
     WAIT,
+    AppServer,
     HubProcess,
     event,
     free_port,
@@ -335,3 +350,96 @@ def test_first_serve_creates_and_prints_an_admin_key_once(
     second.stop()
     assert key not in second.output
     assert "curl" not in second.output
+
+
+# -- check --online ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Vendors:
+    """The AntRing, AntCRM and Vbee simulators on one loopback port, with the demo's credentials."""
+
+    server: AppServer
+    antring: AntRingState
+    antcrm: CrmState
+    vbee: VbeeState
+
+    def config(self, tmp_path: Path, **changes: dict[str, Any]) -> Path:
+        """A config whose vendor sections point at the simulators (as the demo's do), with `changes` merged in."""
+        raw = raw_config(tmp_path / "data")
+        overrides = demo_overrides(self.server.port)
+        for name in ("antring", "antcrm", "vbee"):
+            raw[name] = {**overrides[name], **changes.get(name, {})}
+        raw["antring"].pop("agents")  # nested tables the test writer does not need here
+        return write_config(tmp_path / "hub.toml", raw)
+
+
+@pytest.fixture(scope="module")
+def vendors() -> Iterator[Vendors]:
+    antring = AntRingState(app_id=demo.APP_ID, app_secret=demo.APP_SECRET, devices={"hub-device": Device("hub-pass")})
+    antcrm = CrmState(api_keys={demo.CRM_API_KEY})
+    vbee = VbeeState(apps={demo.VBEE_API_KEY: demo.VBEE_API_SECRET}, campaigns_known={demo.CALLBACK_CAMPAIGN})
+    app = Starlette(routes=[Mount(demo.API_MOUNT, app=build_antring_app(antring)),
+                            Mount(demo.CRM_MOUNT, app=build_crm_app(antcrm)),
+                            Mount(demo.VBEE_MOUNT, app=build_vbee_app(vbee))])
+    with AppServer(app) as server:
+        yield Vendors(server, antring, antcrm, vbee)
+
+
+def online_lines(stdout: str) -> dict[str, str]:
+    """`online: NAME  STATE  DETAIL` lines by vendor name."""
+    lines = {}
+    for line in stdout.splitlines():
+        if line.startswith("online: ") and not line.startswith("online: no vendor"):
+            name, _, rest = line[len("online: "):].partition(" ")
+            lines[name] = rest.strip()
+    return lines
+
+
+def test_check_online_asks_each_vendor_with_its_credentials(tmp_path: Path, vendors: Vendors) -> None:
+    """With the right credentials every configured vendor answers ok, one line each, exit 0; nothing is added."""
+    before = len(vendors.vbee.contacts)
+    result = run_cli("check", "--online", "--config", str(vendors.config(tmp_path)), env=NO_ENV_CONFIG)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = online_lines(result.stdout)
+    assert set(lines) == {"antring", "antcrm", "vbee"}, result.stdout
+    assert all(line.startswith("ok ") for line in lines.values()), result.stdout
+    assert "hub-device accepted" in lines["antring"]
+    assert len(vendors.vbee.contacts) == before
+    assert demo.APP_SECRET not in result.stdout and demo.VBEE_API_SECRET not in result.stdout
+
+
+def test_check_online_names_each_vendor_that_refuses_its_credentials(tmp_path: Path, vendors: Vendors) -> None:
+    """Wrong AntRing secret, AntCRM key and Vbee secret: three FAILED lines saying why, exit 1."""
+    config = vendors.config(tmp_path, antring={"app_secret": "wrong-secret"}, antcrm={"api_key": "wrong-key"},
+                            vbee={"api_secret": "wrong-secret-0123456789abcdef-0123456789"})
+    result = run_cli("check", "--online", "--config", str(config), env=NO_ENV_CONFIG)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = online_lines(result.stdout)
+    assert set(lines) == {"antring", "antcrm", "vbee"}, result.stdout
+    assert all(line.startswith("FAILED ") for line in lines.values()), result.stdout
+    assert "credentials" in lines["antring"] and "HASH_NOT_MATCH" in lines["antring"], lines["antring"]
+    assert "3 of 3 vendor(s) failed" in result.stderr
+
+
+def test_check_online_gives_each_vendor_a_timeout(tmp_path: Path, vendors: Vendors) -> None:
+    """A vendor slower than `--timeout` fails with "no answer within"; the others are still reported ok."""
+    vendors.antcrm.delay = 40 * TICK
+    try:
+        started = time.monotonic()
+        result = run_cli("check", "--online", "--timeout", f"{10 * TICK}s", "--config", str(vendors.config(tmp_path)),
+                         env=NO_ENV_CONFIG)
+        took = time.monotonic() - started
+    finally:
+        vendors.antcrm.delay = 0.0
+    assert result.returncode == 1
+    lines = online_lines(result.stdout)
+    assert lines["antcrm"].startswith("FAILED") and "no answer within" in lines["antcrm"], result.stdout
+    assert lines["antring"].startswith("ok") and lines["vbee"].startswith("ok")
+    assert took < 30 * TICK + 10  # the checks ran at once, each bounded (10 s: the interpreter's start)
+
+
+def test_check_online_without_vendors_says_so(good_config: Path) -> None:
+    """No vendor section: nothing to ask, exit 0."""
+    result = run_cli("check", "--online", "--config", str(good_config), env=NO_ENV_CONFIG)
+    assert result.returncode == 0 and "no vendor configured" in result.stdout

@@ -173,16 +173,16 @@ def test_units_from_a_toml_file(tmp_path: Path) -> None:
     assert config.streams.ws_max_message == 1024 * 1024
 
 
-@pytest.mark.parametrize("bad", ["soon", "15 parsecs", "-5s", -3, True])
+@pytest.mark.parametrize("bad", ["soon", "15 parsecs", "-5s", -3, True, {"s": 5}, ["5s"]])
 def test_bad_duration_is_a_problem_at_its_key(bad: Any) -> None:
-    """A value that is not a duration is reported at its key path."""
+    """A value that is not a duration (a table or a list included) is reported at its key path."""
     problems = problems_of({"streams": {"sse_heartbeat": bad}})
     assert list(problems) == ["streams.sse_heartbeat"]
 
 
-@pytest.mark.parametrize("bad", ["huge", "12 PB", -1, "1.5MiB"])
+@pytest.mark.parametrize("bad", ["huge", "12 PB", -1, "1.5MiB", {"MiB": 1}, [1]])
 def test_bad_size_is_a_problem_at_its_key(bad: Any) -> None:
-    """A value that is not a size is reported at its key path."""
+    """A value that is not a size (a table or a list included) is reported at its key path."""
     problems = problems_of({"server": {"max_body": bad}})
     assert list(problems) == ["server.max_body"]
 

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
+from starlette.testclient import TestClient
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
-from hub.ops.logs import redact
-from tests.helpers import ADMIN_KEY, ALICE_KEY, TICK, WAIT, HubProcess, free_port, raw_config, write_config
+from hub.ops.logs import JsonFormatter, RedactSecrets, mask_phones, redact
+from hub.tracing import MAX_REQUEST_ID, request_id
+from tests.helpers import (
+    ADMIN,
+    ADMIN_KEY,
+    ALICE_KEY,
+    TICK,
+    WAIT,
+    HubProcess,
+    ServerThread,
+    free_port,
+    raw_config,
+    write_config,
+)
 
 
 def test_redact_hides_token_parameters_and_bearer_values() -> None:
@@ -93,3 +110,100 @@ def test_the_demo_never_prints_an_admin_key_from_the_config_file(tmp_path: Path)
     hub.stop()
     assert f"http://127.0.0.1:{port}/" in hub.output
     assert ADMIN_KEY not in hub.output
+
+
+# -- JSON lines and request ids -------------------------------------------------------------------------------
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
+    """Every line the hub wrote to stderr and stdout, each parsed as one JSON object (fails on any other)."""
+    lines = []
+    for line in output.splitlines():
+        if not line.strip() or not line.startswith("{"):
+            assert not line.strip() or line.startswith(("callhub listening", "  ", "admin key", "Demo:", "or as",
+                                                        "An admin", "Try it", "auth is OFF")), line
+            continue  # the banner (print, not logging) and its indented lines
+        lines.append(orjson.loads(line))
+    return lines
+
+
+def test_json_logs_carry_the_request_id_into_the_vendor_call_and_back_in_the_header(tmp_path: Path) -> None:
+    """`[log] format = "json"`: one object per log line with time, level, logger, message and request_id;
+    a click-to-call's access line and its AntRing call share the client's X-Request-Id, which the
+    answer echoes; no token in any line."""
+    port = free_port()
+    raw = raw_config(tmp_path / "data", server={"port": port}, log={"format": "json", "access": True})
+    config = write_config(tmp_path / "hub.toml", raw)
+    hub = HubProcess(["--config", str(config), "--demo"], port, tmp_path / "hub.log").wait_healthy()
+    try:
+        answer = httpx.post(f"{hub.url}/v1/calls/click-to-call", json={"agent": "alice", "number": "0901234567"},
+                            headers={"Authorization": f"Bearer {ADMIN_KEY}", "X-Request-Id": "support-case-42"},
+                            timeout=WAIT)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-request-id"] == "support-case-42"
+        httpx.get(f"{hub.url}/v1/events?token={ADMIN_KEY}", timeout=WAIT)
+    finally:
+        assert hub.stop() == 0
+    lines = json_lines(hub.output)
+    assert lines and all({"time", "level", "logger", "message", "request_id"} <= set(line) for line in lines)
+    traced = [line for line in lines if line["request_id"] == "support-case-42"]
+    vendor = [line for line in traced if line["logger"] == "callhub.vendor"]
+    assert vendor and vendor[0]["vendor"] == "antring" and vendor[0]["status"] == 200, traced
+    assert any(line["logger"] == "uvicorn.access" and line["path"] == "/v1/calls/click-to-call"
+               and line["status"] == 200 for line in traced), traced
+    # The simulator (mounted on the hub) received the id with the vendor call: its access line has it too.
+    assert any(line["logger"] == "uvicorn.access" and line["path"].startswith("/_sim/") for line in traced), traced
+    # The number is in AntRing's click-to-call path: masked in every line that shows it.
+    assert "click-to-call/*******567" in vendor[0]["message"], vendor
+    assert ADMIN_KEY not in hub.output and "0901234567" not in hub.output
+
+
+def test_an_unsafe_or_long_request_id_is_replaced_by_a_generated_one(client: TestClient) -> None:
+    """A client's id is adopted only when short and safe; otherwise, and when absent, the hub makes one."""
+    for sent in ("x" * (MAX_REQUEST_ID + 1), "bad id", "evil\u00e9".encode("latin-1"), ""):
+        got = client.get("/healthz", headers={"X-Request-Id": sent}).headers["x-request-id"]
+        assert got != sent and re.fullmatch(r"[0-9a-f]{32}", got), (sent, got)
+    assert re.fullmatch(r"[0-9a-f]{32}", client.get("/healthz").headers["x-request-id"])
+    assert client.get("/healthz", headers={"X-Request-Id": "a1:b2/c3"}).headers["x-request-id"] == "a1:b2/c3"
+    assert client.get("/nope", headers={"X-Request-Id": "r-404"}).headers["x-request-id"] == "r-404"
+
+
+def test_streams_answer_with_the_request_id_too(server: ServerThread) -> None:
+    """The SSE answer, the WebSocket handshake and a refused handshake carry X-Request-Id as well."""
+    with httpx.Client(timeout=WAIT) as client, client.stream(
+            "GET", f"{server.url}/v1/stream", headers={**ADMIN, "X-Request-Id": "sse-1"}) as answer:
+        assert answer.headers["x-request-id"] == "sse-1"
+    with connect(f"{server.ws_url}/v1/ws?token={ADMIN_KEY}", additional_headers={"X-Request-Id": "ws-1"}) as ws:
+        assert ws.response.headers["x-request-id"] == "ws-1"
+    with pytest.raises(InvalidStatus) as refused:
+        connect(f"{server.ws_url}/v1/ws?token=not-a-key", additional_headers={"X-Request-Id": "ws-2"})
+    assert refused.value.response.headers["x-request-id"] == "ws-2"
+
+
+def test_json_formatter_redacts_masks_phones_and_keeps_extra_ids() -> None:
+    """The formatter's line: redacted like text, phone numbers masked (unless `full`), extra ids kept."""
+    record = logging.makeLogRecord({
+        "name": "callhub.rules", "levelno": logging.WARNING, "levelname": "WARNING",
+        "msg": "call from %s failed: GET %s", "args": ("+84901234567", "/x?token=secret-value"),
+        "event_id": "ev-1", "seq": 7,
+    })
+    token = request_id.set("req-1")
+    try:
+        assert RedactSecrets().filter(record)
+    finally:
+        request_id.reset(token)
+    line = orjson.loads(JsonFormatter().format(record))
+    assert line["message"] == "call from +********567 failed: GET /x?token=REDACTED"
+    assert (line["level"], line["logger"], line["request_id"]) == ("warning", "callhub.rules", "req-1")
+    assert (line["event_id"], line["seq"]) == ("ev-1", 7)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", line["time"])
+    full = logging.makeLogRecord({"msg": "call from %s", "args": ("+84901234567",)})
+    RedactSecrets(phone_numbers="full").filter(full)
+    assert full.getMessage() == "call from +84901234567"
+
+
+def test_mask_phones_keeps_ids_times_and_short_numbers() -> None:
+    """Only phone-number-shaped digit runs are masked: not seqs, extensions, times or digits inside ids."""
+    assert mask_phones("from 0912345678 to +84901234567") == "from *******678 to +********567"
+    for kept in ("seq 41", "ext 101", "id abc0901234567", "at 2026-11-25T08:00:00Z", "1764115200.123"):
+        assert mask_phones(kept) == kept

@@ -60,3 +60,5 @@ def register(registry: Registry) -> None:
     check = partial(parse_reminder, config=config) if reminders_on else None
     for route in routes(context, check_reminder=check):
         registry.add_route(route)
+
+    registry.add_check("antbot", client.check)

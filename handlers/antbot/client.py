@@ -159,6 +159,13 @@ class AntBotClient(VendorClient):
 
     # -- writes -------------------------------------------------------------------------------------
 
+    async def check(self) -> str:
+        """For `callhub check --online`: a token, and one small authenticated read."""
+        path = "/rest-api/campaigns/"
+        answer = await self._call("GET", self.base_url + path, self.retry, params={"page_size": 1}, path=path)
+        count = answer.get("count") if isinstance(answer, dict) else len(answer) if isinstance(answer, list) else None
+        return f"credentials accepted (token issued; {count if count is not None else 'some'} campaign(s))"
+
     async def create(self, path: str, body: Mapping[str, Any]) -> Any:
         """POST a creation once (contacts, events, alarms): a lost answer is not sent again."""
         return await self._call("POST", self.base_url + path, NO_RETRY, json=dict(body), path=path)

@@ -6,7 +6,8 @@
     POST /v1/antbot/reminders                    {"phone_number", "at" | "delay", "title"?, ...}
 
 Answers: 200 with the action's result; 422 for bad input (checked before anything is sent);
-409 `do_not_call` when every number is on a do-not-call list; 502/503 when AntBot refused or
+409 `do_not_call` when every number is on a do-not-call list; 404 when AntBot does not know the
+campaign or phonebook; 502/503 when AntBot refused or
 failed (with `maybe_sent` when the request may have reached it).
 """
 
@@ -31,7 +32,12 @@ from hub.plugin import (
     HubError,
     InvalidEvent,
     JSONResponse,
+    NotFound,
     PluginContext,
+    described,
+    json_body,
+    ok,
+    operation,
     parse_json,
     read_body,
     require_json,
@@ -75,6 +81,8 @@ def routes(context: PluginContext, *, check_reminder: Callable[[dict[str, Any]],
             raise DoNotCall(outcome.error or "on a do-not-call list", **extra)
         if outcome.code in ("invalid_event", "invalid_phone_number"):
             raise InvalidEvent(outcome.error or "invalid request")
+        if details.get("status") == 404:  # AntBot does not know it (a campaign id, a phonebook): ours to say
+            raise NotFound(f"AntBot: {outcome.error}")
         error = AntBotDown if outcome.code in ("antbot_unavailable", "timeout") else AntBotFailed
         raise error(f"AntBot: {outcome.error}", **extra)
 
@@ -103,7 +111,39 @@ def routes(context: PluginContext, *, check_reminder: Callable[[dict[str, Any]],
         return await run(REMINDER_CALL, body, principal.name)
 
     return [
-        Route("/v1/antbot/contacts", contacts, methods=["POST"]),
-        Route("/v1/antbot/campaigns/{campaign_id}/status", campaign_status, methods=["POST"]),
-        Route("/v1/antbot/reminders", reminders, methods=["POST"]),
+        described(Route("/v1/antbot/contacts", contacts, methods=["POST"]), post=ADD_CONTACTS),
+        described(Route("/v1/antbot/campaigns/{campaign_id}/status", campaign_status, methods=["POST"]),
+                  post=SET_STATUS),
+        described(Route("/v1/antbot/reminders", reminders, methods=["POST"]), post=REMINDERS),
     ]
+
+
+_ERRORS = [400, 404, 409, 413, 415, 422, 502, 503]
+_RESULT = ok({"type": "object", "description": "The action's result (what AntBot answered, as the action reports it)"},
+             "Done")
+ADD_CONTACTS = operation(
+    "Add numbers to an AntBot phonebook", tag="antbot", errors=_ERRORS,
+    description="Runs `antbot.add_contact` (journaled and reported like a rule's action). A number on a do-not-call "
+                "list is never added: 409 `do_not_call` when every number is on one; a bulk add lists the refused "
+                "ones. docs/ANTBOT.md.",
+    body=json_body({"type": "object", "required": ["phonebook"], "properties": {
+        "phonebook": {"type": ["string", "integer"]}, "phone_number": {"type": "string"},
+        "phone_numbers": {"type": "array", "items": {"type": "string"}}}}),
+    responses={200: _RESULT},
+)
+SET_STATUS = operation(
+    "Start, pause, abort or end an AntBot campaign", tag="antbot", errors=_ERRORS,
+    description="Runs `antbot.campaign_status`. docs/ANTBOT.md.",
+    body=json_body({"type": "object", "required": ["status"], "properties": {
+        "status": {"enum": ["start", "pause", "abort", "end"]}}}),
+    responses={200: _RESULT},
+)
+REMINDERS = operation(
+    "Create an AntBot reminder call", tag="antbot", errors=_ERRORS,
+    description="Runs `antbot.reminder_call`: the calendar event, then the alarm, for a number and a time (`at`, "
+                "ISO 8601, or `delay`). Off (422) unless `[antbot.reminders]` names a calendar and a creator.",
+    body=json_body({"type": "object", "required": ["phone_number"], "properties": {
+        "phone_number": {"type": "string"}, "at": {"type": "string"}, "delay": {"type": ["string", "number"]},
+        "title": {"type": "string"}}}),
+    responses={200: _RESULT},
+)

@@ -23,7 +23,7 @@ from handlers.antcrm.client import (
 from handlers.antcrm.config import AntCRMConfig
 from handlers.antcrm.lookup import CustomerLookup
 from handlers.antcrm.screenpop import screen_pop
-from hub.plugin import ActionContext, ActionSpec, Executor, InvalidEvent, Registry, public_params
+from hub.plugin import ActionContext, ActionSpec, Executor, InvalidEvent, OnlineCheck, Registry, public_params
 
 __all__ = [
     "AntCRM",
@@ -108,6 +108,18 @@ def upsert_contact_action(client: AntCRMClient) -> Executor:
     return run
 
 
+#: The number `callhub check --online` looks up: a read that needs the API key and changes nothing.
+CHECK_NUMBER = "+84900000000"
+
+
+def check_online(client: AntCRMClient) -> OnlineCheck:
+    async def check() -> str:
+        found = await client.find_contacts(CHECK_NUMBER)
+        return f"API key accepted (contact look-up answered, {len(found)} found)"
+
+    return check
+
+
 def register(registry: Registry) -> AntCRM | None:
     config = registry.section("antcrm", AntCRMConfig)
     if config is None or not config.enabled:
@@ -115,6 +127,7 @@ def register(registry: Registry) -> AntCRM | None:
     antcrm = build(config)
     antcrm.client.report_to(registry.context.vendor_calls)
     registry.add_cleanup(antcrm.aclose)
+    registry.add_check("antcrm", check_online(antcrm.client))
     registry.claim_source("antcrm")  # the screen-pop's call.enriched
     registry.provide(PROVIDED_AS, antcrm)
     if config.screen_pop_types:

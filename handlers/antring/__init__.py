@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from handlers.antring.client import AntRingClient, TokenManager, dial_number
@@ -87,6 +88,13 @@ def register(registry: Registry) -> None:
             if consumer.connected:
                 await reconciler.periodic()
 
+    async def check_online() -> str:
+        """The app credentials and the hub's SIP device: AntRing issues a voice token for them."""
+        token = await client.voice_token(config.sip_user, config.sip_password)
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(token.expires_at))
+        return f"app {config.app_id} and SIP user {config.sip_user} accepted (voice token until {expires})"
+
+    registry.add_check("antring", check_online)
     registry.claim_source(UPSTREAM)
     # One process holds the socket; reconciliation and the voice token go with it (they use its state).
     registry.add_service("antring-signals", consumer.run, lease=UPSTREAM)

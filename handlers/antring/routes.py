@@ -21,6 +21,7 @@ from starlette.routing import Route
 from handlers.antring.client import AntRingClient, AntRingError, dial_number
 from handlers.antring.config import AntRingConfig
 from hub.plugin import (
+    ANY_ROLE,
     Forbidden,
     HubError,
     InvalidEvent,
@@ -28,6 +29,10 @@ from hub.plugin import (
     NotFound,
     PluginContext,
     TypeFilter,
+    described,
+    json_body,
+    ok,
+    operation,
     parse_json,
     read_body,
     require_json,
@@ -40,6 +45,8 @@ __all__ = ["routes", "CLICK_TO_CALL"]
 CLICK_TO_CALL = "antring.click_to_call"
 #: Largest click-to-call request body.
 MAX_BODY = 4096
+#: AntRing's answers to `play_recording` for a media name it does not know (a 404, not a vendor failure).
+UNKNOWN_MEDIA = frozenset({"MEDIA_NOT_FOUND", "MEDIA_MISSING"})
 #: The source of the calls whose recordings may be fetched.
 SOURCE = "antring"
 #: Recordings are looked up among this many newest events that name them.
@@ -96,10 +103,28 @@ def routes(config: AntRingConfig, client: AntRingClient, context: PluginContext)
         try:
             url = await client.play_recording(media)
         except AntRingError as exc:
+            if exc.vendor_message in UNKNOWN_MEDIA:
+                # AntRing has no such recording: the caller asked for something that is not there.
+                raise NotFound("AntRing has no such recording") from None
             raise VendorFailed(f"AntRing could not sign the recording URL: {exc.message}") from None
         return RedirectResponse(url, status_code=307, headers={"Cache-Control": "no-store"})
 
     return [
-        Route("/v1/calls/click-to-call", click_to_call, methods=["POST"]),
-        Route("/v1/recordings/{media:path}", recording, methods=["GET"]),
+        described(Route("/v1/calls/click-to-call", click_to_call, methods=["POST"]), post=CLICK_TO_CALL_OPERATION),
+        described(Route("/v1/recordings/{media:path}", recording, methods=["GET"]), get=RECORDING_OPERATION),
     ]
+
+
+CLICK_TO_CALL_OPERATION = operation(
+    "Click-to-call", tag="antring", roles=ANY_ROLE, jwt=True, errors=[400, 403, 404, 409, 413, 415, 422, 502],
+    description="Ring the agent's SIP device, then dial the number (admin, or the agent themselves). Not "
+                "repeated on failure: AntRing cannot tell a retry from a second ring. docs/ANTRING.md.",
+    body=json_body({"type": "object", "required": ["agent", "number"], "properties": {
+        "agent": {"type": "string", "minLength": 1}, "number": {"type": "string"}}}),
+    responses={200: ok({"type": "object"}, "Ringing: the agent's device rings first")},
+)
+RECORDING_OPERATION = operation(
+    "A call recording", tag="antring", roles=ANY_ROLE, jwt=True, query_token=True, errors=[404, 502],
+    description="Redirects (307) to AntRing's signed URL for the recording; a subscriber only for calls it may see.",
+    responses={307: ok(None, "To the recording", headers={"Location": "AntRing's signed URL"})},
+)

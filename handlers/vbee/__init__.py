@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from handlers.vbee.client import VbeeClient
+from handlers.vbee.client import VbeeAuthError, VbeeClient, VbeeError, VbeeUnavailable
 from handlers.vbee.config import VbeeConfig
 from handlers.vbee.normalize import SOURCE, Normalizer
 from handlers.vbee.routes import routes
@@ -18,6 +18,7 @@ from hub.plugin import (
     ActionSpec,
     Executor,
     InvalidEvent,
+    OnlineCheck,
     PhoneForm,
     Registry,
     Source,
@@ -54,6 +55,24 @@ def add_contacts_action(client: VbeeClient, phone_format: PhoneForm) -> Executor
     return run
 
 
+#: The campaign `callhub check --online` names, with no contacts: Vbee authenticates the request
+#: and then refuses it, adding nothing (Vbee's API has no read-only call).
+CHECK_CAMPAIGN = "callhub-credentials-check"
+
+
+def check_online(client: VbeeClient) -> OnlineCheck:
+    async def check() -> str:
+        try:
+            await client.add_contacts(CHECK_CAMPAIGN, [])
+        except (VbeeAuthError, VbeeUnavailable):
+            raise
+        except VbeeError as exc:  # refused after authenticating: the credentials are good
+            return f"API key {client.api_key} accepted (an empty request refused as expected: {exc.vendor_code})"
+        return f"API key {client.api_key} accepted"
+
+    return check
+
+
 def register(registry: Registry) -> None:
     config = registry.section("vbee", VbeeConfig)
     if config is None or not config.enabled:
@@ -64,6 +83,7 @@ def register(registry: Registry) -> None:
         client = VbeeClient(config.base_url, config.api_key, config.api_secret, timeout=config.request_timeout)
         client.report_to(registry.context.vendor_calls)
         registry.add_cleanup(client.aclose)
+        registry.add_check("vbee", check_online(client))
         registry.add_action(ActionSpec(ADD_CONTACTS, add_contacts_action(client, config.phone_format),
                                        idempotent=False, group="vbee", required=ACTIONS[ADD_CONTACTS],
                                        describe=public_params("campaign_id", "phone_number")))

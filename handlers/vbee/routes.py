@@ -41,8 +41,12 @@ from hub.plugin import (
     PhoneForm,
     PluginContext,
     Publish,
+    described,
     hub_event,
+    json_body,
     normal_number,
+    ok,
+    operation,
     parse_json,
     parse_phone,
     read_body,
@@ -129,7 +133,22 @@ def routes(client: VbeeClient | None, context: PluginContext, *, batch_size: int
         outcome.rejected.sort(key=lambda r: r["index"])
         return JSONResponse({"added": outcome.added, "rejected": outcome.rejected})
 
-    return [Route("/v1/campaigns/{campaign_id}/contacts", add_contacts, methods=["POST"])]
+    return [described(Route("/v1/campaigns/{campaign_id}/contacts", add_contacts, methods=["POST"]), post=ADD_CONTACTS)]
+
+
+ADD_CONTACTS = operation(
+    "Add contacts to a Vbee campaign", tag="vbee", errors=[400, 404, 413, 415, 422, 502],
+    description="Each contact's number is checked and sent to Vbee in batches; the answer says which were added "
+                "(each also stored as `campaign.contact.added`) and which refused, by their index. docs/VBEE.md.",
+    body=json_body({"type": "object", "required": ["contacts"], "properties": {"contacts": {
+        "type": "array", "minItems": 1, "maxItems": MAX_CONTACTS,
+        "items": {"type": "object", "required": ["phone_number"], "properties": {"phone_number": {"type": "string"}},
+                  "additionalProperties": {"description": "a personalization tag, e.g. ho_ten"}}}}}),
+    responses={200: ok({"type": "object", "required": ["added", "rejected"], "properties": {
+        "added": {"type": "array", "items": {"type": "object", "required": ["contact_id"]}},
+        "rejected": {"type": "array", "items": {"type": "object", "required": ["index", "reason"]}}}},
+        "What Vbee added and what was refused")},
+)
 
 
 def _validate(contacts: list[Any], outcome: _Outcome, phone_format: PhoneForm) -> list[_Pending]:

@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hub.apidoc import ANY_ROLE, described, json_body, ok, operation, query, ref
 from hub.exceptions import Forbidden, HubError
 from hub.live.fanout import GAP, gap_event
 from hub.matcher import TypeFilter, parse_patterns
@@ -108,11 +109,50 @@ def routes(hub: Hub) -> list[Route]:
         return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return [
-        Route("/v1/events", events, methods=["GET", "POST"]),
-        Route("/v1/subscribers", list_subscribers, methods=["GET"]),
-        Route("/v1/whoami", whoami, methods=["GET"]),
-        Route("/v1/stats/calls", call_stats, methods=["GET"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        described(Route("/v1/events", events, methods=["GET", "POST"]), get=HISTORY, post=PUBLISH),
+        described(Route("/v1/subscribers", list_subscribers, methods=["GET"]), get=operation(
+            "List live subscribers", tag="streams", responses={200: ok(ref("Subscribers"), "Every live subscriber")})),
+        described(Route("/v1/whoami", whoami, methods=["GET"]), get=operation(
+            "Who the credential is", tag="events", roles=ANY_ROLE, jwt=True,
+            description="The presented credential (header only), and the log's head.",
+            responses={200: ok(ref("WhoAmI"), "The credential")})),
+        described(Route("/v1/stats/calls", call_stats, methods=["GET"]), get=operation(
+            "Call figures", tag="stats", roles=ANY_ROLE,
+            description="Calls in progress now, and for the last 15 minutes and today (in the centre's time zone): "
+                        "ended, answered, abandoned, service level. Credentials scoped to one agent, or to types "
+                        "that leave out calls, get 403 scope.",
+            errors=[403], responses={200: ok(ref("CallStats"), "The figures")})),
+        described(Route("/healthz", healthz, methods=["GET"]), get=operation(
+            "Liveness", tag="meta", roles=None, responses={200: ok(ref("Status"), "The process runs")})),
+        described(Route("/readyz", readyz, methods=["GET"]), get=operation(
+            "Readiness", tag="meta", roles=None, errors=[503],
+            description="Ready when the store can start a write transaction now; upstreams are reported.",
+            responses={200: ok(ref("Ready"), "Ready")})),
+        described(Route("/metrics", metrics, methods=["GET"]), get=operation(
+            "Prometheus metrics", tag="meta", roles=None,
+            responses={200: ok({"type": "string"}, "Prometheus text exposition", media_type="text/plain")})),
     ]
+
+
+PUBLISH = operation(
+    "Publish an event", tag="events", roles=("publisher", "admin"),
+    description="Stored once the commit is on disk (202); a (source, id) already stored answers 200 with "
+                "`duplicate` and the original seq. Reserved sources (the hub's, webhook sources', vendors') are "
+                "refused (403 reserved_source); an agent-scoped key publishes only for its agent (403 agent_scope).",
+    body=json_body(ref("NewEvent"), media_types=("application/json", "application/cloudevents+json")),
+    responses={202: ok(ref("Published"), "Stored"), 200: ok(ref("Published"), "Already stored (duplicate)")},
+    errors=[400, 403, 413, 415, 422, 503],
+)
+HISTORY = operation(
+    "Read history", tag="events", roles=ANY_ROLE, jwt=True,
+    description="Stored events, oldest first, scoped like the streams. Pass `next` as the next `after`; an empty "
+                "page is the head. A page may start with `hub.gap` when `after` is older than retention kept.",
+    parameters=[
+        query("after", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}, "Events after this seq (default 0)"),
+        query("limit", {"type": "integer", "minimum": 1, "maximum": HISTORY_LIMIT_MAX},
+              f"Page size (default {HISTORY_LIMIT_DEFAULT})"),
+        query("types", {"type": "string"}, "Comma-separated type patterns, e.g. `call.*,campaign.*`"),
+    ],
+    responses={200: ok(ref("EventsPage"), "A page of events")},
+    errors=[400],
+)

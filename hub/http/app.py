@@ -18,18 +18,21 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 
+from hub.apidoc import described
 from hub.config import Config
-from hub.exceptions import HubError
-from hub.http import api, console
+from hub.exceptions import HubError, UpgradeRequired
+from hub.http import api, console, openapi
 from hub.http import rules as rules_api
 from hub.http import subscriptions as subscriptions_api
-from hub.http.streams import SSEEndpoint, WebSocketEndpoint
+from hub.http.streams import STREAM, WEBSOCKET, SSEEndpoint, WebSocketEndpoint
 from hub.http.webhooks import PREFIX as WEBHOOKS_PREFIX
-from hub.http.webhooks import WebhookEndpoint
-from hub.requests import JSONResponse, error_response
+from hub.http.webhooks import WEBHOOK, WebhookEndpoint
+from hub.requests import JSONResponse, error_response, scope_request_id, with_request_id
 from hub.service import Hub, build
+from hub.tracing import request_id
 
 logger = logging.getLogger("callhub")
 
@@ -74,17 +77,41 @@ class CallhubApp:
         self.sse = SSEEndpoint(hub)
         self.ws = WebSocketEndpoint(hub)
         self.webhooks = webhooks
+        #: The endpoints dispatched here rather than by Starlette, as routes carrying their description.
+        self.own_routes: list[BaseRoute] = [
+            described(Route("/v1/stream", self.sse, methods=["GET"]), get=STREAM),
+            described(WebSocketRoute("/v1/ws", self.ws), get=WEBSOCKET),
+            described(Route(WEBHOOKS_PREFIX + "{source}", self.webhooks, methods=["POST"]), post=WEBHOOK),
+        ]
+
+    @property
+    def routes(self) -> list[BaseRoute]:
+        """Every endpoint the app serves: Starlette's routes and the ones dispatched here."""
+        return [*self.own_routes, *self.app.routes]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind == "websocket" and scope["path"] == "/v1/ws":
-            await self.ws(scope, receive, send)
-        elif kind == "http" and scope["path"] == "/v1/stream":
-            await self.sse(scope, receive, send)
-        elif kind == "http" and scope["path"].startswith(WEBHOOKS_PREFIX):
-            await self.webhooks(scope, receive, send)
-        else:
+        if kind == "lifespan":
             await self.app(scope, receive, send)
+            return
+        # Every log line of this request, and every vendor call made for it, carries this id.
+        rid = scope_request_id(scope)
+        token = request_id.set(rid)
+        try:
+            if kind == "websocket":
+                await (self.ws if scope["path"] == "/v1/ws" else self.app)(scope, receive, send)
+            elif scope["path"] == "/v1/stream":
+                await self.sse(scope, receive, send)  # the server's own send: it tags its answer itself
+            elif scope["path"] == "/v1/ws":
+                # A plain HTTP request (no Upgrade) to the WebSocket endpoint: say what it needs.
+                await error_response(UpgradeRequired("/v1/ws is a WebSocket: send the Upgrade handshake"))(
+                    scope, receive, with_request_id(send, rid))
+            elif scope["path"].startswith(WEBHOOKS_PREFIX):
+                await self.webhooks(scope, receive, with_request_id(send, rid))
+            else:
+                await self.app(scope, receive, with_request_id(send, rid))
+        finally:
+            request_id.reset(token)
 
 
 def create_app(config: Config) -> CallhubApp:
@@ -105,6 +132,7 @@ def app_for(hub: Hub) -> CallhubApp:
             await hub.stop()
 
     routes = [
+        *openapi.routes(lambda: outer.routes),
         *api.routes(hub),
         *rules_api.routes(hub),
         *subscriptions_api.routes(hub),
@@ -130,7 +158,8 @@ def app_for(hub: Hub) -> CallhubApp:
     )
     webhooks = WebhookEndpoint(hub.sources, publish=hub.publisher.publish, metrics=hub.metrics,
                                max_body=config.server.max_body)
-    return CallhubApp(hub, app, webhooks)
+    outer = CallhubApp(hub, app, webhooks)
+    return outer
 
 
 def _watch_sighup(hub: Hub) -> None:

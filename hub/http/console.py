@@ -21,9 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hub.apidoc import described, ok, operation
 from hub.exceptions import NotFound
 
-__all__ = ["routes", "CONTENT_SECURITY_POLICY", "ASSETS"]
+__all__ = ["routes", "CONTENT_SECURITY_POLICY", "ASSETS", "Asset", "asset"]
 
 #: The page's own files: name in `hub/console/` -> media type.
 ASSETS = {
@@ -62,13 +63,14 @@ class Asset:
         return Response(self.body, media_type=self.media_type, headers=headers)
 
 
+def asset(body: bytes, media_type: str) -> Asset:
+    """A static file served with the console's headers and an ETag from its content (also `/docs`)."""
+    return Asset(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
+
+
 def load_assets() -> dict[str, Asset]:
     folder = resources.files("hub.http").joinpath("console")
-    assets = {}
-    for name, media_type in ASSETS.items():
-        body = folder.joinpath(name).read_bytes()
-        assets[name] = Asset(body, media_type, '"' + hashlib.sha256(body).hexdigest()[:20] + '"')
-    return assets
+    return {name: asset(folder.joinpath(name).read_bytes(), media_type) for name, media_type in ASSETS.items()}
 
 
 def routes() -> list[Route]:
@@ -86,6 +88,13 @@ def routes() -> list[Route]:
         return found.respond(request)
 
     return [
-        Route("/", index, methods=["GET", "HEAD"]),
-        Route("/console/{name}", asset, methods=["GET", "HEAD"]),
+        described(Route("/", index, methods=["GET", "HEAD"]), get=operation(
+            "The agent console", tag="console", roles=None, description="docs/CONSOLE.md; it signs in through the API.",
+            responses={200: ok({"type": "string"}, "The console's page", media_type="text/html"),
+                       304: ok(None, "Not modified (ETag)")})),
+        described(Route("/console/{name}", asset, methods=["GET", "HEAD"]), get=operation(
+            "A file of the console", tag="console", roles=None, errors=[404],
+            responses={200: {"description": "The console's script or stylesheet", "content": {
+                "text/javascript": {"schema": {"type": "string"}}, "text/css": {"schema": {"type": "string"}}}},
+                       304: ok(None, "Not modified (ETag)")})),
     ]

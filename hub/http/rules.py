@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hub.apidoc import described, json_body, ok, operation, ref
 from hub.events import prepare_event
 from hub.exceptions import HubError
 from hub.requests import JSONResponse, parse_json, read_body, require_json
@@ -49,7 +50,21 @@ def routes(hub: Hub) -> list[Route]:
         return JSONResponse({"fired": fired, "evaluated": len(rules.candidates(event["type"]))})
 
     return [
-        Route("/v1/rules", list_rules, methods=["GET"]),
-        Route("/v1/rules/reload", reload_rules, methods=["POST"]),
-        Route("/v1/rules/test", test_rules, methods=["POST"]),
+        described(Route("/v1/rules", list_rules, methods=["GET"]), get=operation(
+            "List rules", tag="rules", description="The rules in force with their counters, and the last load.",
+            responses={200: ok({"type": "object", "required": ["rules", "last_load"], "properties": {
+                "rules": {"type": "array", "items": ref("Rule")}, "last_load": {"type": "object"}}}, "The rules")})),
+        described(Route("/v1/rules/reload", reload_rules, methods=["POST"]), post=operation(
+            "Reload rules", tag="rules", errors=[422],
+            description="Read the rules again (as SIGHUP does); on any problem the previous rules stay in force "
+                        "and the answer lists the problems (422 invalid_rules).",
+            responses={200: ok({"type": "object", "required": ["loaded"],
+                                "properties": {"loaded": {"type": "integer"}}}, "Reloaded")})),
+        described(Route("/v1/rules/test", test_rules, methods=["POST"]), post=operation(
+            "Dry-run the rules", tag="rules", errors=[400, 413, 415, 422],
+            description="Which rules would fire for the posted event, with the exact action requests; nothing runs.",
+            body=json_body(ref("NewEvent")),
+            responses={200: ok({"type": "object", "required": ["fired", "evaluated"], "properties": {
+                "fired": {"type": "array", "items": {"type": "object"}}, "evaluated": {"type": "integer"}}},
+                "What would fire")})),
     ]

@@ -17,7 +17,7 @@ from hub.config import Config
 from hub.http.app import CallhubApp
 from hub.http.protocol import Limits, protocols
 
-__all__ = ["HubServer", "build_uvicorn_config", "LISTEN_BACKLOG"]
+__all__ = ["HubServer", "build_uvicorn_config", "logging_config", "LISTEN_BACKLOG"]
 
 #: Pending connections the listening socket queues (thousands of agents reconnect at once after a restart).
 LISTEN_BACKLOG = 4096
@@ -31,19 +31,33 @@ def _loop_impl() -> str:
     return "uvloop"
 
 
-def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = None) -> uvicorn.Config:
-    streams = config.streams
+def logging_config(config: Config) -> dict[str, Any]:
+    """uvicorn's logging, with the hub's: every handler redacts (uvicorn logs request paths, and
+    `?token=` is in them) and stamps the request id; `[log] format = "json"` writes JSON lines,
+    the root logger's too (libraries' warnings), so a collector reads one format."""
+    log = config.log
     log_config: dict[str, Any] = {
         **LOGGING_CONFIG,
-        "filters": {"redact": {"()": "hub.ops.logs.RedactSecrets"}, "frames": {"()": "hub.ops.logs.QuietFrames"}},
-        # Every handler redacts: uvicorn logs request paths, and `?token=` is in them.
+        "filters": {"redact": {"()": "hub.ops.logs.RedactSecrets", "phone_numbers": log.phone_numbers},
+                    "frames": {"()": "hub.ops.logs.QuietFrames"}},
         "handlers": {name: {**handler, "filters": ["frames", "redact"]}
                      for name, handler in LOGGING_CONFIG["handlers"].items()},
         "loggers": dict(LOGGING_CONFIG["loggers"]),
     }
-    log_config["loggers"]["callhub"] = {"handlers": ["default"], "level": config.server.log_level.upper(), "propagate": False}
+    level = config.log_level.upper()
+    log_config["loggers"]["callhub"] = {"handlers": ["default"], "level": level, "propagate": False}
     # httpx logs every outbound request at INFO, signed query strings included.
     log_config["loggers"]["httpx"] = {"handlers": ["default"], "level": "WARNING", "propagate": False}
+    if log.format == "json":
+        json_formatter = {"()": "hub.ops.logs.JsonFormatter", "phone_numbers": log.phone_numbers}
+        log_config["formatters"] = {"default": json_formatter, "access": json_formatter}
+        log_config["root"] = {"handlers": ["default"], "level": "WARNING"}
+    return log_config
+
+
+def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = None) -> uvicorn.Config:
+    streams = config.streams
+    log_config = logging_config(config)
     kwargs: dict[str, Any] = {"fd": fd} if fd is not None else {"host": config.server.host, "port": config.server.port}
     server = config.server
     http_protocol, ws_protocol = protocols(Limits(
@@ -65,9 +79,9 @@ def build_uvicorn_config(app: CallhubApp, config: Config, *, fd: int | None = No
         # per subscriber, and a zlib context per connection. Events are small; send them as they are.
         ws_per_message_deflate=False,
         lifespan="on",
-        log_level=config.server.log_level,
+        log_level=config.log_level,
         log_config=log_config,
-        access_log=config.server.access_log,
+        access_log=config.access_log,
         timeout_graceful_shutdown=max(1, int(config.server.shutdown_grace * 2)),
         backlog=LISTEN_BACKLOG,
         limit_concurrency=config.server.max_connections or None,

@@ -15,17 +15,48 @@ from starlette.requests import HTTPConnection
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from hub.apidoc import ANY_ROLE, ok, operation, query
 from hub.auth import Principal
 from hub.exceptions import BadRequest, HubError, MethodNotAllowed, Unavailable
 from hub.live.fanout import Subscriber
 from hub.live.sinks import heartbeat_event, make_sink
 from hub.matcher import TypeFilter, parse_patterns
-from hub.requests import MAX_SEQ, error_response
+from hub.requests import MAX_SEQ, error_response, with_request_id
 from hub.service import Hub
+from hub.tracing import request_id
 
 logger = logging.getLogger("callhub.streams")
 
-__all__ = ["SSEEndpoint", "WebSocketEndpoint"]
+__all__ = ["SSEEndpoint", "WebSocketEndpoint", "STREAM", "WEBSOCKET"]
+
+_STREAM_PARAMETERS = [
+    query("types", {"type": "string"}, "Comma-separated type patterns, e.g. `call.*,campaign.*`"),
+    query("after", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ},
+          "Resume after this seq (SSE: `Last-Event-ID` wins); without it, live from now"),
+]
+STREAM = operation(
+    "Stream events (Server-Sent Events)", tag="streams", roles=ANY_ROLE, jwt=True, query_token=True,
+    description="One SSE record per event (`id:` the seq, `event:` the type, `data:` the CloudEvent), a "
+                "keepalive every `streams.sse_heartbeat`. The response never completes while the subscriber "
+                "is live: it ends on overflow, token expiry or shutdown; reconnect with Last-Event-ID.",
+    parameters=[*_STREAM_PARAMETERS,
+                query("heartbeat", {"enum": ["comment", "event"]}, "Keepalive as a comment (default) or an event"),
+                {"name": "Last-Event-ID", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "The last seq received (a reconnecting EventSource sends it)"}],
+    responses={200: ok({"type": "string"}, "The event stream", media_type="text/event-stream")},
+    errors=[400, 405, 429, 503],
+)
+WEBSOCKET = operation(
+    "Stream events (WebSocket)", tag="streams", roles=ANY_ROLE, jwt=True, query_token=True,
+    description="A WebSocket handshake (GET with `Upgrade: websocket`). One text frame per event; the client "
+                "sends `{\"op\": \"subscribe\", \"types\": [...], \"after\": N}` or `{\"op\": \"ping\"}`. "
+                "Close codes: 1008 token expired or too many bad messages, 1012 restart, 1013 too slow, 1011 "
+                "internal. A refused handshake answers with the status and the JSON error; a plain HTTP "
+                "request (no upgrade) 426.",
+    parameters=_STREAM_PARAMETERS,
+    responses={101: ok(None, "Switching protocols: the WebSocket is open")},
+    errors=[400, 426, 429, 503],
+)
 
 
 def _parse_after(value: Any, name: str) -> int | None:
@@ -94,7 +125,7 @@ class SSEEndpoint:
                 raise BadRequest("heartbeat must be comment (the default) or event")
             hub.fanout.admit(principal.id, hub.config.streams.max_per_credential)  # last: released below
         except HubError as exc:
-            await error_response(exc)(scope, receive, send)
+            await error_response(exc)(scope, receive, with_request_id(send, request_id.get() or ""))
             return
         try:
             await self._stream(scope, receive, send, principal, types, after, heartbeat)
@@ -110,6 +141,7 @@ class SSEEndpoint:
             (b"content-type", b"text/event-stream; charset=utf-8"),
             (b"cache-control", b"no-cache, no-store"),
             (b"x-accel-buffering", b"no"),  # tell nginx-style proxies not to buffer the stream
+            (b"x-request-id", (request_id.get() or "").encode("latin-1")),
         ]
         headers += cors_headers(hub.config.server.cors_origins, conn.headers.get("origin"))
         await raw_send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -153,7 +185,9 @@ async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
         hub.fanout.admit(principal.id, hub.config.streams.max_per_credential)  # last: released below
     except HubError as exc:
         if "websocket.http.response" in websocket.scope.get("extensions", {}):
-            await websocket.send_denial_response(error_response(exc))
+            denial = error_response(exc)
+            denial.headers["x-request-id"] = request_id.get() or ""
+            await websocket.send_denial_response(denial)
         else:
             await websocket.close(code=1008, reason=exc.message[:120])
         return
@@ -165,7 +199,7 @@ async def _websocket(hub: Hub, websocket: WebSocket, raw_send: Send) -> None:
 
 async def _serve_websocket(hub: Hub, websocket: WebSocket, raw_send: Send, principal: Principal, types: TypeFilter,
                            after: int | None) -> None:
-    await websocket.accept()
+    await websocket.accept(headers=[(b"x-request-id", (request_id.get() or "").encode("latin-1"))])
     sink = make_sink("ws", raw_send, hub.config.streams.buffer, hub.config.streams.buffer_bytes)
     subscriber = Subscriber(
         transport="ws", principal=principal.name, agent=principal.agent, filter=types, sink=sink,

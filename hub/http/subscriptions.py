@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from hub.apidoc import described, json_body, ok, operation, query, ref
 from hub.events import event_time
 from hub.exceptions import BadRequest
 from hub.requests import MAX_SEQ, JSONResponse, int_param, parse_json, read_body, require_json
@@ -112,14 +113,61 @@ def routes(hub: Hub) -> list[Route]:
         return JSONResponse(await deliveries.retry(request.path_params["id"]), status_code=202)
 
     return [
-        Route("/v1/subscriptions", collection, methods=["GET", "POST"]),
-        Route("/v1/subscriptions/{id}", one, methods=["GET", "PATCH", "DELETE"]),
-        Route("/v1/subscriptions/{id}/rotate-secret", rotate, methods=["POST"]),
-        Route("/v1/subscriptions/{id}/enable", enable, methods=["POST"]),
-        Route("/v1/subscriptions/{id}/replay", replay, methods=["POST"]),
-        Route("/v1/subscriptions/{id}/deliveries", log, methods=["GET"]),
-        Route("/v1/deliveries/{id}/retry", retry, methods=["POST"]),
+        described(Route("/v1/subscriptions", collection, methods=["GET", "POST"]), get=operation(
+            "List subscriptions", tag="subscriptions",
+            responses={200: ok({"type": "object", "required": ["subscriptions", "count"], "properties": {
+                "subscriptions": {"type": "array", "items": ref("Subscription")}, "count": {"type": "integer"}}},
+                "Every subscription")}),
+            post=operation(
+            "Create a subscription", tag="subscriptions", errors=[400, 409, 413, 415, 422],
+            description="The answer holds the signing secret, shown this once.", body=json_body(ref("SubscriptionSpec")),
+            responses={201: ok(ref("SubscriptionWithSecret"), "Created", headers={"Location": "its URL"})})),
+        described(Route("/v1/subscriptions/{id}", one, methods=["GET", "PATCH", "DELETE"]), get=operation(
+            "Get a subscription", tag="subscriptions", errors=[404],
+            responses={200: ok(ref("Subscription"), "The subscription")}),
+            patch=operation(
+            "Change a subscription", tag="subscriptions", errors=[400, 404, 409, 413, 415, 422],
+            description="The fields given replace the subscription's; a subscription from the config file is "
+                        "read-only (409 managed_by_config).",
+            body=json_body({"type": "object", "description": "Any fields of SubscriptionSpec"}),
+            responses={200: ok(ref("Subscription"), "Changed")}),
+            delete=operation(
+            "Delete a subscription", tag="subscriptions", errors=[404, 409],
+            responses={204: ok(None, "Deleted")})),
+        described(Route("/v1/subscriptions/{id}/rotate-secret", rotate, methods=["POST"]), post=operation(
+            "Rotate a subscription's secret", tag="subscriptions", errors=[404, 409],
+            description="A new secret (shown once); the old one keeps signing beside it for `secret_overlap`.",
+            responses={200: ok(ref("SubscriptionWithSecret"), "Rotated")})),
+        described(Route("/v1/subscriptions/{id}/enable", enable, methods=["POST"]), post=operation(
+            "Enable a subscription", tag="subscriptions", errors=[400, 404, 409, 413, 415],
+            body=json_body({"type": "object", "properties": {"skip_backlog": {"type": "boolean"}}}, required=False),
+            responses={200: ok(ref("Subscription"), "Enabled")})),
+        described(Route("/v1/subscriptions/{id}/replay", replay, methods=["POST"]), post=operation(
+            "Replay events to a subscription", tag="subscriptions", errors=[400, 404, 409, 413, 415],
+            body=json_body({"type": "object", "additionalProperties": False, "properties": {
+                "after_seq": {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}, "since": _TIME}}),
+            responses={202: ok({"type": "object", "required": ["subscription", "from_seq", "through_seq"],
+                                "properties": {"subscription": {"type": "string"}, "from_seq": {"type": "integer"},
+                                               "through_seq": {"type": "integer"}}}, "Replay scheduled")})),
+        described(Route("/v1/subscriptions/{id}/deliveries", log, methods=["GET"]), get=operation(
+            "A subscription's delivery log", tag="subscriptions", errors=[400, 404],
+            parameters=[
+                query("status", {"enum": list(OUTCOMES)}, "Only attempts with this outcome"),
+                query("after", {"type": "integer", "minimum": 0, "maximum": MAX_SEQ}, "Attempts after this id"),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": LOG_LIMIT_MAX},
+                      f"Page size (default {LOG_LIMIT_DEFAULT})"),
+            ],
+            responses={200: ok({"type": "object", "required": ["deliveries", "next"], "properties": {
+                "deliveries": {"type": "array", "items": ref("DeliveryAttempt")}, "next": {"type": "integer"}}},
+                "Attempts, oldest first")})),
+        described(Route("/v1/deliveries/{id}/retry", retry, methods=["POST"]), post=operation(
+            "Retry a delivery now", tag="subscriptions", errors=[404, 409],
+            responses={202: ok({"type": "object", "required": ["delivery", "state"], "properties": {
+                "delivery": {"type": "string"}, "state": {"type": "string"}}}, "Retry scheduled")})),
     ]
+
+
+_TIME = {"type": "string", "description": "RFC 3339, e.g. 2026-11-25T08:00:00Z"}
 
 
 async def _has_body(request: Request) -> bool:

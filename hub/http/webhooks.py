@@ -13,6 +13,7 @@ import orjson
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from hub.apidoc import json_body, ok, operation
 from hub.events import Publish
 from hub.exceptions import HubError, MethodNotAllowed, NotFound
 from hub.ops.metrics import Metrics
@@ -23,6 +24,19 @@ from hub.webhooks.signatures import SignatureError
 __all__ = ["WebhookEndpoint", "PREFIX"]
 
 PREFIX = "/v1/webhooks/"
+
+WEBHOOK = operation(
+    "Receive a webhook", tag="webhooks", roles=None,
+    security=[{"webhookToken": []}, {"webhookSignature": []}],
+    description="A delivery from a `[[sources]]` sender or a built-in vendor source (`vbee`), verified as it "
+                "streams in (token, HMAC-SHA256 or Standard Webhooks: see docs/WEBHOOKS.md), mapped to an "
+                "event and stored; a repeated delivery (same id) answers `duplicate` with the original seq.",
+    body=json_body({"description": "Whatever the source sends (JSON, or any body for `format = \"raw\"`)"},
+                   media_types=("application/json", "*/*")),
+    responses={200: ok({"type": "object", "required": ["id", "seq", "duplicate"], "properties": {
+        "id": {"type": "string"}, "seq": {"type": "integer"}, "duplicate": {"type": "boolean"}}}, "Stored")},
+    errors=[400, 401, 403, 404, 405, 413, 415, 422, 503],
+)
 
 
 class WebhookEndpoint:

@@ -1,8 +1,11 @@
 """What every vendor's HTTP client shares: its lifecycle, its error, sending with retries while
-reporting each call (`VendorCalls`: metrics by vendor, endpoint and status), reading vendors' answers."""
+reporting each call (`VendorCalls`: metrics by vendor, endpoint and status), reading vendors'
+answers, and tracing: every request carries the current request id (`X-Request-Id`,
+`hub.tracing`; a fresh one outside a request) and is logged, with that id, once answered."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -12,6 +15,9 @@ import httpx
 
 from hub.exceptions import HubError
 from hub.outbound.retry import RetryPolicy, send_unsent_retry, send_with_retry
+from hub.tracing import REQUEST_ID_HEADER, new_request_id, request_id
+
+logger = logging.getLogger("callhub.vendor")
 
 __all__ = ["VendorClient", "VendorError", "VendorCalls", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE"]
 
@@ -70,9 +76,9 @@ class VendorCalls(Protocol):
 class VendorClient:
     """What every vendor's HTTP client shares: an httpx client (its own, or the owner's, which is
     then not closed here), the timeout and retry policy, sending (`_send`, reported to the
-    `VendorCalls` given to `report_to`), closing, and `async with`."""
+    `VendorCalls` given to `report_to`), closing, `async with`, and tracing."""
 
-    #: The vendor's name in metrics (each client names its own).
+    #: The vendor's name in metrics and log lines (each client names its own).
     vendor: ClassVar[str] = "vendor"
 
     def __init__(self, base_url: str, *, timeout: float, retry: RetryPolicy,
@@ -83,6 +89,9 @@ class VendorClient:
         self._own_http = http is None
         if http is None:
             http = httpx.AsyncClient(timeout=timeout, limits=limits) if limits else httpx.AsyncClient(timeout=timeout)
+        hooks = http.event_hooks
+        http.event_hooks = {"request": [*hooks.get("request", []), self._on_request],
+                            "response": [*hooks.get("response", []), self._on_response]}
         self._http = http
         self._calls: VendorCalls | None = None
 
@@ -112,6 +121,19 @@ class VendorClient:
         finally:
             if self._calls is not None:
                 self._calls.request(self.vendor, endpoint, status, time.perf_counter() - started)
+
+    async def _on_request(self, request: httpx.Request) -> None:
+        request.headers[REQUEST_ID_HEADER] = request_id.get() or new_request_id()
+        request.extensions["callhub_started"] = time.perf_counter()
+
+    async def _on_response(self, response: httpx.Response) -> None:
+        # The path only: a query string may hold a signature or a phone number.
+        request = response.request
+        started = request.extensions.get("callhub_started")
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1) if isinstance(started, float) else None
+        logger.info("%s %s %s -> %d", self.vendor, request.method, request.url.path, response.status_code,
+                    extra={"vendor": self.vendor, "status": response.status_code, "duration_ms": elapsed_ms,
+                           "vendor_request_id": request.headers.get(REQUEST_ID_HEADER)})
 
     async def aclose(self) -> None:
         if self._own_http:
