@@ -65,6 +65,8 @@ logger = logging.getLogger("callhub.store")
 
 #: Entries one round trip reads (pump, history, retention, windows).
 CHUNK = 500
+#: Most appends sent in one pipeline (group commit).
+MAX_BATCH = 512
 #: Stored events one `read` examines at most, as a multiple of its page size (at least 100), as the local backend.
 SCAN_FACTOR = 20
 #: Events one retention step removes (each step is one script: other commands run in between).
@@ -178,6 +180,9 @@ class RedisBackend(Backend):
         self._on_commit: CommitListener | None = None
         self._pump_lock = asyncio.Lock()
         self._received: dict[int, float] = {}
+        #: Appends waiting for the writer: (script arguments, the appender's future, when it was received).
+        self._queue: list[tuple[list[Any], asyncio.Future[AppendResult], float]] = []
+        self._writer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._closed = False
         self._append: Any = None
@@ -209,6 +214,8 @@ class RedisBackend(Backend):
         if self._closed:
             return
         self._closed = True
+        if self._writer is not None:  # what was accepted is written before the connections close
+            await asyncio.gather(self._writer, return_exceptions=True)
         if self._follower is not None:
             self._follower.cancel()
             try:
@@ -247,28 +254,57 @@ class RedisBackend(Backend):
             raise InvalidEvent(f"the event cannot be encoded as JSON: {exc}", code="unencodable") from None
         call_id, recording = indexed_values(event)
         source, id_ = event["source"], event["id"]
-        dedup = f"{source}\x00{id_}"
-        try:
-            seq, duplicate = await self._append(
-                keys=[self.key("log"), self.key("seq"), self.key("dedup")],
-                args=[dedup, prefix, suffix, event["type"], source, agent or "", call_id or "", recording or "",
-                      self.prefix],
-                client=redis,
-            )
-        except RedisError as exc:
-            logger.error("event store (Redis) append failed: %s", exc)
-            raise _unavailable(exc) from None
-        seq = int(seq)
-        if duplicate:
-            return AppendResult(seq, True)
-        self._received[seq] = received
-        try:
-            await self._advance(seq)
-        except RedisError as exc:
-            # Stored, but not yet read back: the follower reports it once Redis answers again.
-            self._received.pop(seq, None)
-            logger.warning("event %d stored but not yet read back for the fan-out: %s", seq, exc)
-        return AppendResult(seq, False)
+        args = [f"{source}\x00{id_}", prefix, suffix, event["type"], source, agent or "", call_id or "",
+                recording or "", self.prefix]
+        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
+        self._queue.append((args, future, received))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write(redis), name="callhub-redis-writer")
+        # If the publisher goes away and this is cancelled, the writer still stores the event.
+        return await future
+
+    async def _write(self, redis: Client) -> None:
+        """Group commit: every append waiting goes to Redis in one pipeline (one round trip, and
+        with `appendfsync always` one fsync), then the fan-out is told, then the appenders."""
+        queue = self._queue
+        keys = [self.key("log"), self.key("seq"), self.key("dedup")]
+        while queue:
+            batch, queue[:] = queue[:MAX_BATCH], queue[MAX_BATCH:]
+            try:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for args, _, _ in batch:
+                        await self._append(keys=keys, args=args, client=pipe)
+                    answers = await pipe.execute(raise_on_error=False)
+            except RedisError as exc:
+                logger.error("event store (Redis) append failed: %s", exc)
+                for _, future, _ in batch:
+                    if not future.done():
+                        future.set_exception(_unavailable(exc))
+                continue
+            results: list[tuple[asyncio.Future[AppendResult], AppendResult | BaseException]] = []
+            top = 0
+            for (_, future, received), answer in zip(batch, answers, strict=True):
+                if isinstance(answer, BaseException):
+                    results.append((future, _unavailable(answer)))
+                    continue
+                seq, duplicate = int(answer[0]), bool(answer[1])
+                if not duplicate:
+                    self._received[seq] = received
+                    top = max(top, seq)
+                results.append((future, AppendResult(seq, duplicate)))
+            if top:
+                try:
+                    await self._advance(top)
+                except RedisError as exc:
+                    # Stored, but not yet read back: the follower reports them once Redis answers again.
+                    logger.warning("events through %d stored but not yet read back for the fan-out: %s", top, exc)
+            for future, result in results:
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
 
     async def _advance(self, target: int) -> None:
         """Report every commit through `target` to `on_commit` (in seq order, once each)."""
