@@ -43,6 +43,7 @@ def routes(hub: Hub) -> list[Route]:
     async def collection(request: Request) -> Response:
         admin(request)
         if request.method == "GET":
+            await deliveries.refresh()  # a process that does not deliver: as the outbox has them now
             subscriptions = deliveries.describe_all()
             return JSONResponse({"subscriptions": subscriptions, "count": len(subscriptions)})
         described, secret = await deliveries.create(spec_from(await body(request)))
@@ -53,6 +54,7 @@ def routes(hub: Hub) -> list[Route]:
         admin(request)
         id_ = request.path_params["id"]
         if request.method == "GET":
+            await deliveries.refresh()
             return JSONResponse(deliveries.describe(deliveries.worker(id_)))
         if request.method == "DELETE":
             await deliveries.delete(id_)

@@ -826,7 +826,7 @@ _APPLY = """
 local p = ARGV[1]
 local c = cjson.decode(ARGV[2])
 for _, s in ipairs(c.settled) do redis.call('HDEL', p .. 'o:p:' .. s[1], s[2]) end
--- A subscription deleted meanwhile (by another process) gets no rows back.
+-- A subscription deleted meanwhile (by another process) gets no rows or log lines back.
 for _, row in ipairs(c.pending) do
   if redis.call('HEXISTS', p .. 'o:subs', row[1]) == 1 then
     redis.call('HSET', p .. 'o:p:' .. row[1], row[2], cjson.encode(row))
@@ -837,11 +837,13 @@ if #c.attempts > 0 then
   local id = last - #c.attempts
   for _, a in ipairs(c.attempts) do
     id = id + 1
-    a[1] = id
-    local line = cjson.encode(a)
-    redis.call('ZADD', p .. 'o:log:' .. a[2], id, line)
-    redis.call('ZADD', p .. 'o:log:' .. a[2] .. ':' .. a[8], id, line)
-    redis.call('ZADD', p .. 'o:log-at', a[6], a[2] .. '\\0' .. a[8] .. '\\0' .. id)
+    if redis.call('HEXISTS', p .. 'o:subs', a[2]) == 1 then
+      a[1] = id
+      local line = cjson.encode(a)
+      redis.call('ZADD', p .. 'o:log:' .. a[2], id, line)
+      redis.call('ZADD', p .. 'o:log:' .. a[2] .. ':' .. a[8], id, line)
+      redis.call('ZADD', p .. 'o:log-at', a[6], a[2] .. '\\0' .. a[8] .. '\\0' .. id)
+    end
   end
 end
 for sub, cursor in pairs(c.cursors) do
