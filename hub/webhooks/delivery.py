@@ -171,6 +171,19 @@ class Worker:
         self.last_success: float | None = None
         self.last_failure: dict[str, Any] | None = None
         self.closed = False
+        #: Changes another process made that this one (delivering) has seen in the log and not yet
+        #: loaded: meanwhile it takes nothing more from the log, so what was committed after a
+        #: change is taken as the change says (a new filter, a deletion).
+        self.held = 0
+
+    def hold(self) -> None:
+        self.held += 1
+        self.generation += 1  # a read of the log in flight is thrown away
+        self.set_listening(False)
+
+    def unhold(self) -> None:
+        self.held = max(0, self.held - 1)
+        self.poke()
 
     # -- taking events ----------------------------------------------------------------------------
 
@@ -316,7 +329,7 @@ class Worker:
         if not active and self.listening:
             self.set_listening(False)  # paused or disabled: it reads on from the log once enabled
         self.take_incoming()
-        if active and not self.listening and self.room() > 0:
+        if active and not self.listening and self.room() > 0 and not self.held:
             await self.catch_up()
             self.take_incoming()
         now = time.time()
@@ -799,7 +812,10 @@ class Deliveries:
             data = body.get("data")
             if (body.get("source") == HUB_SOURCE and isinstance(data, dict) and data.get("origin") != self.origin
                     and isinstance(data.get("subscription"), str)):
-                self.spawn(self._changed(data), name="deliveries:changed")
+                worker = self.workers.get(data["subscription"]) if self.on else None
+                if worker is not None:
+                    worker.hold()  # before the rest of this batch is routed
+                self.spawn(self._changed(data, worker), name="deliveries:changed")
 
     def _route(self, type_: str) -> list[Worker]:
         routes = self._routes
@@ -909,22 +925,26 @@ class Deliveries:
         data = {"subscription": id_, "change": change, "origin": self.origin, **details}
         await self._publish(hub_event(CHANGED, data, subject=id_), default_source=HUB_SOURCE)
 
-    async def _changed(self, data: dict[str, Any]) -> None:
+    async def _changed(self, data: dict[str, Any], held: Worker | None) -> None:
         """Another process changed a subscription: load it again; the holder also does what was asked
-        (a replay, a retry, an enable skipping the backlog)."""
+        (a replay, a retry, an enable skipping the backlog), then its worker takes the log on."""
         id_ = data["subscription"]
-        for _ in range(SYNC_TRIES):
-            try:
-                async with self._sync:
-                    worker = await self._reload(id_, keep_state=data.get("change") != "enabled")
-                    if worker is not None and self.on:
-                        await self._apply_change(worker, data)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("subscription %s: loading a change made by another process failed; again", id_)
-                await asyncio.sleep(1.0)
+        try:
+            for _ in range(SYNC_TRIES):
+                try:
+                    async with self._sync:
+                        worker = await self._reload(id_, keep_state=data.get("change") != "enabled")
+                        if worker is not None and self.on:
+                            await self._apply_change(worker, data)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("subscription %s: loading a change made by another process failed; again", id_)
+                    await asyncio.sleep(1.0)
+        finally:
+            if held is not None:
+                held.unhold()
 
     async def _reload(self, id_: str, *, keep_state: bool = True) -> Worker | None:
         """One subscription as the outbox has it now: made, changed in place, or forgotten."""
