@@ -671,6 +671,9 @@ class Deliveries:
             if doc.get("managed") == "config" and id_ not in declared:
                 await self.outbox.delete(id_)  # no longer declared: gone, as the config says
                 del stored[id_]
+        # Alone on its store, this process delivers from the start (its `deliveries` lease is
+        # always its own); sharing it, it delivers once it holds that lease (`run`).
+        self.on = not self.shared
         for id_, (doc, cursor) in stored.items():
             try:
                 sub = Subscription(doc)
@@ -687,7 +690,7 @@ class Deliveries:
 
     def _start(self, worker: Worker) -> None:
         self.workers[worker.sub.id] = worker
-        if self.on:
+        if self.on and worker.task is None:
             worker.task = self.spawn(worker.run(), name=f"deliveries:{worker.sub.id}")
 
     async def run(self) -> None:
