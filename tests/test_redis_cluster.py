@@ -411,3 +411,78 @@ def test_changes_made_on_a_process_that_does_not_deliver_take_effect_where_deliv
     assert shown["types"] == ["call.ended"]
     assert len(state.received) == 3  # nothing after the delete
     assert gone.status_code == 404
+
+
+def test_replay_and_retry_asked_of_a_process_that_does_not_deliver_are_done_by_the_one_that_does(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    state = Recording()
+    with AppServer(state.app()) as server:
+        hubs = start_hubs(tmp_path, redis_server.url, 2, f"q{time.monotonic_ns()}:", webhooks=hook_section(),
+                          server={"lease_ttl": 1.0})
+        try:
+            wait_until(lambda: len(deliverers(hubs)) == 1, what="one process delivering")
+            other = next(h for h in hubs if h not in deliverers(hubs))
+            created = create_subscription(other, f"{server.url}/hook", types=["call.*"])
+            sub, state.secret = created["id"], created["secret"]
+            seqs = [publish(hubs[i % 2], f"r-{i}").json()["seq"] for i in range(3)]
+            wait_until(lambda: len(state.received) == 3, what="the first deliveries")
+            r = httpx.post(f"{other.url}/v1/subscriptions/{sub}/replay", headers=ADMIN, timeout=WAIT,
+                           json={"after_seq": seqs[0] - 1})
+            assert r.status_code == 202, r.text
+            wait_until(lambda: len(state.received) == 6, what="the replay")
+            state.answers = [400]  # final: failed, no retry
+            rejected = publish(other, "rejected").json()["seq"]
+            wait_until(lambda: len(state.received) == 7, what="the rejected delivery")
+            wait_until(lambda: any(row["outcome"] == "failed" for row in httpx.get(
+                f"{other.url}/v1/subscriptions/{sub}/deliveries", headers=ADMIN, timeout=WAIT).json()["deliveries"]),
+                what="the failure in the delivery log, read on the process that does not deliver")
+            retry = httpx.post(f"{other.url}/v1/deliveries/{sub}.{rejected}/retry", headers=ADMIN, timeout=WAIT)
+            wait_until(lambda: len(state.received) == 8, what="the retry")
+            time.sleep(10 * TICK)
+            shown = httpx.get(f"{other.url}/v1/subscriptions/{sub}", headers=ADMIN, timeout=WAIT).json()
+        finally:
+            for hub in hubs:
+                hub.stop()
+    ids = [e["data"]["call_id"] for e in state.delivered()]
+    assert sorted(ids[:3]) == sorted(ids[3:6]) == ["r-0", "r-1", "r-2"] and ids[6:] == ["rejected"], ids
+    webhook_ids: dict[str, set[str]] = {}
+    for d in state.received:
+        webhook_ids.setdefault(d.event["data"]["call_id"], set()).add(d.headers["webhook-id"])
+    assert all(len(v) == 1 for v in webhook_ids.values()) and len(webhook_ids) == 4  # the same id every time
+    assert retry.status_code == 202 and retry.json() == {"delivery": f"{sub}.{rejected}", "state": "queued"}
+    assert len(state.received) == 8
+    assert shown["cursor"] >= rejected and shown["last_success"] is None  # as a non-holder shows it
+
+
+def test_a_holder_that_cannot_renew_its_lease_stops_delivering_at_once(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    import redis
+
+    state = Recording()
+    prefix = f"l{time.monotonic_ns()}:"
+    with AppServer(state.app()) as server:
+        hubs = start_hubs(tmp_path, redis_server.url, 2, prefix, webhooks=hook_section(), server={"lease_ttl": 1.0})
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            wait_until(lambda: len(deliverers(hubs)) == 1, what="one process delivering")
+            created = create_subscription(hubs[0], f"{server.url}/hook", types=["call.*"])
+            state.secret = created["secret"]
+            assert publish(hubs[1], "before").status_code == 202
+            wait_until(lambda: len(state.received) == 1, what="the first delivery")
+            # Another holder (one that is not a hub) has the lease for 3 s: the holder's renewal fails.
+            client.set(f"{prefix}lease:deliveries", "elsewhere:999", px=3000)
+            wait_until(lambda: not deliverers(hubs), what="the holder stopping")
+            for i in range(3):
+                assert publish(hubs[i % 2], f"meanwhile-{i}").status_code == 202
+            time.sleep(1.0)
+            while_stolen = len(state.received)
+            wait_until(lambda: len(state.received) == 4, what="the deliveries once a hub holds the lease again")
+            holders = deliverers(hubs)
+        finally:
+            client.close()
+            for hub in hubs:
+                hub.stop()
+    assert while_stolen == 1  # nobody delivered while neither hub held the lease
+    assert len(holders) == 1
+    ids = [e["data"]["call_id"] for e in state.delivered()]
+    assert ids[0] == "before" and sorted(ids[1:]) == ["meanwhile-0", "meanwhile-1", "meanwhile-2"], ids
