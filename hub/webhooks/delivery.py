@@ -881,10 +881,12 @@ class Deliveries:
         future.add_done_callback(_log_failure)
 
     def _gauges(self) -> None:
+        """Subscriptions and backlog, from the process that delivers (the others report zeros, so
+        a sum over the processes sharing a store counts each subscription once)."""
         head = self.store.head
         counts = dict.fromkeys(STATES, 0)
         backlog = dict.fromkeys(STATES, 0)
-        for worker in self.workers.values():
+        for worker in self.workers.values() if self.on else ():
             state = worker.sub.state
             counts[state] += 1
             backlog[state] += worker.backlog(head)
