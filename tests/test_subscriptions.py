@@ -807,3 +807,16 @@ def test_patch_delete_and_enable_with_skip_backlog(data_dir: Path, endpoint: tup
     assert bad.status_code == 422 and bad.json()["error"]["problems"][0]["field"] == "ordering"
     assert [d.event["data"]["call_id"] for d in state.received] == ["B", "after"]
     assert gone == [404, 404]
+
+
+def test_alone_on_its_store_the_hub_holds_the_deliveries_lease_and_publishes_no_change_events(
+        data_dir: Path, endpoint: tuple[Endpoint, AppServer]) -> None:
+    state, server = endpoint
+    with ServerThread(hub_config(data_dir)) as hub:
+        wait_until(lambda: "deliveries" in api(hub, "GET", "/readyz").json()["leases"], what="the lease")
+        created = subscribe(hub, f"{server.url}/hook", types=["call.*"])
+        api(hub, "PATCH", f"/v1/subscriptions/{created['id']}", json={"description": "changed"})
+        hub.publish(call("call.ringing", "A"))
+        wait_until(lambda: len(state.received) == 1, what="the delivery")
+        changes = hub_events(hub, "hub.subscription.changed")
+    assert changes == []  # one process: nobody to tell
