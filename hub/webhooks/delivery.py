@@ -603,6 +603,16 @@ def _meta(subscription: str, event: Event, body: dict[str, Any], now: float) -> 
                 event_time(body, default=now))
 
 
+@dataclass(slots=True, eq=False)
+class _Late:
+    """A change noticed while `run` was loading the subscriptions to deliver: the worker `run` held
+    for it once loaded (released when the change is loaded), unless the change was loaded first."""
+
+    subscription: str
+    worker: Worker | None = None
+    done: bool = False
+
+
 class Deliveries:
     """Every subscription's worker, the shared outbox writer, and what the API asks of them."""
 
@@ -637,6 +647,9 @@ class Deliveries:
         self._fresh = False
         #: Serialises loading subscriptions from the outbox with the API's changes in this process.
         self._sync = asyncio.Lock()
+        #: While `run` loads the subscriptions to deliver: the changes noticed meanwhile (their
+        #: workers are held once loaded, until each change is loaded too).
+        self._starting: list[_Late] | None = None
 
     @property
     def policy(self) -> EgressPolicy:
@@ -698,21 +711,32 @@ class Deliveries:
         load every subscription's cursor and pending deliveries from the outbox, as after a
         restart (unless `start` just did), run the workers; when cancelled (the lease is lost, or
         the hub stops), stop them at once and write what they did."""
-        while True:
-            try:
-                async with self._sync:
-                    if not self._fresh:
-                        await self._load()
-                    self._fresh = False
-                    self.on = True
-                    for worker in self.workers.values():
-                        self._start(worker)
-                break
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("loading the subscriptions to deliver failed; trying again in a second")
-                await asyncio.sleep(1.0)
+        noticed: list[_Late] = []
+        self._starting = noticed
+        try:
+            while True:
+                try:
+                    async with self._sync:  # changes noticed from now on wait for it (the lock is fair)
+                        if not self._fresh:
+                            await self._load()
+                        self._fresh = False
+                        for late in noticed:
+                            if not late.done:
+                                late.worker = self.workers.get(late.subscription)
+                                if late.worker is not None:
+                                    late.worker.hold()
+                        self._starting = None
+                        self.on = True
+                        for worker in self.workers.values():
+                            self._start(worker)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("loading the subscriptions to deliver failed; trying again in a second")
+                    await asyncio.sleep(1.0)
+        finally:
+            self._starting = None
         logger.info("this process delivers the webhook subscriptions (%d)", len(self.workers))
         try:
             await asyncio.Event().wait()
@@ -815,10 +839,15 @@ class Deliveries:
             data = body.get("data")
             if (body.get("source") == HUB_SOURCE and isinstance(data, dict) and data.get("origin") != self.origin
                     and isinstance(data.get("subscription"), str)):
-                worker = self.workers.get(data["subscription"]) if self.on else None
+                id_ = data["subscription"]
+                worker = self.workers.get(id_) if self.on else None
                 if worker is not None:
                     worker.hold()  # before the rest of this batch is routed
-                self.spawn(self._changed(data, worker), name="deliveries:changed")
+                late = None
+                if self._starting is not None:  # `run` is loading: it holds that worker once loaded
+                    late = _Late(id_)
+                    self._starting.append(late)
+                self.spawn(self._changed(data, worker, late), name="deliveries:changed")
 
     def _route(self, type_: str) -> list[Worker]:
         routes = self._routes
@@ -930,7 +959,7 @@ class Deliveries:
         data = {"subscription": id_, "change": change, "origin": self.origin, **details}
         await self._publish(hub_event(CHANGED, data, subject=id_), default_source=HUB_SOURCE)
 
-    async def _changed(self, data: dict[str, Any], held: Worker | None) -> None:
+    async def _changed(self, data: dict[str, Any], held: Worker | None, late: _Late | None = None) -> None:
         """Another process changed a subscription: load it again; the holder also does what was asked
         (a replay, a retry, an enable skipping the backlog), then its worker takes the log on."""
         id_ = data["subscription"]
@@ -948,6 +977,8 @@ class Deliveries:
                     logger.exception("subscription %s: loading a change made by another process failed; again", id_)
                     await asyncio.sleep(1.0)
         finally:
+            if late is not None:  # noticed while `run` was loading: the worker it held, if any
+                late.done, held = True, late.worker
             if held is not None:
                 held.unhold()
 
