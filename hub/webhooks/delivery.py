@@ -21,6 +21,13 @@ queues of subscriptions whose types match, parsing each such event once for all 
 
 **Per call.** With `ordering = "per_call"` the events of one `data.call_id` go one at a time in
 seq order: a failing event holds back the later events of its call only.
+
+**One process delivers.** With several processes sharing a store (Redis), the one holding the
+`deliveries` lease runs the workers (`Deliveries.run`), starting from the outbox as after a
+restart; the others keep dormant workers (the document, the durable cursor) for the API. A
+change made through the API of any process is written to the outbox, then told to every
+process through the log (`hub.subscription.changed`): each loads that subscription again, and
+the holder's worker takes nothing committed after the change until it has (docs/SCALING.md).
 """
 
 from __future__ import annotations
