@@ -220,6 +220,9 @@ class Hub:
         self.fanout.start()
         self.tasks.spawn(self.calls.sweep_periodically(), name="call-figures")
         self.tasks.spawn(hold(alive, _forever, {}), name="alive")
+        # Each subscription is delivered by one process at a time: the one holding `deliveries`
+        # (always this one, locally); the others keep the documents for the API.
+        self.tasks.spawn(hold(self.store.lease("deliveries", ttl), self.deliveries.run, self.leases), name="deliveries")
         # The rules run in one process at a time among those sharing the store (always this one, locally).
         rules = partial(self.reactions.run, lambda: self.store.head, self._is_dead)
         self.tasks.spawn(hold(self.store.lease("rules", ttl), rules, self.leases), name="rules")

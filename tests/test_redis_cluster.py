@@ -8,11 +8,13 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from standardwebhooks.webhooks import Webhook
 
 from handlers.antring.simulator.calls import ScriptedCall, inbound_answered, inbound_missed
 from handlers.antring.simulator.http import Device, SimState, build_app
@@ -32,6 +34,7 @@ from tests.helpers import (
     write_config,
 )
 from tests.redis_server import RedisServer
+from tests.test_subscriptions import Delivery, Endpoint
 from tests.test_webhook_post import SECRET, Receiver, missed, rule
 
 
@@ -245,3 +248,241 @@ def test_a_rule_fires_once_with_three_processes_and_once_after_its_evaluator_is_
 
 def publish_event(hub: HubProcess, event: dict[str, Any]) -> httpx.Response:
     return httpx.post(f"{hub.url}/v1/events", headers=ADMIN, timeout=WAIT, json=event)
+
+
+# -- work done once: outbound webhook deliveries ---------------------------------------------------------------
+
+
+@dataclass
+class Recording(Endpoint):
+    """An endpoint that also keeps the status it answered each delivery with."""
+
+    outcomes: list[tuple[Delivery, int]] = field(default_factory=list)
+
+    def status_for(self, delivery: Delivery) -> int:
+        status = super().status_for(delivery)
+        with self.lock:
+            self.outcomes.append((delivery, status))
+        return status
+
+    def delivered(self, start: int = 0) -> list[dict[str, Any]]:
+        """The events answered 2xx, in the order they arrived (from the `start`th request on), each
+        verified with `standardwebhooks`."""
+        assert self.secret is not None
+        hook = Webhook(self.secret)
+        with self.lock:
+            outcomes = self.outcomes[start:]
+        return [hook.verify(d.body, d.headers) for d, status in outcomes if 200 <= status < 300]
+
+
+def hook_section(**extra: Any) -> dict[str, Any]:
+    return {"allow_hosts": ["127.0.0.1"], "retry_schedule": [0, 4 * TICK, 4 * TICK, 4 * TICK], **extra}
+
+
+def create_subscription(hub: HubProcess, url: str, **spec: Any) -> dict[str, Any]:
+    r = httpx.post(f"{hub.url}/v1/subscriptions", headers=ADMIN, timeout=WAIT, json={"url": url, **spec})
+    assert r.status_code == 201, r.text
+    created: dict[str, Any] = r.json()
+    return created
+
+
+def deliverers(hubs: list[HubProcess]) -> list[HubProcess]:
+    return [h for h in hubs if "deliveries" in leases_of(h)]
+
+
+def test_a_subscription_made_on_one_process_is_delivered_once_by_one_of_three(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    state = Recording()
+    with AppServer(state.app()) as server:
+        hubs = start_hubs(tmp_path, redis_server.url, 3, f"w{time.monotonic_ns()}:", webhooks=hook_section(),
+                          server={"lease_ttl": 1.0})
+        try:
+            wait_until(lambda: len(deliverers(hubs)) == 1, what="one process delivering")
+            holder = deliverers(hubs)[0]
+            others = [h for h in hubs if h is not holder]
+            created = create_subscription(others[0], f"{server.url}/hook", types=["call.*"])
+            state.secret = created["secret"]
+            for i in range(30):
+                assert publish(hubs[i % 3], f"d-{i}").status_code == 202
+            wait_until(lambda: len(state.received) >= 30, what="every event delivered")
+            time.sleep(20 * TICK)  # time for a (wrong) second delivery to arrive
+            shown = [httpx.get(f"{h.url}/v1/subscriptions/{created['id']}", headers=ADMIN, timeout=WAIT).json()
+                     for h in hubs]
+            holders = deliverers(hubs)
+        finally:
+            for hub in hubs:
+                hub.stop()
+    delivered = state.delivered()
+    assert sorted(e["data"]["call_id"] for e in delivered) == sorted(f"d-{i}" for i in range(30))
+    assert len(state.received) == 30  # exactly once each: no other process delivered them too
+    assert len(holders) == 1 and holders[0] is holder
+    assert all(s["id"] == created["id"] and s["types"] == ["call.*"] and s["state"] == "active" for s in shown)
+
+
+def test_after_kill_9_of_the_delivering_process_another_delivers_everything_in_call_order(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    state = Recording(always=503, hang=2 * TICK)  # failing, slowly, until the takeover
+    calls = [f"call-{i}" for i in range(8)]
+    with AppServer(state.app()) as server:
+        hubs = start_hubs(tmp_path, redis_server.url, 3, f"k{time.monotonic_ns()}:",
+                          webhooks=hook_section(retry_schedule=[0] + [6 * TICK] * 30), server={"lease_ttl": 1.0})
+        try:
+            wait_until(lambda: len(deliverers(hubs)) == 1, what="one process delivering")
+            holder = deliverers(hubs)[0]
+            first_token = leases_of(holder)["deliveries"]
+            survivors = [h for h in hubs if h is not holder]
+            created = create_subscription(survivors[0], f"{server.url}/hook", types=["call.*"], ordering="per_call")
+            state.secret = created["secret"]
+            published: list[str] = []
+
+            def send(hub: HubProcess, call_id: str, type_: str) -> None:
+                event_id = f"{call_id}-{type_}"
+                r = publish_event(hub, {"type": type_, "source": "pbx-1", "id": event_id, "data": {"call_id": call_id}})
+                assert r.status_code == 202, r.text
+                published.append(event_id)
+
+            for n, type_ in enumerate(("call.ringing", "call.answered")):
+                for i, call_id in enumerate(calls):
+                    send(hubs[(i + n) % 3], call_id, type_)
+            wait_until(lambda: len(state.received) >= 20, what="attempts failing before the crash")
+            holder.kill9()
+            for i, call_id in enumerate(calls):  # while the new holder takes over
+                send(survivors[i % 2], call_id, "call.ended")
+            wait_until(lambda: len(deliverers(survivors)) == 1, what="another process delivering")
+            taken = deliverers(survivors)
+            token = leases_of(taken[0])["deliveries"]
+            state.always = None  # the endpoint recovers
+            wanted = set(published)
+            wait_until(lambda: wanted <= {e["id"] for e in state.delivered()}, timeout=2 * WAIT,
+                       what="every event delivered after the takeover")
+        finally:
+            for hub in hubs:
+                hub.stop()
+    assert len(taken) == 1 and token > first_token
+    delivered = state.delivered()
+    assert {e["id"] for e in delivered} == set(published)  # none lost (some may have come twice: at least once)
+    order = {"call.ringing": 0, "call.answered": 1, "call.ended": 2}
+    for call_id in calls:
+        first_seen: list[str] = []
+        for event in delivered:
+            if event["data"]["call_id"] == call_id and event["type"] not in first_seen:
+                first_seen.append(event["type"])
+        assert first_seen == sorted(first_seen, key=order.__getitem__), (call_id, first_seen)
+
+
+def test_changes_made_on_a_process_that_does_not_deliver_take_effect_where_deliveries_are_made(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    state = Recording()
+    with AppServer(state.app()) as server:
+        hubs = start_hubs(tmp_path, redis_server.url, 2, f"p{time.monotonic_ns()}:", webhooks=hook_section(),
+                          server={"lease_ttl": 1.0})
+        try:
+            wait_until(lambda: len(deliverers(hubs)) == 1, what="one process delivering")
+            holder = deliverers(hubs)[0]
+            other = next(h for h in hubs if h is not holder)
+            created = create_subscription(holder, f"{server.url}/hook", types=["call.ringing"])
+            path = f"{other.url}/v1/subscriptions/{created['id']}"
+            state.secret = created["secret"]
+            assert publish(other, "before").status_code == 202
+            wait_until(lambda: len(state.received) == 1, what="the first delivery")
+            r = httpx.patch(path, headers=ADMIN, timeout=WAIT, json={"types": ["call.ended"]})
+            assert r.status_code == 200 and r.json()["types"] == ["call.ended"], r.text
+            rotated = httpx.post(f"{path}/rotate-secret", headers=ADMIN, timeout=WAIT)
+            assert rotated.status_code == 200, rotated.text
+            for hub in (holder, other):  # a ringing no longer wanted, then an ended that is
+                assert publish(hub, f"ringing-{hub.port}").status_code == 202
+                assert publish_event(hub, {"type": "call.ended", "source": "pbx-1", "id": f"ended-{hub.port}",
+                                           "data": {"call_id": f"ended-{hub.port}"}}).status_code == 202
+            wait_until(lambda: len(state.received) == 3, what="the ended events")
+            state.secret = rotated.json()["secret"]  # signed with the new secret (and the old one, overlapping)
+            after_rotation = state.delivered(start=1)
+            shown = httpx.get(f"{holder.url}/v1/subscriptions/{created['id']}", headers=ADMIN, timeout=WAIT).json()
+            assert httpx.delete(path, headers=ADMIN, timeout=WAIT).status_code == 204
+            for i in range(4):
+                publish_event(hubs[i % 2], {"type": "call.ended", "source": "pbx-1", "id": f"gone-{i}",
+                                            "data": {"call_id": f"gone-{i}"}})
+            time.sleep(20 * TICK)  # time for a (wrong) delivery to a deleted subscription
+            gone = httpx.get(f"{holder.url}/v1/subscriptions/{created['id']}", headers=ADMIN, timeout=WAIT)
+        finally:
+            for hub in hubs:
+                hub.stop()
+    assert [e["id"] for e in after_rotation] and {e["type"] for e in after_rotation} == {"call.ended"}
+    assert sorted(e["id"] for e in after_rotation) == sorted(f"ended-{h.port}" for h in hubs)
+    assert shown["types"] == ["call.ended"]
+    assert len(state.received) == 3  # nothing after the delete
+    assert gone.status_code == 404
+
+
+def test_replay_and_retry_asked_of_a_process_that_does_not_deliver_are_done_by_the_one_that_does(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    state = Recording()
+    with AppServer(state.app()) as server:
+        hubs = start_hubs(tmp_path, redis_server.url, 2, f"q{time.monotonic_ns()}:", webhooks=hook_section(),
+                          server={"lease_ttl": 1.0})
+        try:
+            wait_until(lambda: len(deliverers(hubs)) == 1, what="one process delivering")
+            other = next(h for h in hubs if h not in deliverers(hubs))
+            created = create_subscription(other, f"{server.url}/hook", types=["call.*"])
+            sub, state.secret = created["id"], created["secret"]
+            seqs = [publish(hubs[i % 2], f"r-{i}").json()["seq"] for i in range(3)]
+            wait_until(lambda: len(state.received) == 3, what="the first deliveries")
+            r = httpx.post(f"{other.url}/v1/subscriptions/{sub}/replay", headers=ADMIN, timeout=WAIT,
+                           json={"after_seq": seqs[0] - 1})
+            assert r.status_code == 202, r.text
+            wait_until(lambda: len(state.received) == 6, what="the replay")
+            state.answers = [400]  # final: failed, no retry
+            rejected = publish(other, "rejected").json()["seq"]
+            wait_until(lambda: len(state.received) == 7, what="the rejected delivery")
+            wait_until(lambda: any(row["outcome"] == "failed" for row in httpx.get(
+                f"{other.url}/v1/subscriptions/{sub}/deliveries", headers=ADMIN, timeout=WAIT).json()["deliveries"]),
+                what="the failure in the delivery log, read on the process that does not deliver")
+            retry = httpx.post(f"{other.url}/v1/deliveries/{sub}.{rejected}/retry", headers=ADMIN, timeout=WAIT)
+            wait_until(lambda: len(state.received) == 8, what="the retry")
+            time.sleep(10 * TICK)
+            shown = httpx.get(f"{other.url}/v1/subscriptions/{sub}", headers=ADMIN, timeout=WAIT).json()
+        finally:
+            for hub in hubs:
+                hub.stop()
+    ids = [e["data"]["call_id"] for e in state.delivered()]
+    assert sorted(ids[:3]) == sorted(ids[3:6]) == ["r-0", "r-1", "r-2"] and ids[6:] == ["rejected"], ids
+    webhook_ids: dict[str, set[str]] = {}
+    for d in state.received:
+        webhook_ids.setdefault(d.event["data"]["call_id"], set()).add(d.headers["webhook-id"])
+    assert all(len(v) == 1 for v in webhook_ids.values()) and len(webhook_ids) == 4  # the same id every time
+    assert retry.status_code == 202 and retry.json() == {"delivery": f"{sub}.{rejected}", "state": "queued"}
+    assert len(state.received) == 8
+    assert shown["cursor"] >= rejected and shown["last_success"] is None  # as a non-holder shows it
+
+
+def test_a_holder_that_cannot_renew_its_lease_stops_delivering_at_once(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    import redis
+
+    state = Recording()
+    prefix = f"l{time.monotonic_ns()}:"
+    with AppServer(state.app()) as server:
+        hubs = start_hubs(tmp_path, redis_server.url, 2, prefix, webhooks=hook_section(), server={"lease_ttl": 1.0})
+        client = redis.Redis.from_url(redis_server.url)
+        try:
+            wait_until(lambda: len(deliverers(hubs)) == 1, what="one process delivering")
+            created = create_subscription(hubs[0], f"{server.url}/hook", types=["call.*"])
+            state.secret = created["secret"]
+            assert publish(hubs[1], "before").status_code == 202
+            wait_until(lambda: len(state.received) == 1, what="the first delivery")
+            # Another holder (one that is not a hub) has the lease for 3 s: the holder's renewal fails.
+            client.set(f"{prefix}lease:deliveries", "elsewhere:999", px=3000)
+            wait_until(lambda: not deliverers(hubs), what="the holder stopping")
+            for i in range(3):
+                assert publish(hubs[i % 2], f"meanwhile-{i}").status_code == 202
+            time.sleep(1.0)
+            while_stolen = len(state.received)
+            wait_until(lambda: len(state.received) == 4, what="the deliveries once a hub holds the lease again")
+            holders = deliverers(hubs)
+        finally:
+            client.close()
+            for hub in hubs:
+                hub.stop()
+    assert while_stolen == 1  # nobody delivered while neither hub held the lease
+    assert len(holders) == 1
+    ids = [e["data"]["call_id"] for e in state.delivered()]
+    assert ids[0] == "before" and sorted(ids[1:]) == ["meanwhile-0", "meanwhile-1", "meanwhile-2"], ids

@@ -792,6 +792,28 @@ def test_apply_moves_cursors_forward_only_and_save_sets_one_back(kind: str, data
     run(main)
 
 
+def test_update_sets_only_the_fields_it_is_given_and_never_brings_a_deleted_subscription_back(
+        kind: str, data_dir: Path) -> None:
+    async def main() -> None:
+        async with Outboxed(kind, data_dir) as outbox:
+            await outbox.save({"id": "a", "spec": {"url": "https://x", "types": []}, "failing_since": None}, cursor=4)
+            await outbox.update("a", {"failing_since": 12.5})  # one process (delivering)
+            await outbox.update("a", {"spec": {"url": "https://y", "types": []}})  # another (the API)
+            assert await outbox.subscriptions() == [
+                ({"id": "a", "spec": {"url": "https://y", "types": []}, "failing_since": 12.5}, 4)]
+            await outbox.update("a", {"failing_since": None}, cursor=2)  # a replay sets the cursor back
+            assert (await outbox.subscriptions())[0] == (
+                {"id": "a", "spec": {"url": "https://y", "types": []}, "failing_since": None}, 2)
+            await outbox.delete("a")
+            await outbox.update("a", {"failing_since": 1.0})
+            await outbox.apply(OutboxChanges(pending=[Pending("a", 3, None, 1, 0.0, "retry")], cursors={"a": 5}))
+            assert await outbox.subscriptions() == []
+            if kind != "local":  # shared: another process may still flush for it; locally the one process forgot it first
+                assert await outbox.pending("a") == []
+
+    run(main)
+
+
 def test_pending_deliveries_are_added_changed_and_settled_in_one_write(kind: str, data_dir: Path) -> None:
     async def first() -> None:
         async with Outboxed(kind, data_dir) as outbox:

@@ -807,3 +807,78 @@ def test_patch_delete_and_enable_with_skip_backlog(data_dir: Path, endpoint: tup
     assert bad.status_code == 422 and bad.json()["error"]["problems"][0]["field"] == "ordering"
     assert [d.event["data"]["call_id"] for d in state.received] == ["B", "after"]
     assert gone == [404, 404]
+
+
+def test_alone_on_its_store_the_hub_holds_the_deliveries_lease_and_publishes_no_change_events(
+        data_dir: Path, endpoint: tuple[Endpoint, AppServer]) -> None:
+    state, server = endpoint
+    with ServerThread(hub_config(data_dir)) as hub:
+        wait_until(lambda: "deliveries" in api(hub, "GET", "/readyz").json()["leases"], what="the lease")
+        created = subscribe(hub, f"{server.url}/hook", types=["call.*"])
+        api(hub, "PATCH", f"/v1/subscriptions/{created['id']}", json={"description": "changed"})
+        hub.publish(call("call.ringing", "A"))
+        wait_until(lambda: len(state.received) == 1, what="the delivery")
+        changes = hub_events(hub, "hub.subscription.changed")
+    assert changes == []  # one process: nobody to tell
+
+
+def test_a_change_noticed_while_a_new_holder_loads_holds_its_worker_until_the_change_is_loaded(
+        data_dir: Path) -> None:
+    """The engine against a real store that it takes as shared: a process taking the `deliveries`
+    lease reads the outbox; a change another process made arrives meanwhile; once loaded, that
+    subscription's worker takes nothing from the log until the change is loaded too."""
+    import orjson
+
+    from hub.config import BackendConfig, WebhooksConfig
+    from hub.events import Event, hub_event
+    from hub.ops.metrics import Metrics
+    from hub.outbound.guard import EgressPolicy
+    from hub.store import open_backend
+    from hub.tasks import Tasks
+    from hub.webhooks.delivery import Deliveries
+    from hub.webhooks.sender import WebhookSender
+    from hub.webhooks.subscriptions import CHANGED
+
+    async def main() -> None:
+        store = open_backend(BackendConfig(url="local"), data_dir)
+        await store.start(lambda events: None)
+        tasks = Tasks()
+        deliveries = Deliveries(store.outbox(), store, WebhookSender(EgressPolicy(), timeout=1.0), WebhooksConfig(),
+                                publish=None, spawn=tasks.spawn, metrics=Metrics())  # type: ignore[arg-type]
+        deliveries.shared = True
+        try:
+            await deliveries.start()
+            outbox = deliveries.outbox
+            await outbox.save({"id": "s", "spec": {"url": "http://127.0.0.1:9/", "types": ["call.*"]},
+                               "created": 0.0, "updated": 0.0, "secrets": [{"secret": SECRET, "expires": None}]},
+                              cursor=0)
+            first, second = asyncio.Event(), asyncio.Event()
+            gates = [first, second]  # the holder's read, then the change's
+            read = outbox.subscriptions
+
+            async def gated() -> list[tuple[dict[str, Any], int | None]]:
+                rows = await read()
+                if gates:
+                    await gates.pop(0).wait()
+                return rows
+
+            outbox.subscriptions = gated  # type: ignore[method-assign]
+            running = asyncio.get_running_loop().create_task(deliveries.run())
+            await asyncio.sleep(0.05)  # the new holder is reading the outbox
+            body = {**hub_event(CHANGED, {"subscription": "s", "change": "updated", "origin": "elsewhere"}), "seq": 1}
+            deliveries.on_commit([Event(1, CHANGED, None, orjson.dumps(body))])
+            first.set()  # the holder has loaded
+            await asyncio.sleep(0.05)
+            held_while_loading = deliveries.on and deliveries.workers["s"].held
+            second.set()  # the change is loaded
+            await asyncio.sleep(0.05)
+            held_after = deliveries.workers["s"].held
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+        finally:
+            await tasks.stop(1.0)
+            await deliveries.close()
+            await store.close()
+        assert held_while_loading == 1 and held_after == 0
+
+    asyncio.run(main())

@@ -32,6 +32,12 @@ def routes(hub: Hub) -> list[Route]:
     def admin(request: Request) -> None:
         authenticate(request).require("admin")
 
+    async def admin_current(request: Request) -> None:
+        """Admin only; on a process that does not deliver (several on Redis), the subscriptions as the
+        shared outbox has them now, so a read shows and a change starts from what is stored."""
+        admin(request)
+        await deliveries.refresh()
+
     async def body(request: Request, *, optional: bool = False) -> Any:
         if optional and not await _has_body(request):
             return {}
@@ -42,7 +48,7 @@ def routes(hub: Hub) -> list[Route]:
         return obj
 
     async def collection(request: Request) -> Response:
-        admin(request)
+        await admin_current(request)
         if request.method == "GET":
             subscriptions = deliveries.describe_all()
             return JSONResponse({"subscriptions": subscriptions, "count": len(subscriptions)})
@@ -51,7 +57,7 @@ def routes(hub: Hub) -> list[Route]:
                             headers={"Location": f"/v1/subscriptions/{described['id']}", "Cache-Control": "no-store"})
 
     async def one(request: Request) -> Response:
-        admin(request)
+        await admin_current(request)
         id_ = request.path_params["id"]
         if request.method == "GET":
             return JSONResponse(deliveries.describe(deliveries.worker(id_)))
@@ -63,12 +69,12 @@ def routes(hub: Hub) -> list[Route]:
         return JSONResponse(await deliveries.update(id_, spec_from({**current, **patch})))
 
     async def rotate(request: Request) -> Response:
-        admin(request)
+        await admin_current(request)
         described, secret = await deliveries.rotate(request.path_params["id"])
         return JSONResponse({**described, "secret": secret}, headers={"Cache-Control": "no-store"})
 
     async def enable(request: Request) -> Response:
-        admin(request)
+        await admin_current(request)
         options = await body(request, optional=True)
         skip = options.get("skip_backlog", False)
         if not isinstance(skip, bool):
@@ -76,7 +82,7 @@ def routes(hub: Hub) -> list[Route]:
         return JSONResponse(await deliveries.enable(request.path_params["id"], skip_backlog=skip))
 
     async def replay(request: Request) -> Response:
-        admin(request)
+        await admin_current(request)
         options = await body(request)
         unknown = sorted(set(options) - {"after_seq", "since"})
         if unknown:
@@ -109,7 +115,7 @@ def routes(hub: Hub) -> list[Route]:
         return JSONResponse({"deliveries": attempts, "next": attempts[-1]["id"] if attempts else after})
 
     async def retry(request: Request) -> Response:
-        admin(request)
+        await admin_current(request)
         return JSONResponse(await deliveries.retry(request.path_params["id"]), status_code=202)
 
     return [

@@ -26,6 +26,7 @@ KNOWN_TYPES = frozenset({
     "call.enriched", "campaign.contact.updated", "campaign.contact.added",
     "action.succeeded", "action.failed", "action.unknown",
     "hub.upstream.connected", "hub.upstream.disconnected", "hub.delivery.exhausted", "hub.subscription.disabled",
+    "hub.subscription.changed",
 })
 
 #: Fan-out latency buckets (seconds): the interesting range is 100 µs to a few hundred ms.

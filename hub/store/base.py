@@ -88,6 +88,8 @@ class Backend(ABC):
     Options: ClassVar[type[BaseModel]] = NoOptions
     #: Highest seq this process has been told about through `on_commit`.
     head: int = 0
+    #: Several processes may share this store (each sees every process's commits through `on_commit`).
+    shared: ClassVar[bool] = False
 
     @abstractmethod
     async def start(self, on_commit: CommitListener) -> None:
@@ -366,6 +368,12 @@ class Outbox(ABC):
     @abstractmethod
     def save(self, document: dict[str, Any], *, cursor: int | None = None) -> asyncio.Future[None]:
         """Create or replace a subscription's document (keyed by its `id`); `cursor` sets where it starts."""
+
+    @abstractmethod
+    def update(self, subscription: str, fields: dict[str, Any], *, cursor: int | None = None) -> asyncio.Future[None]:
+        """Set these top-level fields of a stored document, leaving the others as they are (several
+        processes may write one document: each writes only what it changed); `cursor` set: it too.
+        Nothing if there is no such subscription (deleted meanwhile)."""
 
     @abstractmethod
     def delete(self, subscription: str) -> asyncio.Future[None]:

@@ -807,6 +807,20 @@ class SQLiteOutbox(Outbox):
                            " UPDATE SET document = excluded.document, cursor = COALESCE(excluded.cursor, cursor)",
                            (id_, document, cursor))
 
+    def update(self, subscription: str, fields: dict[str, Any], *, cursor: int | None = None) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = self._submit(self._update, subscription, orjson.dumps(fields), cursor)
+        return future
+
+    def _update(self, id_: str, fields: bytes, cursor: int | None) -> None:
+        with _transaction(self._conn) as db:
+            row = db.execute("SELECT document FROM subscriptions WHERE id = ?", (id_,)).fetchone()
+            if row is None:
+                return
+            document = orjson.loads(row[0])
+            document.update(orjson.loads(fields))
+            db.execute("UPDATE subscriptions SET document = ?, cursor = COALESCE(?, cursor) WHERE id = ?",
+                       (orjson.dumps(document), cursor, id_))
+
     def delete(self, subscription: str) -> asyncio.Future[None]:
         future: asyncio.Future[None] = self._submit(self._delete, subscription)
         return future

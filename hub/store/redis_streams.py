@@ -37,7 +37,7 @@ from typing import Any, TypeAlias
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from hub.config import Duration
 from hub.events import Event, encode_event_parts
@@ -166,6 +166,7 @@ def _event(entry_id: bytes, fields: dict[bytes, bytes], received: float = 0.0) -
 
 class RedisBackend(Backend):
     Options = RedisOptions
+    shared = True
 
     def __init__(self, *, url: str, options: RedisOptions, data_dir: Path) -> None:
         self.url = url
@@ -861,17 +862,24 @@ _APPLY = """
 local p = ARGV[1]
 local c = cjson.decode(ARGV[2])
 for _, s in ipairs(c.settled) do redis.call('HDEL', p .. 'o:p:' .. s[1], s[2]) end
-for _, row in ipairs(c.pending) do redis.call('HSET', p .. 'o:p:' .. row[1], row[2], cjson.encode(row)) end
+-- A subscription deleted meanwhile (by another process) gets no rows or log lines back.
+for _, row in ipairs(c.pending) do
+  if redis.call('HEXISTS', p .. 'o:subs', row[1]) == 1 then
+    redis.call('HSET', p .. 'o:p:' .. row[1], row[2], cjson.encode(row))
+  end
+end
 if #c.attempts > 0 then
   local last = redis.call('INCRBY', p .. 'o:attempt', #c.attempts)
   local id = last - #c.attempts
   for _, a in ipairs(c.attempts) do
     id = id + 1
-    a[1] = id
-    local line = cjson.encode(a)
-    redis.call('ZADD', p .. 'o:log:' .. a[2], id, line)
-    redis.call('ZADD', p .. 'o:log:' .. a[2] .. ':' .. a[8], id, line)
-    redis.call('ZADD', p .. 'o:log-at', a[6], a[2] .. '\\0' .. a[8] .. '\\0' .. id)
+    if redis.call('HEXISTS', p .. 'o:subs', a[2]) == 1 then
+      a[1] = id
+      local line = cjson.encode(a)
+      redis.call('ZADD', p .. 'o:log:' .. a[2], id, line)
+      redis.call('ZADD', p .. 'o:log:' .. a[2] .. ':' .. a[8], id, line)
+      redis.call('ZADD', p .. 'o:log-at', a[6], a[2] .. '\\0' .. a[8] .. '\\0' .. id)
+    end
   end
 end
 for sub, cursor in pairs(c.cursors) do
@@ -925,6 +933,33 @@ class RedisOutbox(_Part, Outbox):
                 if cursor is not None:
                     pipe.hset(self.key("o:cursors"), id_, cursor)
                 await pipe.execute()
+
+        future: asyncio.Future[None] = self._writes.submit(write)
+        return future
+
+    def update(self, subscription: str, fields: dict[str, Any], *, cursor: int | None = None) -> asyncio.Future[None]:
+        key = self.key("o:subs")
+
+        async def write() -> None:
+            # Read, change, write back unless another process wrote a document meanwhile (then again).
+            async with self._r.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.hget(key, subscription)
+                        if raw is None:
+                            await pipe.unwatch()
+                            return
+                        document = orjson.loads(raw)
+                        document.update(fields)
+                        pipe.multi()
+                        pipe.hset(key, subscription, orjson.dumps(document))
+                        if cursor is not None:
+                            pipe.hset(self.key("o:cursors"), subscription, cursor)
+                        await pipe.execute()
+                        return
+                    except WatchError:
+                        continue
 
         future: asyncio.Future[None] = self._writes.submit(write)
         return future

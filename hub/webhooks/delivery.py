@@ -21,6 +21,13 @@ queues of subscriptions whose types match, parsing each such event once for all 
 
 **Per call.** With `ordering = "per_call"` the events of one `data.call_id` go one at a time in
 seq order: a failing event holds back the later events of its call only.
+
+**One process delivers.** With several processes sharing a store (Redis), the one holding the
+`deliveries` lease runs the workers (`Deliveries.run`), starting from the outbox as after a
+restart; the others keep dormant workers (the document, the durable cursor) for the API. A
+change made through the API of any process is written to the outbox, then told to every
+process through the log (`hub.subscription.changed`): each loads that subscription again, and
+the holder's worker takes nothing committed after the change until it has (docs/SCALING.md).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import heapq
 import logging
 import math
 import random
+import secrets
 import time
 from bisect import insort
 from collections import deque
@@ -48,6 +56,7 @@ from hub.outbound.retry import retry_after_seconds, stable_key
 from hub.store.base import Attempt, Backend, Outbox, OutboxChanges, Pending
 from hub.webhooks.sender import WebhookSender, WebhookUnreachable
 from hub.webhooks.subscriptions import (
+    CHANGED,
     HUB_DELIVERY_TYPES,
     STATES,
     Subscription,
@@ -74,6 +83,10 @@ RESPONSE_HEAD = 512
 PRUNE_EVERY = 3600.0
 #: Event types whose matching subscriptions the commit hook remembers (then it starts over).
 MAX_ROUTES = 4096
+#: How long a process that stops delivering (lease lost, shutdown) tries to write what its workers did.
+STOP_FLUSH_TIMEOUT = 2.0
+#: How many times a process tries to reload a subscription another process changed (a second apart).
+SYNC_TRIES = 30
 #: The delivery log's outcomes.
 OUTCOMES = ("delivered", "retrying", "failed", "expired")
 _CONTENT_TYPE = {"Content-Type": "application/cloudevents+json"}
@@ -165,6 +178,19 @@ class Worker:
         self.last_success: float | None = None
         self.last_failure: dict[str, Any] | None = None
         self.closed = False
+        #: Changes another process made that this one (delivering) has seen in the log and not yet
+        #: loaded: meanwhile it takes nothing more from the log, so what was committed after a
+        #: change is taken as the change says (a new filter, a deletion).
+        self.held = 0
+
+    def hold(self) -> None:
+        self.held += 1
+        self.generation += 1  # a read of the log in flight is thrown away
+        self.set_listening(False)
+
+    def unhold(self) -> None:
+        self.held = max(0, self.held - 1)
+        self.poke()
 
     # -- taking events ----------------------------------------------------------------------------
 
@@ -310,7 +336,7 @@ class Worker:
         if not active and self.listening:
             self.set_listening(False)  # paused or disabled: it reads on from the log once enabled
         self.take_incoming()
-        if active and not self.listening and self.room() > 0:
+        if active and not self.listening and self.room() > 0 and not self.held:
             await self.catch_up()
             self.take_incoming()
         now = time.time()
@@ -584,6 +610,16 @@ def _meta(subscription: str, event: Event, body: dict[str, Any], now: float) -> 
                 event_time(body, default=now))
 
 
+@dataclass(slots=True, eq=False)
+class _Late:
+    """A change noticed while `run` was loading the subscriptions to deliver: the worker `run` held
+    for it once loaded (released when the change is loaded), unless the change was loaded first."""
+
+    subscription: str
+    worker: Worker | None = None
+    done: bool = False
+
+
 class Deliveries:
     """Every subscription's worker, the shared outbox writer, and what the API asks of them."""
 
@@ -606,6 +642,21 @@ class Deliveries:
         self._flush_lock = asyncio.Lock()
         self._pruned = 0.0
         self.started = False
+        #: Other processes may share the store: changes made through the API are told to them all
+        #: through the log (`CHANGED`), and only the holder of the `deliveries` lease delivers.
+        self.shared = store.shared
+        #: This engine's name in the `CHANGED` events it publishes (it skips its own).
+        self.origin = secrets.token_hex(8)
+        #: This process delivers (holds the lease, `run`): the workers' tasks run. Otherwise its
+        #: workers are dormant: the documents (for the API) and the durable cursors, nothing in flight.
+        self.on = False
+        #: The workers were loaded by `start` and nothing since needs them loaded again.
+        self._fresh = False
+        #: Serialises loading subscriptions from the outbox with the API's changes in this process.
+        self._sync = asyncio.Lock()
+        #: While `run` loads the subscriptions to deliver: the changes noticed meanwhile (their
+        #: workers are held once loaded, until each change is loaded too).
+        self._starting: list[_Late] | None = None
 
     @property
     def policy(self) -> EgressPolicy:
@@ -623,6 +674,7 @@ class Deliveries:
         for entry in self.config.subscriptions:
             doc = from_config(entry, now)
             old = stored.get(entry.id)
+            write: int | None = None
             if old is not None:
                 previous, cursor = old
                 doc.update({k: previous.get(k) for k in ("disabled", "failing_since", "created")})
@@ -630,14 +682,18 @@ class Deliveries:
                     # A changed secret: the ones before it keep signing beside it until their overlap ends.
                     doc["secrets"] += _older_secrets(previous.get("secrets") or [], entry.secret, now,
                                                      self.config.secret_overlap)
+                # The cursor stays as stored (another process sharing the store may be moving it on).
             else:
-                cursor = head
-            await self.outbox.save(doc, cursor=cursor)
+                cursor = write = head
+            await self.outbox.save(doc, cursor=write)
             stored[entry.id] = (doc, cursor)
         for id_, (doc, _) in list(stored.items()):
             if doc.get("managed") == "config" and id_ not in declared:
                 await self.outbox.delete(id_)  # no longer declared: gone, as the config says
                 del stored[id_]
+        # Alone on its store, this process delivers from the start (its `deliveries` lease is
+        # always its own); sharing it, it delivers once it holds that lease (`run`).
+        self.on = not self.shared
         for id_, (doc, cursor) in stored.items():
             try:
                 sub = Subscription(doc)
@@ -645,14 +701,90 @@ class Deliveries:
                 logger.exception("subscription %s: its stored document cannot be read; it is not delivered", id_)
                 continue
             worker = Worker(sub, self, head if cursor is None else cursor)
-            worker.restore(await self.outbox.pending(id_))
+            if not self.shared:  # shared: loaded again by `run`, as the lease may come much later
+                worker.restore(await self.outbox.pending(id_))
             self._start(worker)
+        self._fresh = not self.shared
         self.spawn(self._flusher(), name="deliveries:flush")
         self.started = True
 
     def _start(self, worker: Worker) -> None:
         self.workers[worker.sub.id] = worker
-        worker.task = self.spawn(worker.run(), name=f"deliveries:{worker.sub.id}")
+        if self.on and worker.task is None:
+            worker.task = self.spawn(worker.run(), name=f"deliveries:{worker.sub.id}")
+
+    async def run(self) -> None:
+        """Deliver, while this process holds the `deliveries` lease (always, with a local store):
+        load every subscription's cursor and pending deliveries from the outbox, as after a
+        restart (unless `start` just did), run the workers; when cancelled (the lease is lost, or
+        the hub stops), stop them at once and write what they did."""
+        noticed: list[_Late] = []
+        self._starting = noticed
+        try:
+            while True:
+                try:
+                    async with self._sync:  # changes noticed from now on wait for it (the lock is fair)
+                        if not self._fresh:
+                            await self._load()
+                        self._fresh = False
+                        for late in noticed:
+                            if not late.done:
+                                late.worker = self.workers.get(late.subscription)
+                                if late.worker is not None:
+                                    late.worker.hold()
+                        self._starting = None
+                        self.on = True
+                        for worker in self.workers.values():
+                            self._start(worker)
+                    break
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("loading the subscriptions to deliver failed; trying again in a second")
+                    await asyncio.sleep(1.0)
+        finally:
+            self._starting = None
+        logger.info("this process delivers the webhook subscriptions (%d)", len(self.workers))
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.on = False
+            await self._stop_workers()
+
+    async def _load(self) -> None:
+        """Every subscription from the outbox, as workers (with their pending deliveries)."""
+        head = self.store.head
+        workers: dict[str, Worker] = {}
+        for doc, cursor in await self.outbox.subscriptions():
+            try:
+                sub = Subscription(doc)
+            except Exception:
+                logger.exception("subscription %s: its stored document cannot be read; it is not delivered",
+                                 doc.get("id"))
+                continue
+            worker = Worker(sub, self, head if cursor is None else cursor)
+            worker.restore(await self.outbox.pending(sub.id))
+            workers[sub.id] = worker
+        for old in self.workers.values():
+            old.closed = True
+        self.workers = workers
+        self.refresh_listening()
+
+    async def _stop_workers(self) -> None:
+        """Stop every worker now, write what they did (as much as can be written), and keep dormant
+        copies: what the API shows until this process delivers again (it then loads them afresh)."""
+        workers = list(self.workers.values())
+        for worker in workers:
+            worker.closed = True
+            if worker.task is not None:
+                worker.task.cancel()
+        await asyncio.gather(*(w.task for w in workers if w.task is not None), return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.flush(), STOP_FLUSH_TIMEOUT)
+        except Exception as exc:  # kept in `_unapplied`: written by the next flush that succeeds
+            logger.warning("writing webhook delivery progress on stopping failed: %r", exc)
+        self.workers = {id_: Worker(w.sub, self, w.durable_cursor) for id_, w in self.workers.items()}
+        self.refresh_listening()
 
     async def close(self) -> None:
         """After the workers were cancelled: write what they did, close the outbox."""
@@ -665,6 +797,8 @@ class Deliveries:
     # -- the commit hook (the ingest path: cheap) --------------------------------------------------------
 
     def on_commit(self, events: list[Event]) -> None:
+        if self.shared:
+            self._notice(events)
         listening = self._listening
         if not listening or not events:
             return
@@ -699,6 +833,28 @@ class Deliveries:
             worker.poke()
         if overflowed:
             self._set_listening([w for w in listening if w.listening])
+
+    def _notice(self, events: list[Event]) -> None:
+        """With a shared store: a subscription another process changed (`CHANGED`) is loaded again."""
+        for event in events:
+            if event.type != CHANGED:
+                continue
+            try:
+                body = orjson.loads(event.body)
+            except orjson.JSONDecodeError:
+                continue
+            data = body.get("data")
+            if (body.get("source") == HUB_SOURCE and isinstance(data, dict) and data.get("origin") != self.origin
+                    and isinstance(data.get("subscription"), str)):
+                id_ = data["subscription"]
+                worker = self.workers.get(id_) if self.on else None
+                if worker is not None:
+                    worker.hold()  # before the rest of this batch is routed
+                late = None
+                if self._starting is not None:  # `run` is loading: it holds that worker once loaded
+                    late = _Late(id_)
+                    self._starting.append(late)
+                self.spawn(self._changed(data, worker, late), name="deliveries:changed")
 
     def _route(self, type_: str) -> list[Worker]:
         routes = self._routes
@@ -750,19 +906,23 @@ class Deliveries:
                 raise
 
     def save(self, sub: Subscription) -> None:
-        """Write a subscription's document (state changes the workers make); logged if it fails.
-        Nothing for a subscription deleted meanwhile (it would come back)."""
+        """Write the state the workers change (`disabled`, `failing_since`), and only that (the API of
+        another process may be writing the rest); logged if it fails. Nothing for a subscription
+        deleted meanwhile."""
         if self.workers.get(sub.id) is None or self.workers[sub.id].sub is not sub:
             return
-        sub.document["updated"] = time.time()
-        future = self.outbox.save(dict(sub.document))
+        doc = sub.document
+        doc["updated"] = time.time()
+        future = self.outbox.update(sub.id, {k: doc.get(k) for k in ("disabled", "failing_since", "updated")})
         future.add_done_callback(_log_failure)
 
     def _gauges(self) -> None:
+        """Subscriptions and backlog, from the process that delivers (the others report zeros, so
+        a sum over the processes sharing a store counts each subscription once)."""
         head = self.store.head
         counts = dict.fromkeys(STATES, 0)
         backlog = dict.fromkeys(STATES, 0)
-        for worker in self.workers.values():
+        for worker in self.workers.values() if self.on else ():
             state = worker.sub.state
             counts[state] += 1
             backlog[state] += worker.backlog(head)
@@ -796,6 +956,117 @@ class Deliveries:
 
     # -- what the API asks ----------------------------------------------------------------------------
 
+    # -- several processes: changes made elsewhere ----------------------------------------------------
+
+    async def _tell(self, id_: str, change: str, **details: Any) -> None:
+        """Tell every process sharing the store that a subscription changed (they load it again from
+        the outbox, where it is already written): its id and what changed, never a secret."""
+        if not self.shared:
+            return
+        data = {"subscription": id_, "change": change, "origin": self.origin, **details}
+        await self._publish(hub_event(CHANGED, data, subject=id_), default_source=HUB_SOURCE)
+
+    async def _changed(self, data: dict[str, Any], held: Worker | None, late: _Late | None = None) -> None:
+        """Another process changed a subscription: load it again; the holder also does what was asked
+        (a replay, a retry, an enable skipping the backlog), then its worker takes the log on."""
+        id_ = data["subscription"]
+        try:
+            for _ in range(SYNC_TRIES):
+                try:
+                    async with self._sync:
+                        worker = await self._reload(id_, keep_state=data.get("change") != "enabled")
+                        if worker is not None and self.on:
+                            await self._apply_change(worker, data)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("subscription %s: loading a change made by another process failed; again", id_)
+                    await asyncio.sleep(1.0)
+        finally:
+            if late is not None:  # noticed while `run` was loading: the worker it held, if any
+                late.done, held = True, late.worker
+            if held is not None:
+                held.unhold()
+
+    async def _reload(self, id_: str, *, keep_state: bool = True) -> Worker | None:
+        """One subscription as the outbox has it now: made, changed in place, or forgotten."""
+        stored = {doc["id"]: (doc, cursor) for doc, cursor in await self.outbox.subscriptions()}
+        worker = self.workers.get(id_)
+        if id_ not in stored:
+            if worker is not None:
+                self._forget(worker)
+            return None
+        doc, cursor = stored[id_]
+        if worker is None:
+            worker = Worker(Subscription(doc), self, self.store.head if cursor is None else cursor)
+            if self.on:
+                worker.restore(await self.outbox.pending(id_))
+            self._start(worker)
+            return worker
+        if self.on and keep_state:  # the holder's own view of how the endpoint fares is newer
+            doc.update({k: worker.sub.document.get(k) for k in ("disabled", "failing_since")})
+        self._refresh(worker, doc, None if self.on else cursor)
+        return worker
+
+    def _refresh(self, worker: Worker, doc: dict[str, Any], cursor: int | None) -> None:
+        sub = worker.sub
+        previous = sub.document
+        sub.document = doc
+        try:
+            sub.refresh()
+        except Exception:
+            sub.document = previous
+            raise
+        if cursor is not None and not worker.items:  # dormant: the durable cursor, for the API
+            worker.read_pos = worker.durable_cursor = worker.seen_through = cursor
+        self._routes = {}  # its types may have changed
+        worker.poke()
+
+    async def refresh(self) -> None:
+        """A process that does not deliver: every document and cursor as the outbox has them now
+        (the holder writes how each endpoint fares), before the API answers a read."""
+        if not self.shared or self.on:
+            return
+        async with self._sync:
+            if self.on:
+                return
+            stored = {doc["id"]: (doc, cursor) for doc, cursor in await self.outbox.subscriptions()}
+            for id_, gone in list(self.workers.items()):
+                if id_ not in stored:
+                    self._forget(gone)
+            head = self.store.head
+            for id_, (doc, cursor) in stored.items():
+                known = self.workers.get(id_)
+                try:
+                    if known is None:
+                        self._start(Worker(Subscription(doc), self, head if cursor is None else cursor))
+                    else:
+                        self._refresh(known, doc, cursor)
+                except Exception:
+                    logger.exception("subscription %s: its stored document cannot be read", id_)
+
+    async def _apply_change(self, worker: Worker, data: dict[str, Any]) -> None:
+        """What another process's API asked of this one, the holder (already written to the outbox)."""
+        change = data.get("change")
+        if change == "replay":
+            worker.forced_through = max(worker.forced_through, int(data["through_seq"]))
+            cursor = self._rewind(worker, int(data["after_seq"]))
+            await self.outbox.update(worker.sub.id, {}, cursor=cursor)
+        elif change == "retry":
+            await self._retry_here(worker, int(data["seq"]))
+        elif change == "enabled" and data.get("skip_backlog"):
+            self._skip_backlog(worker, int(data["cursor"]))
+
+    def _forget(self, worker: Worker) -> None:
+        worker.closed = True
+        if worker.task is not None:
+            worker.task.cancel()
+        self.workers.pop(worker.sub.id, None)
+        self.refresh_listening()
+
+    # -- what the API asks ----------------------------------------------------------------------------
+
     def worker(self, id_: str) -> Worker:
         worker = self.workers.get(id_)
         if worker is None:
@@ -810,6 +1081,8 @@ class Deliveries:
         return worker
 
     def describe(self, worker: Worker) -> dict[str, Any]:
+        """A non-holder (shared store) knows the document and the durable cursor: its backlog is the
+        events after that cursor, its `last_success` and `last_failure` are null (the delivery log has them)."""
         out = worker.sub.describe()
         failure = worker.last_failure
         out["backlog"] = worker.backlog(self.store.head)
@@ -834,10 +1107,12 @@ class Deliveries:
         doc = {"id": new_id(), "spec": spec.model_dump(), "managed": "api",
                "secrets": [{"secret": secret, "expires": None}], "disabled": None, "failing_since": None,
                "created": now, "updated": now}
-        head = self.store.head
-        await self.outbox.save(doc, cursor=head)
-        worker = Worker(Subscription(doc), self, head)
-        self._start(worker)
+        async with self._sync:
+            head = self.store.head
+            await self.outbox.save(doc, cursor=head)
+            worker = Worker(Subscription(doc), self, head)
+            self._start(worker)
+        await self._tell(worker.sub.id, "created")
         return self.describe(worker), secret
 
     async def update(self, id_: str, spec: SubscriptionSpec) -> dict[str, Any]:
@@ -845,51 +1120,61 @@ class Deliveries:
         if spec.url != worker.sub.spec.url:
             await self.policy.check(spec.url)
             worker = self._editable(id_)  # deleted meanwhile?
-        # Changed in place (a disable the worker made meanwhile stays), then written as it now is.
-        doc = worker.sub.document
-        doc["spec"], doc["updated"] = spec.model_dump(), time.time()
-        worker.sub.refresh()
-        self._routes = {}  # its types may have changed
-        worker.poke()
-        await self.outbox.save(dict(doc))
+        async with self._sync:
+            worker = self._editable(id_)
+            # Changed in place (a disable the worker made meanwhile stays); only what changed is written.
+            doc = worker.sub.document
+            doc["spec"], doc["updated"] = spec.model_dump(), time.time()
+            worker.sub.refresh()
+            self._routes = {}  # its types may have changed
+            worker.poke()
+            await self.outbox.update(id_, {"spec": doc["spec"], "updated": doc["updated"]})
+        await self._tell(id_, "updated")
         return self.describe(worker)
 
     async def delete(self, id_: str) -> None:
-        worker = self._editable(id_)
-        worker.closed = True
-        if worker.task is not None:
-            worker.task.cancel()
-        del self.workers[id_]
-        self.refresh_listening()
-        await self.outbox.delete(id_)
+        async with self._sync:
+            self._forget(self._editable(id_))
+            await self.outbox.delete(id_)
+        await self._tell(id_, "deleted")
 
     async def rotate(self, id_: str) -> tuple[dict[str, Any], str]:
-        worker = self._editable(id_)
-        secret = worker.sub.rotate(self.config.secret_overlap, time.time())
-        await self.outbox.save(dict(worker.sub.document))
+        async with self._sync:
+            worker = self._editable(id_)
+            secret = worker.sub.rotate(self.config.secret_overlap, time.time())
+            doc = worker.sub.document
+            await self.outbox.update(id_, {"secrets": doc["secrets"], "updated": doc["updated"]})
+        await self._tell(id_, "rotated")
         return self.describe(worker), secret
 
     async def enable(self, id_: str, *, skip_backlog: bool) -> dict[str, Any]:
         """Clear a disable (410, continuous failure) and, unless managed by config, a pause. With
         `skip_backlog`, what was committed meanwhile is not delivered: it starts at the head."""
-        worker = self.worker(id_)
-        doc = worker.sub.document
-        doc["disabled"], doc["failing_since"] = None, None
-        if not worker.sub.managed_by_config:
-            doc["spec"] = {**doc["spec"], "enabled": True}
-        cursor = None
-        if skip_backlog:
-            cursor = self.store.head
-            for item in sorted(worker.items.values(), key=lambda i: i.seq):
-                if item.state != "sending":
-                    worker.settle(item, "expired", error="skipped: enabled with skip_backlog")
-            self._rewind(worker, cursor, forward=True)
-        doc["updated"] = time.time()
-        worker.sub.refresh()
-        self._routes = {}  # its types may have changed
-        worker.poke()
-        await self.outbox.save(dict(doc), cursor=cursor)
+        async with self._sync:
+            worker = self.worker(id_)
+            doc = worker.sub.document
+            doc["disabled"], doc["failing_since"] = None, None
+            if not worker.sub.managed_by_config:
+                doc["spec"] = {**doc["spec"], "enabled": True}
+            cursor = None
+            if skip_backlog:
+                cursor = self.store.head
+                self._skip_backlog(worker, cursor)
+            doc["updated"] = time.time()
+            worker.sub.refresh()
+            self._routes = {}  # its types may have changed
+            worker.poke()
+            await self.outbox.update(id_, {k: doc[k] for k in ("disabled", "failing_since", "spec", "updated")},
+                                     cursor=cursor)
+        await self._tell(id_, "enabled", skip_backlog=skip_backlog, cursor=cursor)
         return self.describe(worker)
+
+    def _skip_backlog(self, worker: Worker, cursor: int) -> None:
+        """Drop what it holds (each logged `expired`) and go on from `cursor`."""
+        for item in sorted(worker.items.values(), key=lambda i: i.seq):
+            if item.state != "sending":
+                worker.settle(item, "expired", error="skipped: enabled with skip_backlog")
+        self._rewind(worker, cursor, forward=True)
 
     async def replay(self, id_: str, *, after_seq: int | None, since: float | None) -> dict[str, Any]:
         """Send the stored events after `after_seq` (or committed from `since` on) again, then go on live."""
@@ -902,9 +1187,14 @@ class Deliveries:
         assert after_seq is not None
         if after_seq > head:
             raise BadRequest(f"'after_seq' is past the head of the log ({head})", code="invalid_replay")
-        worker.forced_through = max(worker.forced_through, head)  # sent whatever their age: an operator asked
-        cursor = self._rewind(worker, after_seq)
-        await self.outbox.save(dict(worker.sub.document), cursor=cursor)
+        async with self._sync:
+            worker = self.worker(id_)
+            worker.forced_through = max(worker.forced_through, head)  # sent whatever their age: an operator asked
+            cursor = self._rewind(worker, after_seq)
+            # A process that does not deliver writes where the holder is to read from (it also
+            # does so itself when told, as its own progress may have been written meanwhile).
+            await self.outbox.update(id_, {}, cursor=cursor)
+        await self._tell(id_, "replay", after_seq=after_seq, through_seq=head)
         return {"subscription": id_, "from_seq": after_seq + 1, "through_seq": head}
 
     def _rewind(self, worker: Worker, after: int, *, forward: bool = False) -> int:
@@ -921,6 +1211,18 @@ class Deliveries:
         """Send one delivery again now (whatever its outcome was, and its age)."""
         id_, seq = parse_delivery_id(delivery)
         worker = self.worker(id_)
+        if not self.on:  # another process delivers: a row it is told about (and finds after a takeover)
+            event = await self.store.get(seq)
+            if event is None:
+                raise NotFound(f"event {seq} is not stored (never, or removed by retention)", code="unknown_delivery")
+            body = orjson.loads(event.body)
+            if not (worker.sub.types.matches(event.type) and worker.sub.wants(event, body)):
+                raise NotFound(f"event {seq} is not one subscription {id_!r} takes (its types and filter)",
+                               code="unknown_delivery")
+            key = Subscription.key_of(body) if worker.sub.ordered else None
+            await self.outbox.apply(OutboxChanges(pending=[Pending(id_, seq, key, 0, 0.0, "manual")]))
+            await self._tell(id_, "retry", seq=seq)
+            return {"delivery": delivery, "state": "queued"}
         if seq not in worker.items:
             event = await self.store.get(seq)
             if event is None:
@@ -937,12 +1239,31 @@ class Deliveries:
                 worker.poke()
                 return {"delivery": delivery, "state": worker.items[seq].state}
         item = worker.items[seq]
+        self._retry_now(worker, item)
+        return {"delivery": delivery, "state": item.state}
+
+    def _retry_now(self, worker: Worker, item: Item) -> None:
         if item.state == "retry":
             item.next_at, item.forced = time.time(), True
             item.state = "queued"
-            worker.ready.append(seq)
+            worker.ready.append(item.seq)
             worker.poke()
-        return {"delivery": delivery, "state": item.state}
+
+    async def _retry_here(self, worker: Worker, seq: int) -> None:
+        """The holder, told of a retry asked of another process (which wrote its pending row)."""
+        item = worker.items.get(seq)
+        if item is not None:
+            self._retry_now(worker, item)
+            return
+        event = await self.store.get(seq)
+        if event is None or worker.closed:
+            return
+        body = orjson.loads(event.body)
+        key = Subscription.key_of(body) if worker.sub.ordered else None
+        if seq not in worker.items:
+            worker.admit(Item(seq, key, _meta(worker.sub.id, event, body, time.time()), event, durable=True,
+                              forced=True))
+            worker.poke()
 
     async def attempts(self, id_: str, *, outcome: str | None, after: int, limit: int) -> list[dict[str, Any]]:
         self.worker(id_)

@@ -31,10 +31,13 @@ from hub.matcher import OPERATORS, Condition, Glob, TypeFilter, compile_conditio
 from hub.webhooks.sender import WebhookSigner
 
 __all__ = ["Subscription", "InvalidSubscription", "new_secret", "new_id", "spec_from", "from_config",
-           "HUB_DELIVERY_TYPES", "STATES"]
+           "HUB_DELIVERY_TYPES", "STATES", "CHANGED"]
 
+#: Published when a subscription changed through the API, so every process sharing the store
+#: reloads it (its id and what changed, never a secret); only with a shared store (Redis).
+CHANGED = "hub.subscription.changed"
 #: The events the delivery engine publishes about a subscription; never delivered to that subscription.
-HUB_DELIVERY_TYPES = ("hub.delivery.exhausted", "hub.subscription.disabled")
+HUB_DELIVERY_TYPES = ("hub.delivery.exhausted", "hub.subscription.disabled", CHANGED)
 STATES = ("active", "paused", "disabled")
 
 
