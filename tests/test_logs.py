@@ -166,6 +166,8 @@ def test_an_unsafe_or_long_request_id_is_replaced_by_a_generated_one(client: Tes
     assert re.fullmatch(r"[0-9a-f]{32}", client.get("/healthz").headers["x-request-id"])
     assert client.get("/healthz", headers={"X-Request-Id": "a1:b2/c3"}).headers["x-request-id"] == "a1:b2/c3"
     assert client.get("/nope", headers={"X-Request-Id": "r-404"}).headers["x-request-id"] == "r-404"
+    # The ingest path answers with it too, stored or refused (it adds the header itself: bench/README.md).
+    assert client.post("/v1/webhooks/nope", headers={"X-Request-Id": "wh-1"}).headers["x-request-id"] == "wh-1"
 
 
 def test_streams_answer_with_the_request_id_too(server: ServerThread) -> None:

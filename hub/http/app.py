@@ -96,6 +96,10 @@ class CallhubApp:
             return
         # Every log line of this request, and every vendor call made for it, carries this id.
         rid = scope_request_id(scope)
+        if kind == "http" and scope["path"].startswith(WEBHOOKS_PREFIX):
+            # The ingest path: the id goes back on the answer; nothing here logs per request or calls a vendor.
+            await self.webhooks(scope, receive, send, rid)
+            return
         token = request_id.set(rid)
         try:
             if kind == "websocket":
@@ -106,8 +110,6 @@ class CallhubApp:
                 # A plain HTTP request (no Upgrade) to the WebSocket endpoint: say what it needs.
                 await error_response(UpgradeRequired("/v1/ws is a WebSocket: send the Upgrade handshake"))(
                     scope, receive, with_request_id(send, rid))
-            elif scope["path"].startswith(WEBHOOKS_PREFIX):
-                await self.webhooks(scope, receive, with_request_id(send, rid))
             else:
                 await self.app(scope, receive, with_request_id(send, rid))
         finally:

@@ -18,6 +18,7 @@ from hub.events import Publish
 from hub.exceptions import HubError, MethodNotAllowed, NotFound
 from hub.ops.metrics import Metrics
 from hub.requests import error_response, parse_json, read_body
+from hub.tracing import REQUEST_ID_HEADER
 from hub.webhooks.inbound import Delivery, Source
 from hub.webhooks.signatures import SignatureError
 
@@ -51,7 +52,8 @@ class WebhookEndpoint:
         self._requests = metrics.webhook_requests
         self._counters: dict[tuple[str, bool], tuple[Any, Any]] = {}
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, rid: str = "") -> None:
+        """`rid`: the request id, returned as `X-Request-Id` on every answer."""
         request = Request(scope, receive)
         name = scope["path"][len(PREFIX):]
         source = self.sources.get(name)
@@ -80,13 +82,18 @@ class WebhookEndpoint:
                 self._rejected.labels(label, exc.code).inc()
                 outcome = "failed" if exc.status_code >= 500 else "invalid"
             self._requests.labels(label, outcome).inc()
-            await error_response(exc)(scope, receive, send)
+            response = error_response(exc)
+            if rid:
+                response.headers[REQUEST_ID_HEADER] = rid
+            await response(scope, receive, send)
             return
         self._count(label, result.duplicate)
         # Senders burst: the answer is written as two ready-made ASGI messages.
         body = orjson.dumps({"id": result.id, "seq": result.seq, "duplicate": result.duplicate})
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]})
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if rid:
+            headers.append((b"x-request-id", rid.encode("latin-1")))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     def _count(self, label: str, duplicate: bool) -> None:
