@@ -1207,32 +1207,30 @@ class Deliveries:
         worker.poke()
         return worker.durable_cursor
 
+    async def _manual_row(self, worker: Worker, id_: str, seq: int) -> tuple[Event, dict[str, Any], str | None]:
+        """Write a `manual` pending row for the event `seq`, if it is stored and the subscription takes
+        it; the event, its JSON and its ordering key."""
+        event = await self.store.get(seq)
+        if event is None:
+            raise NotFound(f"event {seq} is not stored (never, or removed by retention)", code="unknown_delivery")
+        body = orjson.loads(event.body)
+        if not (worker.sub.types.matches(event.type) and worker.sub.wants(event, body)):
+            raise NotFound(f"event {seq} is not one subscription {id_!r} takes (its types and filter)",
+                           code="unknown_delivery")
+        key = Subscription.key_of(body) if worker.sub.ordered else None
+        await self.outbox.apply(OutboxChanges(pending=[Pending(id_, seq, key, 0, 0.0, "manual")]))
+        return event, body, key
+
     async def retry(self, delivery: str) -> dict[str, Any]:
         """Send one delivery again now (whatever its outcome was, and its age)."""
         id_, seq = parse_delivery_id(delivery)
         worker = self.worker(id_)
         if not self.on:  # another process delivers: a row it is told about (and finds after a takeover)
-            event = await self.store.get(seq)
-            if event is None:
-                raise NotFound(f"event {seq} is not stored (never, or removed by retention)", code="unknown_delivery")
-            body = orjson.loads(event.body)
-            if not (worker.sub.types.matches(event.type) and worker.sub.wants(event, body)):
-                raise NotFound(f"event {seq} is not one subscription {id_!r} takes (its types and filter)",
-                               code="unknown_delivery")
-            key = Subscription.key_of(body) if worker.sub.ordered else None
-            await self.outbox.apply(OutboxChanges(pending=[Pending(id_, seq, key, 0, 0.0, "manual")]))
+            await self._manual_row(worker, id_, seq)
             await self._tell(id_, "retry", seq=seq)
             return {"delivery": delivery, "state": "queued"}
         if seq not in worker.items:
-            event = await self.store.get(seq)
-            if event is None:
-                raise NotFound(f"event {seq} is not stored (never, or removed by retention)", code="unknown_delivery")
-            body = orjson.loads(event.body)
-            if not (worker.sub.types.matches(event.type) and worker.sub.wants(event, body)):
-                raise NotFound(f"event {seq} is not one subscription {id_!r} takes (its types and filter)",
-                               code="unknown_delivery")
-            key = Subscription.key_of(body) if worker.sub.ordered else None
-            await self.outbox.apply(OutboxChanges(pending=[Pending(id_, seq, key, 0, 0.0, "manual")]))
+            event, body, key = await self._manual_row(worker, id_, seq)
             worker = self.worker(id_)  # deleted meanwhile?
             if seq not in worker.items:  # else taken meanwhile (another retry, the live feed): once is enough
                 worker.admit(Item(seq, key, _meta(id_, event, body, time.time()), event, durable=True, forced=True))
