@@ -409,6 +409,10 @@ def _check_time_zone(value: str) -> str:
     return value
 
 
+#: An IANA time zone name, checked when the config loads (`[stats]`, and vendors' sections through hub.plugin).
+TimeZoneName = Annotated[str, AfterValidator(_check_time_zone)]
+
+
 class StatsConfig(_Section):
     """The call figures (`GET /v1/stats/calls`, `callhub_calls_*` metrics, the console's supervisor view)."""
 
@@ -417,7 +421,7 @@ class StatsConfig(_Section):
     #: The service level the centre aims for (the `CallhubServiceLevelLow` alert's default target).
     service_level_target: float = Field(0.8, ge=0, le=1)
     #: Where "today" starts and ends.
-    time_zone: Annotated[str, AfterValidator(_check_time_zone)] = "Asia/Ho_Chi_Minh"
+    time_zone: TimeZoneName = "Asia/Ho_Chi_Minh"
     #: A call without any event for this long is taken as over (its end was lost) and leaves the
     #: in-progress figures.
     stale_after: Duration = Field(4 * 3600.0, ge=60)

@@ -40,7 +40,7 @@ from starlette.routing import BaseRoute
 from hub.apidoc import ANY_ROLE, Operation, described, json_body, ok, operation, query, ref
 from hub.apidoc import hidden as hide_route
 from hub.auth import Principal
-from hub.config import HttpUrl, SectionT, SocketUrl, validate_section
+from hub.config import HttpUrl, SectionT, SocketUrl, TimeZoneName, validate_section
 from hub.events import EVENT_LIMITS, Event, Publish, Published, event_time, hub_event, now_rfc3339
 from hub.exceptions import (
     BadRequest,
@@ -87,7 +87,7 @@ from hub.rules.actions import ActionContext, ActionSpec, Executor, Outcome, publ
 from hub.rules.reactions import EventListener
 from hub.store.base import IndexedField
 from hub.tasks import Spawn
-from hub.units import parse_duration
+from hub.units import parse_duration, whole_seconds
 from hub.webhooks.inbound import Delivery, Source, token_verifier
 
 __all__ = [
@@ -109,7 +109,7 @@ __all__ = [
     "RetryPolicy", "NO_RETRY", "retry_until", "send_with_retry", "send_unsent_retry", "maybe_sent", "stable_key",
     "VendorCalls",
     "VendorClient", "VendorError", "json_or_none", "vendor_text", "MAX_VENDOR_MESSAGE",
-    "HttpUrl", "SocketUrl", "parse_duration", "EVENT_LIMITS", "event_time", "hub_event", "now_rfc3339",
+    "HttpUrl", "SocketUrl", "parse_duration", "whole_seconds", "TimeZoneName", "EVENT_LIMITS", "event_time", "hub_event", "now_rfc3339",
     "lookup", "TypeFilter",
 ]
 

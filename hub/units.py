@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -58,3 +59,18 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"{value!r} is not a size such as 1048576, 64KiB or 1MiB")
     unit = match.group(2).lower() if match.group(2) else None
     return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def whole_seconds(value: object) -> int | None:
+    """A vendor's duration (or small count) in whole seconds, from a number or a numeric string;
+    anything else (negative, NaN, infinite, a bool) is missing."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
+        return round(value)
+    return None

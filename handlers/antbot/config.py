@@ -8,11 +8,10 @@ change) is listed in docs/ANTBOT.md.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from hub.plugin import HttpUrl, PhoneForm, parse_duration
+from hub.plugin import HttpUrl, PhoneForm, TimeZoneName, parse_duration
 
 __all__ = ["AntBotConfig", "RemindersConfig", "Outcome", "DEFAULT_OUTCOMES", "DEFAULT_BASE_URL", "status_key"]
 
@@ -93,7 +92,7 @@ class AntBotConfig(BaseModel):
     poll_interval: Duration = 60.0
     #: The account's zone: dates AntBot writes without an offset are read in it, and the
     #: `from_date`/`to_date` filters are written in it.
-    time_zone: str = "Asia/Ho_Chi_Minh"
+    time_zone: TimeZoneName = "Asia/Ho_Chi_Minh"
     #: Each poll reads again from this far behind where the last one ended: longer than the
     #: longest call plus the delay before its CDR row shows (rows are filtered by their start).
     lookback: Duration = 900.0
@@ -125,15 +124,6 @@ class AntBotConfig(BaseModel):
     #: The `/rest-api/campaigns/{id}/status/` body field.
     status_field: str = "status"
     reminders: RemindersConfig = RemindersConfig()
-
-    @field_validator("time_zone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r} (an IANA name such as Asia/Ho_Chi_Minh)") from None
-        return value
 
     @field_validator("cdr_filters")
     @classmethod

@@ -45,6 +45,7 @@ from hub.plugin import (
     Upstream,
     call_party,
     lookup,
+    whole_seconds,
 )
 
 __all__ = ["Poller", "cdr_event", "parse_time", "CAMPAIGN_STATUSES", "SOURCE", "NAMESPACE", "UPSTREAM"]
@@ -87,19 +88,6 @@ def parse_time(value: object, zone: ZoneInfo) -> datetime | None:
             return None
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=zone)
 
-
-def _seconds(value: object) -> int | None:
-    """Whole seconds from a number or a numeric string; anything else (negative, NaN, bool) is missing."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
-        return int(value)
-    return None
 
 
 def _flag(value: object) -> bool | None:
@@ -157,8 +145,8 @@ def cdr_event(row: object, config: AntBotConfig, zone: ZoneInfo) -> dict[str, An
     if len(event_id) > EVENT_LIMITS["id"]:
         raise ValueError("a CDR row id that is too long")
     started = parse_time(row.get("starting_date") or row.get("start_uepoch") or row.get("created_date"), zone)
-    duration = _seconds(row.get("duration"))
-    billing = _seconds(row.get("billsec"))
+    duration = whole_seconds(row.get("duration"))
+    billing = whole_seconds(row.get("billsec"))
     call_id = _text(row.get("callid")) or f"antbot-{rid}"
     campaign = row.get("campaign")
     if isinstance(campaign, dict):
@@ -304,7 +292,7 @@ class Poller:
             if not isinstance(campaign, dict):
                 continue
             cid = _text(campaign.get("id"))
-            status = _seconds(campaign.get("status"))
+            status = whole_seconds(campaign.get("status"))
             if cid is None or status not in CAMPAIGN_STATUSES:
                 continue
             before = known.get(cid)

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 from typing import Any
 
 from handlers.vbee.config import VbeeConfig, VbeeMapping, status_key
-from hub.plugin import EVENT_LIMITS, Delivery, InvalidEvent, call_party, lookup, normal_number
+from hub.plugin import EVENT_LIMITS, Delivery, InvalidEvent, call_party, lookup, normal_number, whole_seconds
 
 __all__ = ["SOURCE", "CALL_ENDED", "CONTACT_UPDATED", "UNKNOWN_OUTCOME", "Normalizer"]
 
@@ -55,19 +54,6 @@ def _text(value: object) -> str | None:
 def _url(value: object) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
-
-def _seconds(value: object) -> int | None:
-    """A duration in whole seconds from a number or a numeric string; anything else is missing."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            return None
-    if isinstance(value, (int, float)) and math.isfinite(value) and value >= 0:
-        return round(value)
-    return None
 
 
 class Normalizer:
@@ -140,7 +126,7 @@ class Normalizer:
                 "contact_id": contact_id,
                 "status": status,
                 "outcome": self._status_map.get(status_key(status), UNKNOWN_OUTCOME),
-                "duration_s": _seconds(self.first(body, m.duration)),
+                "duration_s": whole_seconds(self.first(body, m.duration)),
                 "recording": _url(self.first(body, m.recording)),
                 "tags": tags,
             }
