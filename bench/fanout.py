@@ -1100,7 +1100,7 @@ def run_fanout(args: argparse.Namespace, target: Target, probe: HubProbe | None,
         "mode": "fanout",
         **hub_latency,
         **summary,
-        **delivery_figures(published, results, summary["connected"]),
+        **delivery_figures(published, results, summary["connected"], split=second is not None),
         **cpu_figures(hub_cpu, main_cpu, results, window_s, machine),
         "hub_rss_before_connect_mib": mib(rss0),
         "hub_rss_after_connect_mib": mib(rss1),
@@ -1149,7 +1149,8 @@ def hub_fanout_latency(before: dict[float, float] | None, after: dict[float, flo
     return {"hub_fanout_p50_le_ms": upper(50), "hub_fanout_p99_le_ms": upper(99)}
 
 
-def delivery_figures(pub: PublishResult, results: list[dict[str, Any]], subs: int) -> dict[str, Any]:
+def delivery_figures(pub: PublishResult, results: list[dict[str, Any]], subs: int,
+                     split: bool = False) -> dict[str, Any]:
     delivered = sum(r.get("delivered", 0) for r in results)
     last_ns = max((r["last_receipt_ns"] for r in results), default=0)
     window_s = (last_ns - pub.first_ns) / 1e9 if last_ns > pub.first_ns else 0.0
@@ -1181,7 +1182,19 @@ def delivery_figures(pub: PublishResult, results: list[dict[str, Any]], subs: in
         "latency_p90_ms": round(percentile(latencies, 90) / ms, 3),
         "latency_p99_ms": round(percentile(latencies, 99) / ms, 3),
         "latency_max_ms": round((latencies[-1] if latencies else 0) / ms, 3),
+        **(hub_split(results) if split else {}),
     }
+
+
+def hub_split(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """With a second hub, publish->receipt apart for the subscribers on the hub published to
+    (even workers) and on the other one (odd workers), which the log reaches through Redis."""
+    out: dict[str, Any] = {}
+    for name, part in (("same_hub", results[0::2]), ("other_hub", results[1::2])):
+        values = sorted(itertools.chain.from_iterable(array("q", r["latency_ns"]) for r in part))
+        out[f"latency_p50_ms_{name}"] = round(percentile(values, 50) / 1e6, 3)
+        out[f"latency_p99_ms_{name}"] = round(percentile(values, 99) / 1e6, 3)
+    return out
 
 
 def cpu_figures(

@@ -70,6 +70,7 @@ FIGURES = (
     "dup_ack_p50_ms", "dup_ack_p99_ms", "hub_cpu_pct", "hub_cpu_us_per_webhook", "client_cpu_us_per_webhook", "client_cpu_pct",
     "client_worker_cpu_pct", "machine_busy_pct", "other_processes_cpu_s",
     "not_ok", "latency_p90_ms", "latency_max_ms", "receiver_cpu_pct",
+    "latency_p50_ms_same_hub", "latency_p99_ms_same_hub", "latency_p50_ms_other_hub", "latency_p99_ms_other_hub",
 )
 #: Lets deliveries reach the bench's endpoints on loopback (scenarios that need it).
 WEBHOOKS_TOML = """

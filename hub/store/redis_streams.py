@@ -37,7 +37,7 @@ from typing import Any, TypeAlias
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from redis import asyncio as aioredis
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import NoScriptError, RedisError, WatchError
 
 from hub.config import Duration
 from hub.events import Event, encode_event_parts
@@ -183,10 +183,10 @@ class RedisBackend(Backend):
         self._received: dict[int, float] = {}
         #: Appends waiting for the writer: (script arguments, the appender's future, when it was received).
         self._queue: list[tuple[list[Any], asyncio.Future[AppendResult], float]] = []
+        self._append_sha = ""
         self._writer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
         self._closed = False
-        self._append: Any = None
         self._trim: Any = None
 
     def key(self, name: str) -> str:
@@ -199,10 +199,10 @@ class RedisBackend(Backend):
         self._redis = _client(self.url, self.timeout, self.connections)
         # The follower blocks in XREAD: a connection of its own, with room for the block.
         self._follow_client = _client(self.url, self.timeout + FOLLOW_BLOCK_MS / 1000)
-        self._append = self._redis.register_script(_APPEND)
         self._trim = self._redis.register_script(_TRIM)
         try:
             head = await self._redis.get(self.key("seq"))
+            self._append_sha = await self._redis.script_load(_APPEND)
         except RedisError as exc:
             await self._release()
             raise Unavailable(f"{UNAVAILABLE} at {_safe(self.url)}: {exc}") from None
@@ -268,14 +268,10 @@ class RedisBackend(Backend):
         """Group commit: every append waiting goes to Redis in one pipeline (one round trip, and
         with `appendfsync always` one fsync), then the fan-out is told, then the appenders."""
         queue = self._queue
-        keys = [self.key("log"), self.key("seq"), self.key("dedup")]
         while queue:
             batch, queue[:] = queue[:MAX_BATCH], queue[MAX_BATCH:]
             try:
-                async with redis.pipeline(transaction=False) as pipe:
-                    for args, _, _ in batch:
-                        await self._append(keys=keys, args=args, client=pipe)
-                    answers = await pipe.execute(raise_on_error=False)
+                answers = await self._run_appends(redis, [args for args, _, _ in batch])
             except RedisError as exc:
                 logger.error("event store (Redis) append failed: %s", exc)
                 for _, future, _ in batch:
@@ -283,22 +279,24 @@ class RedisBackend(Backend):
                         future.set_exception(_unavailable(exc))
                 continue
             results: list[tuple[asyncio.Future[AppendResult], AppendResult | BaseException]] = []
-            top = 0
-            for (_, future, received), answer in zip(batch, answers, strict=True):
+            stored: list[Event] = []
+            for (args, future, received), answer in zip(batch, answers, strict=True):
                 if isinstance(answer, BaseException):
                     results.append((future, _unavailable(answer)))
                     continue
                 seq, duplicate = int(answer[0]), bool(answer[1])
                 if not duplicate:
-                    self._received[seq] = received
-                    top = max(top, seq)
+                    # The stored bytes, as the script wrote them: the fan-out needs no read-back.
+                    stored.append(Event(seq, args[3], args[5] or None, args[1] + str(seq).encode() + args[2],
+                                        received))
                 results.append((future, AppendResult(seq, duplicate)))
-            if top:
+            if stored:
                 try:
-                    await self._advance(top)
+                    await self._report_own(stored)
                 except RedisError as exc:
                     # Stored, but not yet read back: the follower reports them once Redis answers again.
-                    logger.warning("events through %d stored but not yet read back for the fan-out: %s", top, exc)
+                    logger.warning("events through %d stored but not yet read back for the fan-out: %s",
+                                   stored[-1].seq, exc)
             for future, result in results:
                 if future.done():
                     continue
@@ -307,14 +305,43 @@ class RedisBackend(Backend):
                 else:
                     future.set_result(result)
 
-    async def _advance(self, target: int) -> None:
-        """Report every commit through `target` to `on_commit` (in seq order, once each)."""
-        while self.head < target:
-            async with self._pump_lock:
-                if self.head >= target:
-                    return
-                if not await self._pump() and self.head < target:
-                    self.head = target  # retention removed them before this process read them
+    async def _run_appends(self, redis: Client, calls: list[list[Any]]) -> list[Any]:
+        """Run the append script once per call in one pipeline (EVALSHA: no `SCRIPT EXISTS` round
+        trip per batch; a Redis that lost its script cache gets it again and reruns only those)."""
+        keys = [self.key("log"), self.key("seq"), self.key("dedup")]
+        answers: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(2):
+            async with redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    pipe.evalsha(self._append_sha, 3, *keys, *calls[i])
+                replies = await pipe.execute(raise_on_error=False)
+            for i, reply in zip(todo, replies, strict=True):
+                answers[i] = reply
+            todo = [i for i, reply in zip(todo, replies, strict=True) if isinstance(reply, NoScriptError)]
+            if not todo or attempt:
+                break
+            await redis.script_load(_APPEND)  # a script that was missing never ran: running it again is safe
+        return answers
+
+    async def _report_own(self, stored: list[Event]) -> None:
+        """Report this process's commits; every seq below them is stored (seqs follow commit
+        order), so those of other processes not reported yet are read first."""
+        stored.sort(key=lambda event: event.seq)
+        async with self._pump_lock:
+            fresh = [event for event in stored if event.seq > self.head]
+            if not fresh:
+                return  # the follower got there first
+            if fresh[0].seq != self.head + 1 or fresh[-1].seq - fresh[0].seq + 1 != len(fresh):
+                # Another process's commits come before or between these: read them all back.
+                for event in fresh:
+                    self._received[event.seq] = event.received
+                target = fresh[-1].seq
+                while self.head < target:
+                    if not await self._pump() and self.head < target:
+                        self.head = target  # retention removed them before this process read them
+                return
+            self._tell(fresh)
 
     async def _pump(self) -> bool:
         """Read and report what follows the head (under the pump lock); False if nothing did."""
@@ -330,8 +357,11 @@ class RedisBackend(Backend):
             if seq <= self.head:
                 continue
             events.append(_event(entry_id, fields, received.pop(seq, 0.0)))
-        if not events:
-            return
+        if events:
+            self._tell(events)
+
+    def _tell(self, events: list[Event]) -> None:
+        """Move the head past `events` (the next commits, in seq order) and tell `on_commit`."""
         self.head = events[-1].seq
         assert self._on_commit is not None
         try:
