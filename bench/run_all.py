@@ -158,7 +158,7 @@ class RedisServer:
     persistence docs/SCALING.md asks for (AOF, `appendfsync always`: an fsync per write, as the
     local backend's `synchronous = full`)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, pin: bool) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise SystemExit("the -redis2 scenarios need redis-server (Debian: apt-get install redis-server)")
@@ -167,8 +167,9 @@ class RedisServer:
             self.port = s.getsockname()[1]
         directory = workdir / "redis"
         directory.mkdir()
+        # Pinned runs put Redis with the load, off the hub's core: it stands for a server of its own.
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
+            [*(["taskset", "-c", "1-1024"] if pin else []), binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(directory), "--save", "",
              "--appendonly", "yes", "--appendfsync", "always"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="callhub-bench-") as tmp, contextlib.ExitStack() as stack:
         workdir = Path(tmp)
         if any(n.endswith("-redis2") for n in names):
-            REDIS = RedisServer(workdir)
+            REDIS = RedisServer(workdir, pin)
             stack.callback(REDIS.stop)
         # Interleaved (A, B, A, B, ...), so slow drift of a noisy machine touches every scenario alike.
         keys = [(name, label) for name in names for label in variants]
