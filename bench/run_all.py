@@ -1,6 +1,6 @@
 """Run the standard fan-out and webhook-ingest scenarios side by side and report medians.
 
-    python -m bench.run_all [--repeat 3] [--pin] [--only ws-100,idle-5000|fanout|ingest|deliver] [--out bench/results]
+    python -m bench.run_all [--repeat 3] [--pin] [--rate R] [--only ws-100,idle-5000|fanout|ingest|deliver] [--out bench/results]
                             [--variant before=/path/to/old/checkout --variant after=.]
 
 Each run starts a fresh hub (SQLite in a temporary directory, the config below) through
@@ -196,7 +196,7 @@ REDIS: RedisServer | None = None
 
 
 def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str,
-             source: Path | None = None, label: str = "") -> dict[str, Any]:
+             source: Path | None = None, label: str = "", rate: float | None = None) -> dict[str, Any]:
     tag = f"{name}-{label}-{index}" if label else f"{name}-{index}"
     data = workdir / tag
     config = workdir / f"{tag}.toml"
@@ -219,6 +219,9 @@ def run_once(name: str, workdir: Path, pin: bool, index: int, synchronous: str,
     client_prefix = ["taskset", "-c", "1-1024"] if pin else []
     out = workdir / f"{tag}.json"
     module, scenario_args = SCENARIOS[name]
+    if rate is not None and "--rate" in scenario_args:  # --rate: the same scenario at another publish rate
+        at = scenario_args.index("--rate") + 1
+        scenario_args = [*scenario_args[:at], str(rate), *scenario_args[at + 1:]]
     # -P: the hub's code comes from PYTHONPATH (the variant's checkout), not from the working directory.
     python = f"env PYTHONPATH={source.resolve()} {{python}} -P" if source is not None else "{python}"
     if module == "ingest":
@@ -272,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         "--synchronous", choices=("full", "normal"), default="full",
         help="the hub's backend.synchronous (full: fsync per commit, the default)",
     )
+    parser.add_argument("--rate", type=float, help="publish rate (events/s) of the scenarios that have one, instead of theirs")
     parser.add_argument("--out", type=Path, help="directory for the raw JSON of every run and the summary")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=DIR",
                         help="run the hub from this checkout too (repeatable; compared with the first)")
@@ -291,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         all_runs: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in keys}
         for i in range(args.repeat):
             for name, label in keys:
-                all_runs[(name, label)].append(run_once(name, workdir, pin, i, args.synchronous, variants[label], label))
+                all_runs[(name, label)].append(run_once(name, workdir, pin, i, args.synchronous, variants[label], label,
+                                                            args.rate))
         for (name, label), runs in all_runs.items():
             key = f"{name}@{label}" if label else name
             summary[key] = {f: median([r.get(f) for r in runs]) for f in FIGURES if any(f in r for r in runs)}
@@ -302,9 +307,10 @@ def main(argv: list[str] | None = None) -> int:
                 (args.out / f"{key}.runs.json").write_text(json.dumps(runs, indent=1))
     if len(variants) > 1:
         print("\n" + compare(summary, names, list(variants)))
-    print(f"\nmedians of {args.repeat} run(s) each; pinned: {pin}; synchronous: {args.synchronous}")
+    rate = "" if args.rate is None else f"; rate: {args.rate:g}/s"
+    print(f"\nmedians of {args.repeat} run(s) each; pinned: {pin}; synchronous: {args.synchronous}{rate}")
     if args.out:
-        meta = {"pinned": pin, "synchronous": args.synchronous, "repeat": args.repeat,
+        meta = {"pinned": pin, "synchronous": args.synchronous, "repeat": args.repeat, "rate": args.rate,
                 "variants": {k: str(v) for k, v in variants.items() if v is not None}}
         (args.out / "summary.json").write_text(json.dumps({**meta, "scenarios": summary}, indent=1))
     return 0

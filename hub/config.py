@@ -610,6 +610,13 @@ def validate_section(name: str, value: Any, model: type[SectionT]) -> SectionT:
         raise ConfigError(_problems(exc, (name,), set()), name) from None
 
 
+#: What to write instead of a key people look for where it is not.
+_HINTS = {
+    "server.broker": ': the event store, Redis included, is chosen by [backend] url = "redis://host:port/db"'
+                     " (docs/SCALING.md)",
+}
+
+
 def _problems(exc: ValidationError, prefix: tuple[str, ...], missing_env: set[str]) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     for err in exc.errors():
@@ -622,7 +629,7 @@ def _problems(exc: ValidationError, prefix: tuple[str, ...], missing_env: set[st
             continue  # already reported as the unset variable it came from
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            message = "unknown key"
+            message = "unknown key" + _HINTS.get(path, "")
         problems.append((path, message))
     return problems
 

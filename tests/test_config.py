@@ -197,6 +197,13 @@ def test_unknown_key_is_reported_with_its_path() -> None:
     assert "unknown" in problems["server.prot"]
 
 
+def test_a_broker_under_server_is_refused_with_where_redis_is_chosen() -> None:
+    """`[server] broker` (where one might look for Redis) is refused, pointing at `[backend] url`."""
+    problems = problems_of({"server": {"broker": "redis://10.0.0.5:6379/0"}})
+    assert list(problems) == ["server.broker"]
+    assert "[backend] url" in problems["server.broker"]
+
+
 def test_unknown_key_inside_an_array_of_tables() -> None:
     """An unknown key in `[[auth.keys]]` is reported with the table's index."""
     problems = problems_of({"auth": {"keys": [{"key": ADMIN_KEY, "role": "admin", "agnet": "bob"}]}})

@@ -12,9 +12,10 @@ is in the stream. The stream entry also keeps the stamp of Redis's own clock (`T
 for all processes, so `seq_at` and `stored_between` find a time by bisecting the stream.
 
 Every process tells its own fan-out about every commit, its own and the others', in seq order
-and exactly once: one pump reads the stream after the last seq it reported (`XRANGE`), both
-when an append of this process returns (so `on_commit` has run before `append` answers) and
-when the follower's blocking `XREAD` sees entries another process wrote.
+and exactly once: when an append of this process returns (so `on_commit` has run before
+`append` answers), from the bytes it sent, unless another process's commits come before or
+between them (then it reads the stream back from the last seq it reported, `XRANGE`); and when
+the follower's blocking `XREAD` sees entries another process wrote.
 
 Durability is Redis's: run it with `appendonly yes` and `appendfsync always` (or `everysec`,
 which may lose the last second of acknowledged events if the Redis host dies; docs/SCALING.md).
