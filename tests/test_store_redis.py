@@ -76,12 +76,14 @@ def test_an_append_after_redis_forgot_its_scripts_is_stored_once(redis_server: R
         try:
             first = [await process.append(i) for i in range(3)]
             await admin.script_flush()
-            after = list(await asyncio.gather(*(process.append(10 + i) for i in range(5))))
+            alone = await process.append(9)  # a batch of one
+            await admin.script_flush()
+            after = list(await asyncio.gather(*(process.append(10 + i) for i in range(5))))  # one pipeline
             page = await process.backend.read(0, limit=100, agent=None, types=MATCH_ALL)
-            return first + after, [e.seq for e in page.events], [seq for seq, _ in process.told]
+            return [*first, alone, *after], [e.seq for e in page.events], [seq for seq, _ in process.told]
         finally:
             await admin.aclose()
             await process.backend.close()
 
     seqs, stored, told = asyncio.run(main())
-    assert sorted(seqs) == stored == told == list(range(1, 9))
+    assert sorted(seqs) == stored == told == list(range(1, 10))

@@ -38,7 +38,7 @@ from typing import Any, TypeAlias
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from redis import asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, WatchError
+from redis.exceptions import NoScriptError, RedisError, ResponseError, WatchError
 
 from hub.config import Duration
 from hub.events import Event, encode_event_parts
@@ -143,6 +143,13 @@ class RedisOptions(BaseModel):
     max_connections: int = Field(32, ge=2, le=10_000)
 
 
+def _connection(url: str, timeout: float) -> Client:
+    """A client of one connection, for one task's commands in turn (the writer, the follower):
+    no pool to take the connection from and give it back to at every command."""
+    return aioredis.Redis.from_url(url, single_connection_client=True, socket_timeout=timeout,
+                                   socket_connect_timeout=timeout, health_check_interval=30)
+
+
 def _client(url: str, timeout: float, connections: int = 1) -> Client:
     """A client whose commands wait for a free connection (up to `timeout`) rather than fail."""
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -179,6 +186,7 @@ class RedisBackend(Backend):
         self.head = 0
         self._redis: Client = None
         self._follow_client: Client = None
+        self._write_client: Client = None
         self._on_commit: CommitListener | None = None
         self._pump_lock = asyncio.Lock()
         self._received: dict[int, float] = {}
@@ -199,7 +207,8 @@ class RedisBackend(Backend):
         self._on_commit = on_commit
         self._redis = _client(self.url, self.timeout, self.connections)
         # The follower blocks in XREAD: a connection of its own, with room for the block.
-        self._follow_client = _client(self.url, self.timeout + FOLLOW_BLOCK_MS / 1000)
+        self._follow_client = _connection(self.url, self.timeout + FOLLOW_BLOCK_MS / 1000)
+        self._write_client = _connection(self.url, self.timeout)
         self._trim = self._redis.register_script(_TRIM)
         try:
             head = await self._redis.get(self.key("seq"))
@@ -227,7 +236,7 @@ class RedisBackend(Backend):
         await self._release()
 
     async def _release(self) -> None:
-        for client in (self._redis, self._follow_client):
+        for client in (self._redis, self._follow_client, self._write_client):
             if client is not None:
                 await client.aclose()
 
@@ -249,7 +258,8 @@ class RedisBackend(Backend):
     # -- writes ------------------------------------------------------------------------------
 
     async def append(self, event: dict[str, Any], *, agent: str | None, received: float) -> AppendResult:
-        redis = self._r
+        if self._closed or self._write_client is None:
+            raise Unavailable("the event store is closed")
         try:
             prefix, suffix = encode_event_parts(event)
         except (TypeError, ValueError) as exc:  # orjson.JSONEncodeError is a TypeError
@@ -261,7 +271,7 @@ class RedisBackend(Backend):
         future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
         self._queue.append((args, future, received))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write(redis), name="callhub-redis-writer")
+            self._writer = asyncio.create_task(self._write(self._write_client), name="callhub-redis-writer")
         # If the publisher goes away and this is cancelled, the writer still stores the event.
         return await future
 
@@ -313,10 +323,17 @@ class RedisBackend(Backend):
         answers: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(2):
-            async with redis.pipeline(transaction=False) as pipe:
-                for i in todo:
-                    pipe.evalsha(self._append_sha, 3, *keys, *calls[i])
-                replies = await pipe.execute(raise_on_error=False)
+            replies: list[Any]
+            if len(todo) == 1:  # the usual case below a few hundred events/s: no pipeline to build
+                try:
+                    replies = [await redis.execute_command("EVALSHA", self._append_sha, 3, *keys, *calls[todo[0]])]
+                except ResponseError as exc:  # NOSCRIPT, or the script failed: an answer, as in a pipeline
+                    replies = [exc]
+            else:
+                async with redis.pipeline(transaction=False) as pipe:
+                    for i in todo:
+                        pipe.evalsha(self._append_sha, 3, *keys, *calls[i])
+                    replies = await pipe.execute(raise_on_error=False)
             for i, reply in zip(todo, replies, strict=True):
                 answers[i] = reply
             todo = [i for i, reply in zip(todo, replies, strict=True) if isinstance(reply, NoScriptError)]
