@@ -280,12 +280,20 @@ class Fanout:
                     gap_sent = True
                     if subscriber.filter.allows(GAP):  # a token whose types claim excludes it never sees it
                         self._write_direct(sink, [gap_event(cursor, page.trimmed_through)])
-                if page.events:
-                    self._write_direct(sink, page.events)
-                cursor = max(cursor, page.next)
-                if cursor >= page.head and len(page.events) < page_size:
-                    # This read reached the stored head; everything newer was published after we
-                    # joined, so it is in the hold (unless the hold overflowed: then read on).
+                # What the fan-out has published; a newer event the read found (stored, and not
+                # yet reported to the fan-out) is left to the hold, or it would come twice.
+                head = self.head
+                events = page.events
+                beyond = bool(events) and events[-1].seq > head
+                if beyond:
+                    events = [event for event in events if event.seq <= head]
+                if events:
+                    self._write_direct(sink, events)
+                cursor = max(cursor, min(page.next, head))
+                if cursor >= head and (beyond or len(page.events) < page_size):
+                    # This read reached what the fan-out has published; everything newer is
+                    # published after we joined, so it is in the hold (unless the hold
+                    # overflowed: then read on).
                     if sink.release(cursor):
                         return
                     continue
