@@ -87,3 +87,33 @@ def test_an_append_after_redis_forgot_its_scripts_is_stored_once(redis_server: R
 
     seqs, stored, told = asyncio.run(main())
     assert sorted(seqs) == stored == told == list(range(1, 10))
+
+
+def test_an_append_that_must_read_back_is_answered_when_the_store_closes_meanwhile(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A graceful shutdown waits for the writer; an append whose seq follows another process's
+    commit this process has not reported yet reads the log back first, and is still answered
+    (it once hung forever: the read went through the closed store's door)."""
+
+    async def main() -> tuple[int, list[int]]:
+        process = Process(redis_server.url, "closing:", tmp_path / "a")
+        other = Process(redis_server.url, "closing:", tmp_path / "b")
+        await process.backend.start(process.on_commit)
+        await other.backend.start(other.on_commit)
+        try:
+            follower = process.backend._follower  # type: ignore[attr-defined]
+            follower.cancel()  # this process will not hear of the other's commit by itself
+            await asyncio.gather(follower, return_exceptions=True)
+            await other.append(0)
+            appending = asyncio.create_task(process.append(1))
+            await asyncio.sleep(0)  # queued; the writer starts
+            await process.backend.close()
+            seq = await asyncio.wait_for(appending, 2.0)
+            return seq, [s for s, _ in process.told]
+        finally:
+            await other.backend.close()
+
+    seq, told = asyncio.run(main())
+    assert seq == 2
+    assert told == [1, 2]

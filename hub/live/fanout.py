@@ -280,9 +280,10 @@ class Fanout:
                     gap_sent = True
                     if subscriber.filter.allows(GAP):  # a token whose types claim excludes it never sees it
                         self._write_direct(sink, [gap_event(cursor, page.trimmed_through)])
-                # What the fan-out has published; a newer event the read found (stored, and not
-                # yet reported to the fan-out) is left to the hold, or it would come twice.
-                head = self.head
+                # What the fan-out has published (or less: the store's head when it read, if a
+                # store lost writes it had acknowledged); a newer event the read found (stored,
+                # not yet reported to the fan-out) is left to the hold, or it would come twice.
+                head = min(self.head, page.head)
                 events = page.events
                 beyond = bool(events) and events[-1].seq > head
                 if beyond:

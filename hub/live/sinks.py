@@ -103,7 +103,7 @@ class Sink:
     """Common state: the hold used during catch-up, the last seq written, the overflow hook."""
 
     __slots__ = ("kind", "limit", "byte_limit", "closed", "last_seq", "held", "held_count", "held_lost", "on_overflow",
-                 "_send", "beat")
+                 "_send", "beat", "floor")
 
     def __init__(self, kind: Kind, send: Send, limit: int, byte_limit: int = 0) -> None:
         self.kind: Kind = kind
@@ -119,11 +119,15 @@ class Sink:
         self.held_lost = False
         self.on_overflow: Callable[[], None] = lambda: None
         self._send = send
+        #: After a resume: the seq through which the subscriber has everything, when live events
+        #: up to it may still come (this process's fan-out was behind the store); 0 otherwise.
+        self.floor = 0
 
     # -- catch-up hold ---------------------------------------------------------------------
 
     def hold(self) -> None:
         self.held, self.held_count, self.held_lost = [], 0, False
+        self.floor = 0  # a new catch-up writes from its own cursor
 
     def _hold(self, payload: Payload) -> None:
         assert self.held is not None
@@ -143,9 +147,21 @@ class Sink:
             return False
         self.held = None
         events = [e for p in held for e in p.events if e.seq > after]
+        self.floor = after
         if events:
             self.write(Payload(events))
         return True
+
+    def _above_floor(self, payload: Payload) -> Payload | None:
+        """`payload` without what the subscriber has already (seq <= floor); None if nothing is left.
+        Live events come in seq order, so the floor is forgotten once one is past it."""
+        floor, self.floor = self.floor, 0
+        if payload.last_seq <= floor:
+            self.floor = floor
+            return None
+        if payload.events[0].seq <= floor:
+            return Payload([e for e in payload.events if e.seq > floor])
+        return payload
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -215,6 +231,11 @@ class TransportSink(Sink):
             return
         if self.closed:
             return
+        if self.floor:
+            above = self._above_floor(payload)
+            if above is None:
+                return
+            payload = above
         data: bytes = getattr(payload, self._form)
         self.transport.write(data)
         self.last_seq = payload.last_seq
@@ -279,6 +300,11 @@ class QueueSink(Sink):
             return
         if self.closed:
             return
+        if self.floor:
+            above = self._above_floor(payload)
+            if above is None:
+                return
+            payload = above
         self._queue.append(payload)
         self._queued += len(payload)
         self.last_seq = payload.last_seq

@@ -81,6 +81,9 @@ UNAVAILABLE = "the event store (Redis) is unavailable"
 #: never decodes (answers are bytes), so its answers are treated as what they are.
 Client: TypeAlias = Any
 
+#: An append waiting for the writer: (script arguments, the appender's future, when it was received).
+_Queued: TypeAlias = tuple[list[Any], "asyncio.Future[AppendResult]", float]
+
 _APPEND = """
 local existing = redis.call('HGET', KEYS[3], ARGV[1])
 if existing then return {tonumber(existing), 1} end
@@ -190,8 +193,8 @@ class RedisBackend(Backend):
         self._on_commit: CommitListener | None = None
         self._pump_lock = asyncio.Lock()
         self._received: dict[int, float] = {}
-        #: Appends waiting for the writer: (script arguments, the appender's future, when it was received).
-        self._queue: list[tuple[list[Any], asyncio.Future[AppendResult], float]] = []
+        #: Appends waiting for the writer.
+        self._queue: list[_Queued] = []
         self._append_sha = ""
         self._writer: asyncio.Task[None] | None = None
         self._follower: asyncio.Task[None] | None = None
@@ -282,39 +285,45 @@ class RedisBackend(Backend):
         while queue:
             batch, queue[:] = queue[:MAX_BATCH], queue[MAX_BATCH:]
             try:
-                answers = await self._run_appends(redis, [args for args, _, _ in batch])
-            except RedisError as exc:
-                logger.error("event store (Redis) append failed: %s", exc)
+                await self._commit(redis, batch)
+            except Exception as exc:  # never leave an appender waiting, whatever went wrong
+                if isinstance(exc, RedisError):
+                    logger.error("event store (Redis) append failed: %s", exc)
+                else:
+                    logger.exception("event store (Redis) writer failed")
                 for _, future, _ in batch:
                     if not future.done():
                         future.set_exception(_unavailable(exc))
+
+    async def _commit(self, redis: Client, batch: list[_Queued]) -> None:
+        """One batch: append, tell the fan-out, answer the appenders."""
+        answers = await self._run_appends(redis, [args for args, _, _ in batch])
+        results: list[tuple[asyncio.Future[AppendResult], AppendResult | BaseException]] = []
+        stored: list[Event] = []
+        for (args, future, received), answer in zip(batch, answers, strict=True):
+            if isinstance(answer, BaseException):
+                results.append((future, _unavailable(answer)))
                 continue
-            results: list[tuple[asyncio.Future[AppendResult], AppendResult | BaseException]] = []
-            stored: list[Event] = []
-            for (args, future, received), answer in zip(batch, answers, strict=True):
-                if isinstance(answer, BaseException):
-                    results.append((future, _unavailable(answer)))
-                    continue
-                seq, duplicate = int(answer[0]), bool(answer[1])
-                if not duplicate:
-                    # The stored bytes, as the script wrote them: the fan-out needs no read-back.
-                    stored.append(Event(seq, args[3], args[5] or None, args[1] + str(seq).encode() + args[2],
-                                        received))
-                results.append((future, AppendResult(seq, duplicate)))
-            if stored:
-                try:
-                    await self._report_own(stored)
-                except RedisError as exc:
-                    # Stored, but not yet read back: the follower reports them once Redis answers again.
-                    logger.warning("events through %d stored but not yet read back for the fan-out: %s",
-                                   stored[-1].seq, exc)
-            for future, result in results:
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+            seq, duplicate = int(answer[0]), bool(answer[1])
+            if not duplicate:
+                # The stored bytes, as the script wrote them: the fan-out needs no read-back.
+                stored.append(Event(seq, args[3], args[5] or None, args[1] + str(seq).encode() + args[2],
+                                    received))
+            results.append((future, AppendResult(seq, duplicate)))
+        if stored:
+            try:
+                await self._report_own(redis, stored)
+            except RedisError as exc:
+                # Stored, but not yet read back: the follower reports them once Redis answers again.
+                logger.warning("events through %d stored but not yet read back for the fan-out: %s",
+                               stored[-1].seq, exc)
+        for future, result in results:
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     async def _run_appends(self, redis: Client, calls: list[list[Any]]) -> list[Any]:
         """Run the append script once per call in one pipeline (EVALSHA: no `SCRIPT EXISTS` round
@@ -342,7 +351,7 @@ class RedisBackend(Backend):
             await redis.script_load(_APPEND)  # a script that was missing never ran: running it again is safe
         return answers
 
-    async def _report_own(self, stored: list[Event]) -> None:
+    async def _report_own(self, redis: Client, stored: list[Event]) -> None:
         """Report this process's commits; every seq below them is stored (seqs follow commit
         order), so those of other processes not reported yet are read first."""
         stored.sort(key=lambda event: event.seq)
@@ -356,14 +365,15 @@ class RedisBackend(Backend):
                     self._received[event.seq] = event.received
                 target = fresh[-1].seq
                 while self.head < target:
-                    if not await self._pump() and self.head < target:
+                    if not await self._pump(redis) and self.head < target:
                         self.head = target  # retention removed them before this process read them
                 return
             self._tell(fresh)
 
-    async def _pump(self) -> bool:
-        """Read and report what follows the head (under the pump lock); False if nothing did."""
-        entries = await self._r.xrange(self.key("log"), min=f"({self.head}-0", max="+", count=CHUNK)
+    async def _pump(self, redis: Client) -> bool:
+        """Read and report what follows the head (under the pump lock); False if nothing did.
+        On the writer's connection: it reads while `close` waits for the writer to finish."""
+        entries = await redis.xrange(self.key("log"), min=f"({self.head}-0", max="+", count=CHUNK)
         self._report(entries)
         return bool(entries)
 
