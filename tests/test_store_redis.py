@@ -15,6 +15,7 @@ from redis import asyncio as aioredis
 
 from hub.config import BackendConfig
 from hub.events import Event, agent_of, prepare_event
+from hub.exceptions import Unavailable
 from hub.matcher import MATCH_ALL
 from hub.store import open_backend
 from hub.store.base import Backend
@@ -117,3 +118,47 @@ def test_an_append_that_must_read_back_is_answered_when_the_store_closes_meanwhi
     seq, told = asyncio.run(main())
     assert seq == 2
     assert told == [1, 2]
+
+
+def test_after_redis_restarts_the_first_reads_and_journal_reads_succeed(tmp_path: Path) -> None:
+    """Pooled connections opened before Redis was killed are dead once it is back: the first
+    reads given to them must not fail (they did, one per dead connection, with 503s on history
+    and `/v1/subscriptions` until each had failed once)."""
+    server = RedisServer(tmp_path / "redis").start()
+
+    async def main() -> list[str]:
+        process = Process(server.url, "restart:", tmp_path / "a")
+        await process.backend.start(process.on_commit)
+        journal = process.backend.journal()
+        await journal.start()
+        try:
+            for i in range(3):
+                await process.append(i)
+            # Several connections in each pool, idle afterwards.
+            await asyncio.gather(*(process.backend.read(0, limit=10, agent=None, types=MATCH_ALL) for _ in range(6)))
+            await asyncio.gather(*(journal.cursor() for _ in range(4)))
+            server.kill()
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(1.5)  # the follower finds Redis again
+            outcomes = []
+            for _ in range(6):
+                try:
+                    page = await process.backend.read(0, limit=10, agent=None, types=MATCH_ALL)
+                    outcomes.append(f"read {len(page.events)}")
+                except Unavailable as exc:
+                    outcomes.append(f"read failed: {exc}")
+            for _ in range(4):
+                try:
+                    outcomes.append(f"cursor {await journal.cursor()}")
+                except Unavailable as exc:
+                    outcomes.append(f"cursor failed: {exc}")
+            return outcomes
+        finally:
+            await journal.close()
+            await process.backend.close()
+
+    try:
+        outcomes = asyncio.run(main())
+    finally:
+        server.stop()
+    assert outcomes == ["read 3"] * 6 + ["cursor None"] * 4

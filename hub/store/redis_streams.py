@@ -408,6 +408,7 @@ class RedisBackend(Backend):
                 if failing:
                     logger.warning("event store (Redis) reachable again; following the log from seq %d", self.head)
                     failing = False
+                    await self._drop_idle_connections()
                 if answer:
                     async with self._pump_lock:
                         self._report(answer[0][1])
@@ -419,7 +420,20 @@ class RedisBackend(Backend):
                 if not failing:
                     logger.error("following the event log (Redis) failed: %s; retrying", exc)
                     failing = True
+                    await self._drop_idle_connections()
                 await asyncio.sleep(0.5)
+
+    async def _drop_idle_connections(self) -> None:
+        """Close the pooled connections nobody is using, here and in the journal and outbox: after
+        Redis restarted they are dead, and each would fail the next command given to it (redis-py
+        retries nothing). They open again when next needed. The writer's and the follower's own
+        connections reconnect by themselves after their error."""
+        for client in (self._redis, self._journal._redis, self._outbox._redis):
+            if client is not None:
+                try:
+                    await client.connection_pool.disconnect(inuse_connections=False)
+                except Exception:  # noqa: S110 - best effort: a connection that stays fails once, as before
+                    pass
 
     async def trim(self, *, max_age: float, max_count: int) -> int:
         redis = self._r
