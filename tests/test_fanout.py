@@ -7,7 +7,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +158,8 @@ def test_subscribers_endpoint_shows_transport_agent_filter_and_buffer(server: Se
 
 
 class _Resume:
-    """A real fan-out over a real store whose commit reports the test hands over by hand, and
-    one WebSocket-like subscriber recording the seqs it is sent."""
+    """A real fan-out over a real store holding three events, whose commit reports the test
+    hands to the fan-out by hand, and one WebSocket-like subscriber recording the seqs sent."""
 
     def __init__(self, data_dir: Path) -> None:
         self.told: list[list[Event]] = []
@@ -173,14 +173,32 @@ class _Resume:
     async def send(self, message: dict[str, Any]) -> None:
         self.received.append(orjson.loads(message["text"])["seq"])
 
-    async def resume(self, after: int) -> Subscriber:
+    async def resume(self, after: int) -> None:
         subscriber = Subscriber(transport="ws", principal="admin", agent=None, filter=MATCH_ALL,
                                 sink=QueueSink("ws", self.send, 100), remote="test")
         self.fanout.register(subscriber, expires_at=None)
         self.fanout.subscribe(subscriber, after=after)
         assert subscriber.catchup is not None
         await asyncio.wait_for(subscriber.catchup, 2.0)  # read the store and went live
-        return subscriber
+
+    @classmethod
+    def received_after(cls, data_dir: Path, steps: Callable[[_Resume], Awaitable[None]]) -> list[int]:
+        """What the subscriber was sent once `steps` ran (and the sender had time to send)."""
+
+        async def main() -> list[int]:
+            resume = cls(data_dir)
+            await resume.backend.start(resume.told.append)
+            try:
+                for i in range(3):
+                    await resume.append(i)
+                await steps(resume)
+                for _ in range(10):
+                    await asyncio.sleep(0.01)
+                return resume.received
+            finally:
+                await resume.backend.close()
+
+        return asyncio.run(main())
 
 
 def test_a_resume_that_reads_an_event_stored_but_not_yet_published_sends_it_once(data_dir: Path) -> None:
@@ -188,23 +206,13 @@ def test_a_resume_that_reads_an_event_stored_but_not_yet_published_sends_it_once
     committed it; Redis has it from another process): a resume reading history at that moment
     sends it once, when it is published, not also from the read (CI saw seq 51 twice)."""
 
-    async def main() -> list[int]:
-        resume = _Resume(data_dir)
-        await resume.backend.start(resume.told.append)
-        try:
-            for i in range(3):
-                await resume.append(i)
-            resume.fanout.publish(resume.told[0])
-            resume.fanout.publish(resume.told[1])  # seq 3 is stored, the fan-out is not told yet
-            await resume.resume(after=0)
-            resume.fanout.publish(resume.told[2])
-            for _ in range(10):
-                await asyncio.sleep(0.01)
-            return resume.received
-        finally:
-            await resume.backend.close()
+    async def steps(resume: _Resume) -> None:
+        resume.fanout.publish(resume.told[0])
+        resume.fanout.publish(resume.told[1])  # seq 3 is stored, the fan-out is not told yet
+        await resume.resume(after=0)
+        resume.fanout.publish(resume.told[2])
 
-    assert asyncio.run(main()) == [1, 2, 3]
+    assert _Resume.received_after(data_dir, steps) == [1, 2, 3]
 
 
 def test_a_resume_finishes_when_the_fan_out_was_told_of_more_than_the_store_holds(data_dir: Path) -> None:
@@ -212,24 +220,14 @@ def test_a_resume_finishes_when_the_fan_out_was_told_of_more_than_the_store_hold
     crash) holds less than the fan-out has published: a resume reads what is there and goes
     live, rather than reading again and again for events that will never be stored."""
 
-    async def main() -> list[int]:
-        resume = _Resume(data_dir)
-        await resume.backend.start(resume.told.append)
-        try:
-            for i in range(3):
-                await resume.append(i)
-            for batch in resume.told:
-                resume.fanout.publish(batch)
-            # What the store lost: published, no longer stored.
-            resume.fanout.publish([Event(seq, "call.ringing", None, b"{}") for seq in range(4, 11)])
-            await resume.resume(after=0)
-            for _ in range(10):
-                await asyncio.sleep(0.01)
-            return resume.received
-        finally:
-            await resume.backend.close()
+    async def steps(resume: _Resume) -> None:
+        for batch in resume.told:
+            resume.fanout.publish(batch)
+        # What the store lost: published, no longer stored.
+        resume.fanout.publish([Event(seq, "call.ringing", None, b"{}") for seq in range(4, 11)])
+        await resume.resume(after=0)
 
-    assert asyncio.run(main()) == [1, 2, 3]
+    assert _Resume.received_after(data_dir, steps) == [1, 2, 3]
 
 
 def test_a_resume_past_what_this_process_has_published_gets_nothing_it_already_has(data_dir: Path) -> None:
@@ -237,22 +235,12 @@ def test_a_resume_past_what_this_process_has_published_gets_nothing_it_already_h
     behind the shared store, from a seq it got elsewhere: the events up to that seq, when this
     process publishes them, are not sent again."""
 
-    async def main() -> list[int]:
-        resume = _Resume(data_dir)
-        await resume.backend.start(resume.told.append)
-        try:
-            for i in range(3):
-                await resume.append(i)
-            resume.fanout.publish(resume.told[0])  # this process has published seq 1 only
-            await resume.resume(after=3)  # the client has 1..3
-            resume.fanout.publish(resume.told[1])
-            resume.fanout.publish(resume.told[2])
-            await resume.append(3)
-            resume.fanout.publish(resume.told[3])
-            for _ in range(10):
-                await asyncio.sleep(0.01)
-            return resume.received
-        finally:
-            await resume.backend.close()
+    async def steps(resume: _Resume) -> None:
+        resume.fanout.publish(resume.told[0])  # this process has published seq 1 only
+        await resume.resume(after=3)  # the client has 1..3
+        resume.fanout.publish(resume.told[1])
+        resume.fanout.publish(resume.told[2])
+        await resume.append(3)
+        resume.fanout.publish(resume.told[3])
 
-    assert asyncio.run(main()) == [4]
+    assert _Resume.received_after(data_dir, steps) == [4]
