@@ -64,12 +64,15 @@ class AntBotDown(AntBotFailed):
 def routes(context: PluginContext, *, check_reminder: Callable[[dict[str, Any]], object] | None) -> list[Route]:
     authenticate, run_action = context.authenticate, context.run_action
 
-    async def body_of(request: Request) -> dict[str, Any]:
+    async def admin_request(request: Request) -> tuple[str, dict[str, Any]]:
+        """Who asked (an admin credential only) and the JSON object they sent."""
+        principal = authenticate(request)
+        principal.require("admin")
         require_json(request)
         body = parse_json(await read_body(request, MAX_BODY))
         if not isinstance(body, dict):
             raise InvalidEvent("send a JSON object")
-        return body
+        return principal.name, body
 
     async def run(type_: str, params: dict[str, Any], requested_by: str) -> Response:
         outcome = await run_action(type_, params, requested_by=requested_by)
@@ -87,28 +90,22 @@ def routes(context: PluginContext, *, check_reminder: Callable[[dict[str, Any]],
         raise error(f"AntBot: {outcome.error}", **extra)
 
     async def contacts(request: Request) -> Response:
-        principal = authenticate(request)
-        principal.require("admin")
-        body = await body_of(request)
+        requested_by, body = await admin_request(request)
         parse_contacts(body)
-        return await run(ADD_CONTACT, body, principal.name)
+        return await run(ADD_CONTACT, body, requested_by)
 
     async def campaign_status(request: Request) -> Response:
-        principal = authenticate(request)
-        principal.require("admin")
-        body = await body_of(request)
+        requested_by, body = await admin_request(request)
         params = {"campaign_id": request.path_params["campaign_id"], "status": body.get("status")}
         parse_campaign_status(params)
-        return await run(CAMPAIGN_STATUS, params, principal.name)
+        return await run(CAMPAIGN_STATUS, params, requested_by)
 
     async def reminders(request: Request) -> Response:
-        principal = authenticate(request)
-        principal.require("admin")
-        body = await body_of(request)
+        requested_by, body = await admin_request(request)
         if check_reminder is None:
             raise InvalidEvent("reminder calls are off: set [antbot.reminders] calendar and creator")
         check_reminder(body)
-        return await run(REMINDER_CALL, body, principal.name)
+        return await run(REMINDER_CALL, body, requested_by)
 
     return [
         described(Route("/v1/antbot/contacts", contacts, methods=["POST"]), post=ADD_CONTACTS),
