@@ -161,6 +161,15 @@ def _client(url: str, timeout: float, connections: int = 1) -> Client:
     return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes its connections
 
 
+async def _drop_idle(client: Client) -> None:
+    """Close the connections of `client`'s pool that nobody is using (best effort)."""
+    if client is not None:
+        try:
+            await client.connection_pool.disconnect(inuse_connections=False)
+        except Exception:  # noqa: S110 - best effort: a connection that stays fails once, as before
+            pass
+
+
 def _unavailable(exc: BaseException) -> Unavailable:
     return Unavailable(f"{UNAVAILABLE}: {type(exc).__name__}; nothing was stored, retry later")
 
@@ -428,12 +437,9 @@ class RedisBackend(Backend):
         Redis restarted they are dead, and each would fail the next command given to it (redis-py
         retries nothing). They open again when next needed. The writer's and the follower's own
         connections reconnect by themselves after their error."""
-        for client in (self._redis, self._journal._redis, self._outbox._redis):
-            if client is not None:
-                try:
-                    await client.connection_pool.disconnect(inuse_connections=False)
-                except Exception:  # noqa: S110 - best effort: a connection that stays fails once, as before
-                    pass
+        await _drop_idle(self._redis)
+        await self._journal.drop_idle_connections()
+        await self._outbox.drop_idle_connections()
 
     async def trim(self, *, max_age: float, max_count: int) -> int:
         redis = self._r
@@ -777,6 +783,9 @@ class _Part:
             return await fn(redis)
         except RedisError as exc:
             raise Unavailable(f"the {self._writes.name} (Redis) is unavailable: {type(exc).__name__}") from None
+
+    async def drop_idle_connections(self) -> None:
+        await _drop_idle(self._redis)
 
     async def close(self) -> None:
         await self._writes.stop()
